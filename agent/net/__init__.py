@@ -1,0 +1,1 @@
+"""Thin asyncio glue around the sans-I/O cores: signaling client, aiortc peer."""

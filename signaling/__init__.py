@@ -1,0 +1,1 @@
+"""PeerDesk signaling server: rooms and relays of sealed payloads; it never sees content."""

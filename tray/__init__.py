@@ -1,0 +1,1 @@
+"""PeerDesk tray icon and local dashboard."""
