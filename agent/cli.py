@@ -1,0 +1,223 @@
+"""``peerdesk``: the command line.
+
+    peerdesk                      start a session (console until the tray lands)
+    peerdesk start [--signal URL] [--headless --json]
+    peerdesk join CODE|LINK [--signal URL] [--headless --json] [--name NAME]
+    peerdesk signal [--host H] [--port P]
+    peerdesk id [--name NAME]
+    peerdesk bench [join]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from agent import __version__, identity, status
+from agent.errors import PeerDeskError
+from agent.headless import console_emitter, json_emitter, read_commands
+from agent.protocol.code import check_signal_url, parse_code_or_link
+
+log = logging.getLogger("peerdesk")
+
+DEFAULT_PORT = 47800
+"The embedded signaling server's port when it is free; a customer on the same machine finds it."
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="peerdesk",
+        description="Open, local-first remote support. Run with no command to start a session.",
+    )
+    p.add_argument("--version", action="version", version=f"peerdesk {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logs on stderr")
+    sub = p.add_subparsers(dest="command")
+
+    def front(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--signal", metavar="URL", help="signaling server (ws:// or wss://)")
+        sp.add_argument("--headless", action="store_true", help="no tray: use stdin/stdout")
+        sp.add_argument("--json", action="store_true", help="JSON lines on stdin/stdout")
+        sp.add_argument("--name", help="display name for this session")
+
+    start = sub.add_parser("start", help="start a support session (CSR)")
+    front(start)
+    start.add_argument(
+        "--port", type=int, default=DEFAULT_PORT,
+        help=f"port of the embedded signaling server (default {DEFAULT_PORT}, else any free one)",
+    )
+    join = sub.add_parser("join", help="join a session with a code or link (customer)")
+    join.add_argument("code", metavar="CODE|LINK")
+    front(join)
+
+    sig = sub.add_parser("signal", help="run a signaling server")
+    sig.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")  # noqa: S104
+    sig.add_argument("--port", type=int, default=8765, help="port (default 8765)")
+
+    ident = sub.add_parser("id", help="show (or name) this agent's identity")
+    ident.add_argument("--name", help="set the display name")
+
+    bench = sub.add_parser("bench", help="measure performance against in-run baselines")
+    bench.add_argument("which", nargs="*", default=["join"], help="figures to measure: join")
+    bench.add_argument("--runs", type=int, default=20)
+    bench.add_argument("--record", metavar="FILE", help="append the figures to this Markdown file")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``peerdesk`` console script."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    command = args.command or "start"
+    try:
+        if command == "id":
+            return _id(args)
+        if command == "signal":
+            from signaling.server import run
+
+            run(args.host, args.port)
+            return 0
+        if command == "bench":
+            from bench.run import main as bench_main
+
+            return bench_main(args.which, runs=args.runs, record=args.record)
+        if command == "start":
+            if args.command is None:
+                args = _parser().parse_args(["start"])
+            return asyncio.run(_start(args))
+        return asyncio.run(_join(args))
+    except PeerDeskError as exc:
+        _fail(args, exc)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _fail(args: argparse.Namespace, exc: PeerDeskError) -> None:
+    if getattr(args, "json", False):
+        json_emitter()(status.Error(reason=exc.message, code=exc.code))
+    else:
+        print(f"peerdesk: {exc.message}", file=sys.stderr)
+
+
+def _id(args: argparse.Namespace) -> int:
+    me = identity.set_name(args.name) if args.name else identity.load()
+    print(f"id:   {me.peer_id}")
+    print(f"name: {me.name}")
+    print(f"key:  {me.public_bytes.hex()}")
+    print(f"home: {identity.home()}")
+    return 0
+
+
+async def _embedded_server(port: int) -> tuple[object, str]:
+    """Start the signaling server inside this agent; return it and a URL others can use."""
+    from signaling.server import start_server
+
+    try:
+        runner, actual = await start_server(["0.0.0.0", "::"], port)  # noqa: S104
+    except OSError:
+        runner, actual = await start_server(["0.0.0.0", "::"], 0)  # noqa: S104
+    return runner, f"ws://{_lan_address()}:{actual}"
+
+
+def _lan_address() -> str:
+    """This machine's first non-loopback IPv4 address, for links others on the LAN can use."""
+    import ipaddress
+
+    import ifaddr
+
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            if isinstance(ip.ip, str):
+                addr = ipaddress.ip_address(ip.ip)
+                if not addr.is_loopback and not addr.is_link_local:
+                    return ip.ip
+    return "127.0.0.1"
+
+
+def _install_signal_handlers(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+
+async def _start(args: argparse.Namespace) -> int:
+    from agent.runtime import CsrSession
+
+    emit = json_emitter() if args.json else console_emitter()
+    me = identity.load().with_name(args.name)
+    runner = None
+    if args.signal:
+        url = check_signal_url(args.signal)
+    else:
+        runner, url = await _embedded_server(args.port)
+    session = CsrSession(me, url, emit)
+    try:
+        await session.start()
+    except PeerDeskError as exc:
+        emit(status.Error(reason=exc.message, code=exc.code))
+        return 1
+    stop = asyncio.Event()
+    _install_signal_handlers(stop)
+    reader = asyncio.ensure_future(read_commands(session, emit, json_mode=args.json))
+    stopper = asyncio.ensure_future(stop.wait())
+    done = asyncio.ensure_future(session.wait())
+    await asyncio.wait({done, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    if not done.done():
+        await session.end("stopped")
+    reader.cancel()
+    stopper.cancel()
+    if runner is not None:
+        await runner.cleanup()  # type: ignore[attr-defined]
+    return done.result()
+
+
+async def _join(args: argparse.Namespace) -> int:
+    from agent.runtime import CustomerSession
+
+    emit = json_emitter() if args.json else console_emitter()
+    link = parse_code_or_link(args.code)
+    if args.signal:
+        url = check_signal_url(args.signal)
+    elif link.signal:
+        url = link.signal
+    else:
+        url = f"ws://127.0.0.1:{DEFAULT_PORT}"
+    me = identity.load().with_name(args.name)
+    session = CustomerSession(me, link, url, emit)
+    try:
+        await session.join()
+    except PeerDeskError as exc:
+        if not (args.signal or link.signal) and exc.code == "signal_unreachable":
+            exc = type(exc)(
+                f"{exc.message}. No signaling server was given: pass --signal URL or "
+                "use the full link the CSR sent",
+                code=exc.code,
+            )
+        emit(status.Error(reason=exc.message, code=exc.code))
+        return 1
+    session.announce()
+    stop = asyncio.Event()
+    _install_signal_handlers(stop)
+    reader = asyncio.ensure_future(read_commands(session, emit, json_mode=args.json))
+    stopper = asyncio.ensure_future(stop.wait())
+    done = asyncio.ensure_future(session.wait())
+    await asyncio.wait({done, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    if not done.done():
+        await session.leave()
+    reader.cancel()
+    stopper.cancel()
+    return done.result()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""Front ends without a tray: JSON lines (``--json``) or a plain console.
+
+JSON mode writes one event object per line on stdout and reads one command object
+per line on stdin (the contract is in the README). Console mode prints readable
+lines and takes typed lines as chat (``/leave``, ``/end``, ``/to ID text``). Logs
+always go to stderr, never into the JSON stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Callable
+from typing import Protocol, TextIO
+
+from agent import status
+from agent.errors import DecodeError, PeerDeskError
+from agent.protocol import commands as cmds
+
+
+class Controllable(Protocol):
+    """What a front end may ask of a session (the same API the tray and dashboard use)."""
+
+    def chat(self, text: str, to: tuple[str, ...] | None = None) -> None: ...
+    def make_primary(self, pid: str) -> None: ...
+    async def leave(self) -> None: ...
+    async def end(self, reason: str = "ended") -> None: ...
+
+
+def json_emitter(out: TextIO | None = None) -> Callable[[status.Status], None]:
+    """An ``emit`` callback that writes JSON lines."""
+
+    def emit(event: status.Status) -> None:
+        stream = out or sys.stdout
+        stream.write(json.dumps(event.to_json(), ensure_ascii=False) + "\n")
+        stream.flush()
+
+    return emit
+
+
+def console_emitter(out: TextIO | None = None) -> Callable[[status.Status], None]:
+    """An ``emit`` callback that writes lines for a person."""
+
+    def emit(event: status.Status) -> None:
+        stream = out or sys.stdout
+        stream.write(_describe(event) + "\n")
+        stream.flush()
+
+    return emit
+
+
+def _describe(event: status.Status) -> str:
+    if isinstance(event, status.SessionStarted):
+        return (
+            f"Session code: {event.code}\n"
+            f"Link:         {event.link}\n"
+            "Give the customer the code (or the link). Type to chat; /end ends the session."
+        )
+    if isinstance(event, status.Joined):
+        sas = f"  (check code {event.sas[:3]} {event.sas[3:]} with them)" if event.sas else ""
+        return f"* {event.name} [{event.peer}] joined as {event.role}{sas}"
+    if isinstance(event, status.ChatReceived):
+        private = " (to you)" if event.to else ""
+        return f"<{event.name}>{private} {event.text}"
+    if isinstance(event, status.Left):
+        return f"* {event.peer} {'left' if event.reason == 'left' else 'was lost'}"
+    if isinstance(event, status.Ended):
+        return f"* session ended ({event.reason})"
+    if isinstance(event, status.AttemptFailed):
+        return f"! failed join: {event.message} ({event.remaining} attempts left)"
+    if isinstance(event, status.CodeClosed):
+        return f"! the code is {event.reason}: nobody else can join with it"
+    if isinstance(event, status.Error):
+        return f"! {event.reason}"
+    if isinstance(event, status.RosterChanged):
+        names = ", ".join(
+            f"{p['name']}{' (primary)' if p['primary'] else ''}" for p in event.participants
+        )
+        return f"* in the session: {names}"
+    return json.dumps(event.to_json())
+
+
+def _parse_console(line: str) -> cmds.Command:
+    text = line.strip()
+    if text == "/leave":
+        return cmds.LeaveCommand()
+    if text == "/end":
+        return cmds.EndCommand()
+    if text.startswith("/to "):
+        _, pid, rest = (text.split(" ", 2) + ["", ""])[:3]
+        return cmds.parse_command(json.dumps({"cmd": "chat", "text": rest, "to": [pid]}))
+    if text.startswith("/"):
+        raise DecodeError("commands: /leave, /end, /to ID text; anything else is chat")
+    return cmds.ChatCommand(text=text)
+
+
+async def dispatch(session: Controllable, command: cmds.Command) -> None:
+    """Carry out one parsed command."""
+    if isinstance(command, cmds.ChatCommand):
+        session.chat(command.text, command.to)
+    elif isinstance(command, cmds.LeaveCommand):
+        await session.leave()
+    elif isinstance(command, cmds.EndCommand):
+        await session.end()
+    elif isinstance(command, cmds.MakePrimaryCommand):
+        session.make_primary(command.peer)
+
+
+async def read_commands(
+    session: Controllable,
+    emit: Callable[[status.Status], None],
+    *,
+    json_mode: bool,
+    stream: TextIO | None = None,
+) -> None:
+    """Read commands from stdin until EOF; a bad line gets an error event, nothing else."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=cmds.MAX_COMMAND_BYTES * 2)
+    try:
+        await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), stream or sys.stdin
+        )
+    except (ValueError, OSError):
+        return  # stdin is closed or not a pipe/tty: no commands
+    while True:
+        try:
+            raw = await reader.readline()
+        except (ValueError, asyncio.LimitOverrunError):
+            emit(status.Error(reason="command line too long", code="too_large"))
+            continue
+        if not raw:
+            return
+        line = raw.decode("utf-8", "replace").strip()
+        if not line:
+            continue
+        try:
+            command = cmds.parse_command(line) if json_mode else _parse_console(line)
+            await dispatch(session, command)
+        except PeerDeskError as exc:
+            emit(status.Error(reason=exc.message, code=exc.code))

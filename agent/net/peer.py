@@ -1,0 +1,134 @@
+"""One aiortc peer connection and its session data channel.
+
+The SDP that reaches ``answer``/``complete`` has come through the sealed, PAKE-keyed
+handshake, so aiortc's own DTLS fingerprint check binds the channel to the person
+who knew the code. No STUN or TURN server is configured unless one is given: by
+default nothing leaves for any address but the peer's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+from agent.errors import DecodeError, RemoteProtocolError
+from agent.protocol import channel as ch
+
+log = logging.getLogger(__name__)
+
+PING_INTERVAL = 1.0
+"Seconds between keepalives on an idle channel."
+LOST_AFTER = 6.0
+"Seconds of silence after which a peer is considered lost."
+
+
+def rtc_configuration() -> RTCConfiguration:
+    """No public STUN server: aiortc would otherwise ask Google's."""
+    return RTCConfiguration(iceServers=[])
+
+
+class PeerLink:
+    """A peer connection with one negotiated, ordered, reliable data channel."""
+
+    def __init__(
+        self,
+        on_message: Callable[[ch.Message], None],
+        on_lost: Callable[[str], None],
+    ) -> None:
+        self._on_message = on_message
+        self._on_lost = on_lost
+        self.pc = RTCPeerConnection(rtc_configuration())
+        self.channel = self.pc.createDataChannel("peerdesk", negotiated=True, id=0)
+        self.opened = asyncio.get_running_loop().create_future()
+        self._last_heard = time.monotonic()
+        self._closed = False
+        self._keepalive: asyncio.Task[None] | None = None
+        self.channel.on("open", self._on_open)
+        self.channel.on("message", self._on_raw)
+        self.channel.on("close", lambda: self._lost("channel closed"))
+        self.pc.on("connectionstatechange", self._on_state)
+
+    async def offer(self) -> str:
+        """Create our SDP offer (gathers local candidates)."""
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        sdp: str = self.pc.localDescription.sdp
+        return sdp
+
+    async def answer(self, offer: str) -> str:
+        """Take an authenticated offer and create our answer."""
+        try:
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+        except (ValueError, KeyError, IndexError) as exc:
+            raise RemoteProtocolError(f"the peer's SDP offer is unusable: {exc}") from None
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        sdp: str = self.pc.localDescription.sdp
+        return sdp
+
+    async def complete(self, answer: str) -> None:
+        """Take the authenticated answer to our offer."""
+        try:
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        except (ValueError, KeyError, IndexError) as exc:
+            raise RemoteProtocolError(f"the peer's SDP answer is unusable: {exc}") from None
+
+    def send(self, msg: ch.Message) -> None:
+        if self._closed or self.channel.readyState != "open":
+            return
+        self.channel.send(ch.encode(msg))
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+        if not self.opened.done():
+            self.opened.cancel()
+        with contextlib.suppress(Exception):
+            await self.pc.close()
+
+    # -- callbacks from aiortc
+
+    def _on_open(self) -> None:
+        self._last_heard = time.monotonic()
+        if not self.opened.done():
+            self.opened.set_result(None)
+        self._keepalive = asyncio.ensure_future(self._keep_alive())
+
+    def _on_raw(self, data: Any) -> None:
+        self._last_heard = time.monotonic()
+        if not isinstance(data, str | bytes):
+            return
+        try:
+            msg = ch.decode(data)
+        except DecodeError as exc:
+            log.warning("dropped a channel message: %s", exc.message)
+            self.send(ch.Refused(code=exc.code, message=exc.message[:500]))
+            return
+        if not isinstance(msg, ch.Ping):
+            self._on_message(msg)
+
+    def _on_state(self) -> None:
+        if self.pc.connectionState in ("failed", "closed"):
+            self._lost(f"connection {self.pc.connectionState}")
+
+    def _lost(self, why: str) -> None:
+        if not self._closed:
+            self._closed = True
+            if self._keepalive is not None:
+                self._keepalive.cancel()
+            if not self.opened.done():
+                self.opened.set_exception(RemoteProtocolError(f"the connection failed ({why})"))
+            self._on_lost(why)
+
+    async def _keep_alive(self) -> None:
+        while not self._closed:
+            await asyncio.sleep(PING_INTERVAL)
+            if time.monotonic() - self._last_heard > LOST_AFTER:
+                self._lost("peer silent")
+                return
+            self.send(ch.Ping())

@@ -1,0 +1,540 @@
+"""The runtime: wires signaling, the handshake core, aiortc peers and the roster.
+
+It owns no policy of its own: the sans-I/O cores decide, this module moves bytes
+between them and the network and reports ``agent.status`` values through one
+``emit`` callback. ``CsrSession`` hosts a session; ``CustomerSession`` joins one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from agent import status
+from agent.errors import (
+    LocalProtocolError,
+    PeerDeskError,
+    RemoteProtocolError,
+)
+from agent.identity import Identity
+from agent.net.peer import PeerLink
+from agent.net.signaling_client import SignalingClient, SignalingUnreachable
+from agent.protocol import channel as ch
+from agent.protocol import signaling as sig
+from agent.protocol.code import JoinLink, SessionCode
+from agent.protocol.handshake import peer_id
+from agent.session import handshake as hsk
+from agent.session.roster import Roster
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[status.Status], None]
+CHANNEL_OPEN_TIMEOUT = 15.0
+
+
+class _Outbox:
+    """Sends signaling messages in order from one task."""
+
+    def __init__(self, client: SignalingClient) -> None:
+        self._client = client
+        self._queue: asyncio.Queue[sig.ClientMessage] = asyncio.Queue()
+        self._task = asyncio.ensure_future(self._run())
+
+    def put(self, msg: sig.ClientMessage) -> None:
+        self._queue.put_nowait(msg)
+
+    async def _run(self) -> None:
+        while True:
+            msg = await self._queue.get()
+            try:
+                await self._client.send(msg)
+            except SignalingUnreachable as exc:
+                log.warning("%s", exc.message)
+                return
+
+    async def drain(self, timeout: float = 2.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self._queue.empty() and time.monotonic() < deadline and not self._task.done():
+            await asyncio.sleep(0.01)
+
+    def cancel(self) -> None:
+        self._task.cancel()
+
+
+# --- the CSR's side ------------------------------------------------------------------
+
+
+@dataclass
+class _Member:
+    link: PeerLink
+    name: str
+    role: str
+
+
+class CsrSession:
+    """A session hosted by this agent (the primary CSR)."""
+
+    def __init__(self, identity: Identity, signal_url: str, emit: Emit) -> None:
+        self.identity = identity
+        self.signal_url = signal_url
+        self._emit = emit
+        self.me = identity.peer_id
+        self.roster = Roster(ch.Participant(self.me, identity.name, "csr", False))
+        self._members: dict[str, _Member] = {}
+        self._pending: dict[str, PeerLink] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._client: SignalingClient | None = None
+        self._outbox: _Outbox | None = None
+        self._core: hsk.HostHandshake | None = None
+        self.code: SessionCode | None = None
+        self._ending = False
+
+    async def start(self) -> SessionCode:
+        """Open a room on the signaling server and make the session code."""
+        self._client = await SignalingClient.connect(self.signal_url)
+        await self._client.send(sig.Create())
+        reply = await asyncio.wait_for(self._client.recv(), 10)
+        if isinstance(reply, sig.Error):
+            raise RemoteProtocolError(f"the signaling server refused a room: {reply.message}")
+        if not isinstance(reply, sig.Created):
+            raise RemoteProtocolError("the signaling server did not allocate a room")
+        self.code = SessionCode.new(reply.room)
+        self._core = hsk.HostHandshake(
+            self.code, self.identity.key, self.identity.name, now=time.monotonic()
+        )
+        self._outbox = _Outbox(self._client)
+        self._spawn(self._signal_loop())
+        self._spawn(self._tick())
+        link = JoinLink(self.code, self.signal_url)
+        self._emit(
+            status.SessionStarted(
+                code=str(self.code),
+                link=str(link),
+                room=self.code.room,
+                signal=self.signal_url,
+                me=self.me,
+            )
+        )
+        return self.code
+
+    async def wait(self) -> int:
+        """Until the session ends; returns the process exit status."""
+        return await self._done
+
+    # -- commands (the same API for headless, console, tray and dashboard)
+
+    def chat(self, text: str, to: tuple[str, ...] | None = None) -> None:
+        recipients = self.roster.recipients(self.me, to)
+        msg = ch.Chat(text=text, to=to, sender=self.me, name=self.identity.name)
+        for pid in recipients:
+            member = self._members.get(pid)
+            if member is not None:
+                member.link.send(msg)
+
+    def make_primary(self, pid: str) -> None:
+        self.roster.make_primary(pid)
+        self._roster_changed()
+
+    async def leave(self) -> None:
+        raise LocalProtocolError(
+            "you are the only CSR in this session: end it instead of leaving"
+        )
+
+    async def end(self, reason: str = "ended") -> None:
+        """End the session for everyone."""
+        if self._done.done() or self._ending:
+            return
+        self._ending = True
+        for member in self._members.values():
+            member.link.send(ch.End())
+        await asyncio.sleep(0.05)  # let the End frames leave before the links close
+        await self._shutdown()
+        self._emit(status.Ended(reason=reason))
+        self._done.set_result(0)
+
+    async def _shutdown(self) -> None:
+        if self._client is not None and self.code is not None and self._outbox is not None:
+            self._outbox.put(sig.Close(room=self.code.room, reason="ended"))
+            await self._outbox.drain()
+        for task in list(self._tasks):
+            task.cancel()
+        links = [m.link for m in self._members.values()] + list(self._pending.values())
+        await asyncio.gather(*(link.close() for link in links), return_exceptions=True)
+        self._members.clear()
+        if self._outbox is not None:
+            self._outbox.cancel()
+        if self._client is not None:
+            await self._client.close()
+
+    # -- signaling and handshake
+
+    def _spawn(self, coro: object) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("session task failed", exc_info=task.exception())
+
+    async def _signal_loop(self) -> None:
+        assert self._client is not None and self._core is not None
+        while True:
+            msg = await self._client.recv()
+            if msg is None:
+                if not self._done.done():
+                    self._emit(
+                        status.Error(
+                            reason="lost the signaling server: nobody new can join, "
+                            "the session goes on for those in it",
+                            code="signal_lost",
+                        )
+                    )
+                return
+            now = time.monotonic()
+            if isinstance(msg, sig.Relay):
+                self._core.receive(msg.sender, msg.data, now)
+            elif isinstance(msg, sig.Gone):
+                self._core.peer_gone(msg.peer)
+            elif isinstance(msg, sig.Closed):
+                self._emit(status.CodeClosed(reason=msg.reason))
+            elif isinstance(msg, sig.Error):
+                log.warning("signaling error: %s (%s)", msg.message, msg.code)
+            self._pump()
+
+    async def _tick(self) -> None:
+        assert self._core is not None
+        while True:
+            await asyncio.sleep(1.0)
+            self._core.handle_timer(time.monotonic())
+            self._core.refill()
+            self._pump()
+
+    def _pump(self) -> None:
+        core, outbox = self._core, self._outbox
+        assert core is not None and outbox is not None
+        for peer, data in core.messages_to_send():
+            outbox.put(sig.Send(to=peer, data=data))
+        while (event := core.next_event()) is not None:
+            if isinstance(event, hsk.JoinRequest):
+                self._spawn(self._admit(event))
+            elif isinstance(event, hsk.AttemptFailed):
+                log.info("join attempt failed: %s", event.error.message)
+                self._emit(
+                    status.AttemptFailed(
+                        reason=event.error.code,
+                        message=event.error.message,
+                        failures=event.failures,
+                        remaining=event.remaining,
+                    )
+                )
+            elif isinstance(event, hsk.CodeClosed):
+                assert self.code is not None
+                outbox.put(sig.Close(room=self.code.room, reason=event.reason))
+                self._emit(status.CodeClosed(reason=event.reason))
+
+    async def _admit(self, req: hsk.JoinRequest) -> None:
+        pid = peer_id(req.key)
+        link = PeerLink(
+            on_message=lambda msg: self._on_message(pid, msg),
+            on_lost=lambda why: self._on_lost(pid, link, why),
+        )
+        self._pending[req.peer] = link
+        try:
+            try:
+                answer = await link.answer(req.offer)
+            except PeerDeskError as exc:
+                assert self._core is not None
+                self._core.refuse(req.peer)
+                self._pump()
+                raise exc
+            assert self._core is not None
+            self._core.accept(req.peer, answer, time.monotonic())
+            self._pump()
+            await asyncio.wait_for(asyncio.shield(link.opened), CHANNEL_OPEN_TIMEOUT)
+        except (PeerDeskError, asyncio.TimeoutError, asyncio.CancelledError) as exc:
+            self._pending.pop(req.peer, None)
+            await link.close()
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            reason = exc.message if isinstance(exc, PeerDeskError) else "timed out"
+            log.warning("join of %s failed after the handshake: %s", req.name, reason)
+            return
+        self._pending.pop(req.peer, None)
+        old = self._members.pop(pid, None)
+        if old is not None:  # the same agent reconnected: the new link replaces the old
+            await old.link.close()
+        self._members[pid] = _Member(link, req.name, req.role)
+        person = self.roster.add(pid, req.name, req.role)
+        self._emit(
+            status.Joined(
+                peer=pid, role=req.role, name=req.name, sas=req.sas, me=self.me, primary=person.primary
+            )
+        )
+        self._roster_changed()
+
+    # -- the session's channels
+
+    def _on_message(self, pid: str, msg: ch.Message) -> None:
+        member = self._members.get(pid)
+        if member is None:
+            return
+        if isinstance(msg, ch.Chat):
+            self._relay_chat(pid, member, msg)
+        elif isinstance(msg, ch.Bye):
+            self._drop(pid, "left")
+        elif isinstance(msg, ch.End):
+            member.link.send(
+                ch.Refused(code="not_allowed", message="only a CSR can end the session")
+            )
+        elif isinstance(msg, ch.Refused):
+            log.warning("%s refused our message: %s", member.name, msg.message)
+        else:
+            log.info("ignored %s from %s", msg.type, member.name)
+
+    def _relay_chat(self, pid: str, member: _Member, msg: ch.Chat) -> None:
+        try:
+            recipients = self.roster.recipients(pid, msg.to)
+        except LocalProtocolError as exc:
+            member.link.send(ch.Refused(code="unknown_recipient", message=exc.message))
+            return
+        relayed = ch.Chat(text=msg.text, to=msg.to, sender=pid, name=member.name)
+        for rid in recipients:
+            if rid == self.me:
+                self._emit(status.ChatReceived(from_=pid, name=member.name, text=msg.text, to=msg.to))
+            elif (other := self._members.get(rid)) is not None:
+                other.link.send(relayed)
+
+    def _on_lost(self, pid: str, link: PeerLink, why: str) -> None:
+        member = self._members.get(pid)
+        if member is not None and member.link is link and not self._ending:
+            self._drop(pid, "lost")
+
+    def _drop(self, pid: str, reason: str) -> None:
+        member = self._members.pop(pid, None)
+        if member is None:
+            return
+        self.roster.remove(pid)
+        self._spawn(member.link.close())
+        self._emit(status.Left(peer=pid, reason=reason))
+        self._roster_changed()
+
+    def _roster_changed(self) -> None:
+        people = self.roster.snapshot()
+        self._emit(status.RosterChanged(participants=tuple(vars(p) for p in people)))
+        for member in self._members.values():
+            member.link.send(ch.Roster(participants=people))
+
+
+# --- the customer's side --------------------------------------------------------------
+
+
+class CustomerSession:
+    """This agent joining a session with a code."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        link: JoinLink,
+        signal_url: str,
+        emit: Emit,
+        *,
+        role: str = "customer",
+        timeout: float = hsk.JOIN_TIMEOUT,
+    ) -> None:
+        self.identity = identity
+        self.code = link.code
+        self.signal_url = signal_url
+        self.role = role
+        self.me = identity.peer_id
+        self._emit = emit
+        self._timeout = timeout
+        self._link: PeerLink | None = None
+        self.host: str | None = None
+        self._host_name = ""
+        self._known: dict[str, ch.Participant] = {}
+        self._done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    async def join(self) -> None:
+        """Run the join; raises a ``PeerDeskError`` that says why it failed."""
+        link = PeerLink(on_message=self._on_message, on_lost=self._on_lost)
+        self._link = link
+        try:
+            await self._handshake(link)
+            await asyncio.wait_for(asyncio.shield(link.opened), CHANNEL_OPEN_TIMEOUT)
+        except asyncio.TimeoutError:
+            await link.close()
+            raise RemoteProtocolError(
+                "the secure connection to the CSR could not be set up (no network path?)",
+                code="connect_failed",
+            ) from None
+        except BaseException:
+            await link.close()
+            raise
+
+    async def _handshake(self, link: PeerLink) -> None:
+        core = hsk.JoinerHandshake(
+            self.code, self.role, self.identity.key, self.identity.name,
+            now=time.monotonic(), timeout=self._timeout,
+        )
+        offer_task = asyncio.ensure_future(link.offer())
+        client = await SignalingClient.connect(self.signal_url)
+        outbox = _Outbox(client)
+        recv_task: asyncio.Task[sig.ServerMessage | None] | None = None
+        offered = False
+        try:
+            outbox.put(sig.Join(room=self.code.room))
+            core.start()
+            while True:
+                for data in core.messages_to_send():
+                    outbox.put(sig.Send(to=sig.HOST, data=data))
+                event = core.next_event()
+                if isinstance(event, hsk.JoinFailed):
+                    raise event.error
+                if isinstance(event, hsk.Admitted):
+                    await link.complete(event.answer)
+                    self.host = peer_id(event.key)
+                    self._host_name = event.name
+                    self._sas = event.sas
+                    return
+                if recv_task is None:
+                    recv_task = asyncio.ensure_future(client.recv())
+                waits: set[asyncio.Future[object]] = {recv_task}  # type: ignore[arg-type]
+                if not offer_task.done():
+                    waits.add(offer_task)  # type: ignore[arg-type]
+                deadline = core.get_timer()
+                timeout = None if deadline is None else max(deadline - time.monotonic(), 0)
+                await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                if offer_task.done() and not offered:
+                    offered = True
+                    core.set_offer(offer_task.result())
+                if recv_task.done():
+                    msg = recv_task.result()
+                    recv_task = None
+                    self._on_signal(core, msg)
+                core.handle_timer(time.monotonic())
+        finally:
+            if recv_task is not None:
+                recv_task.cancel()
+            if not offer_task.done():
+                offer_task.cancel()
+            await outbox.drain(0.5)
+            outbox.cancel()
+            await client.close()
+
+    def _on_signal(self, core: hsk.JoinerHandshake, msg: sig.ServerMessage | None) -> None:
+        now = time.monotonic()
+        if msg is None:
+            raise SignalingUnreachable("the signaling server closed the connection during the join")
+        if isinstance(msg, sig.Relay) and msg.sender == sig.HOST:
+            core.receive(msg.data, now)
+        elif isinstance(msg, sig.Error):
+            if msg.code == "room_not_found":
+                raise LocalProtocolError(
+                    f"no session {self.code.room} on {self.signal_url}: check the code "
+                    "(it may have expired or ended)",
+                    code="no_such_session",
+                )
+            raise RemoteProtocolError(f"the signaling server said: {msg.message}", code=msg.code)
+        elif isinstance(msg, sig.Gone | sig.Closed):
+            raise RemoteProtocolError("the session host went away before we could join", code="host_gone")
+
+    def announce(self) -> None:
+        """Report the admitted join (call after ``join``)."""
+        assert self.host is not None
+        self._emit(
+            status.Joined(
+                peer=self.host, role="csr", name=self._host_name, sas=self._sas, me=self.me
+            )
+        )
+
+    async def wait(self) -> int:
+        return await self._done
+
+    # -- commands
+
+    def chat(self, text: str, to: tuple[str, ...] | None = None) -> None:
+        assert self._link is not None
+        self._link.send(ch.Chat(text=text, to=to))
+
+    def make_primary(self, pid: str) -> None:
+        raise LocalProtocolError("only a CSR can choose the primary customer")
+
+    async def leave(self) -> None:
+        if self._done.done() or self._link is None:
+            return
+        self._link.send(ch.Bye())
+        await asyncio.sleep(0.05)
+        await self._link.close()
+        self._emit(status.Left(peer=self.me, reason="left"))
+        self._done.set_result(0)
+
+    async def end(self, reason: str = "ended") -> None:
+        raise LocalProtocolError(
+            "a customer cannot end the session, only leave it", code="not_allowed"
+        )
+
+    # -- channel
+
+    def _on_message(self, msg: ch.Message) -> None:
+        if isinstance(msg, ch.Chat):
+            sender = msg.sender or self.host or ""
+            self._emit(
+                status.ChatReceived(
+                    from_=sender, name=msg.name or self._host_name, text=msg.text, to=msg.to
+                )
+            )
+        elif isinstance(msg, ch.Roster):
+            self._on_roster(msg)
+        elif isinstance(msg, ch.End):
+            self._finish(status.Ended(reason="ended"), 0)
+        elif isinstance(msg, ch.Refused):
+            self._emit(status.Error(reason=msg.message, code=msg.code))
+
+    def _on_roster(self, msg: ch.Roster) -> None:
+        now = {p.id: p for p in msg.participants}
+        for pid, person in now.items():
+            if pid not in self._known and pid not in (self.me, self.host):
+                self._emit(
+                    status.Joined(
+                        peer=pid, role=person.role, name=person.name, sas=None, me=self.me,
+                        primary=person.primary,
+                    )
+                )
+        for pid in self._known:
+            if pid not in now:
+                self._emit(status.Left(peer=pid))
+        self._known = now
+        self._emit(status.RosterChanged(participants=tuple(vars(p) for p in msg.participants)))
+
+    def _on_lost(self, why: str) -> None:
+        if self.host is not None and not self._done.done():
+            self._emit(status.Left(peer=self.host, reason="lost"))
+        self._finish(status.Ended(reason=f"lost the connection to the CSR ({why})"), 1)
+
+    def _finish(self, event: status.Status, code: int) -> None:
+        if self._done.done():
+            return
+        self._emit(event)
+        self._done.set_result(code)
+        if self._link is not None:
+            asyncio.ensure_future(self._link.close())
+
+
+def describe(exc: BaseException) -> status.Error:
+    """The error event for a failure, worded for the person at the keyboard."""
+    if isinstance(exc, PeerDeskError):
+        return status.Error(reason=exc.message, code=exc.code)
+    return status.Error(reason=f"unexpected failure: {exc!r}", code="internal")
+
+
+async def close_quietly(session: CsrSession | CustomerSession) -> None:
+    with contextlib.suppress(Exception):
+        if isinstance(session, CsrSession):
+            await session.end()
