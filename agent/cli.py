@@ -205,7 +205,7 @@ async def _join(args: argparse.Namespace) -> int:
             )
         emit(status.Error(reason=exc.message, code=exc.code))
         return 1
-    session.announce()
+
     stop = asyncio.Event()
     _install_signal_handlers(stop)
     reader = asyncio.ensure_future(read_commands(session, emit, json_mode=args.json))

@@ -360,6 +360,9 @@ class CustomerSession:
         self._host_name = ""
         self._known: dict[str, ch.Participant] = {}
         self._done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._leaving = False
+        self._announced = False
+        self._sas = ""
 
     async def join(self) -> None:
         """Run the join; raises a ``PeerDeskError`` that says why it failed."""
@@ -377,6 +380,7 @@ class CustomerSession:
         except BaseException:
             await link.close()
             raise
+        self.announce()
 
     async def _handshake(self, link: PeerLink) -> None:
         core = hsk.JoinerHandshake(
@@ -446,8 +450,10 @@ class CustomerSession:
             raise RemoteProtocolError("the session host went away before we could join", code="host_gone")
 
     def announce(self) -> None:
-        """Report the admitted join (call after ``join``)."""
-        assert self.host is not None
+        """Report the admitted join (once; ``join`` and the first channel message call it)."""
+        if self._announced or self.host is None:
+            return
+        self._announced = True
         self._emit(
             status.Joined(
                 peer=self.host, role="csr", name=self._host_name, sas=self._sas, me=self.me
@@ -467,8 +473,9 @@ class CustomerSession:
         raise LocalProtocolError("only a CSR can choose the primary customer")
 
     async def leave(self) -> None:
-        if self._done.done() or self._link is None:
+        if self._done.done() or self._link is None or self._leaving:
             return
+        self._leaving = True
         self._link.send(ch.Bye())
         await asyncio.sleep(0.05)
         await self._link.close()
@@ -483,6 +490,7 @@ class CustomerSession:
     # -- channel
 
     def _on_message(self, msg: ch.Message) -> None:
+        self.announce()
         if isinstance(msg, ch.Chat):
             sender = msg.sender or self.host or ""
             self._emit(
@@ -514,6 +522,8 @@ class CustomerSession:
         self._emit(status.RosterChanged(participants=tuple(vars(p) for p in msg.participants)))
 
     def _on_lost(self, why: str) -> None:
+        if self._leaving:
+            return
         if self.host is not None and not self._done.done():
             self._emit(status.Left(peer=self.host, reason="lost"))
         self._finish(status.Ended(reason=f"lost the connection to the CSR ({why})"), 1)

@@ -72,6 +72,11 @@ def get_str(
         raise DecodeError(f'field "{name}" must not be empty')
     if "\x00" in value:
         raise DecodeError(f'field "{name}" contains a NUL character')
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate, e.g. from a "\ud800" escape
+            raise DecodeError(f'field "{name}" is not valid Unicode text') from None
     if pattern is not None and not pattern.fullmatch(value):
         raise DecodeError(f'field "{name}" has an invalid value')
     return value

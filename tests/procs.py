@@ -1,0 +1,115 @@
+"""Drive real ``peerdesk`` processes through the headless JSON-lines contract."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+Event = dict[str, Any]
+
+
+class Proc:
+    """One child process speaking JSON lines; every wait is bounded."""
+
+    def __init__(self, args: list[str], *, home: Path | None = None, name: str = "") -> None:
+        env = dict(os.environ)
+        if home is not None:
+            env["PEERDESK_HOME"] = str(home)
+        env["PYTHONUNBUFFERED"] = "1"
+        self.name = name or args[0]
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        self.events: list[Event] = []
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.stderr: list[str] = []
+        threading.Thread(target=self._pump, args=(self.proc.stdout, True), daemon=True).start()
+        threading.Thread(target=self._pump, args=(self.proc.stderr, False), daemon=True).start()
+
+    def _pump(self, stream: Any, is_out: bool) -> None:
+        for line in stream:
+            if is_out:
+                self.lines.put(line)
+            else:
+                self.stderr.append(line)
+        if is_out:
+            self.lines.put(None)
+
+    def expect(
+        self, event: str, where: Callable[[Event], bool] = lambda e: True, timeout: float = 15.0
+    ) -> Event:
+        """Wait for the next event named ``event`` matching ``where``; earlier ones are kept."""
+        for seen in self.events:
+            if seen.get("event") == event and where(seen) and not seen.get("_taken"):
+                seen["_taken"] = True
+                return seen
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(
+                    f"{self.name}: no {event!r} within {timeout}s; events: {self.events}\n"
+                    f"stderr:\n{''.join(self.stderr[-40:])}"
+                )
+            try:
+                line = self.lines.get(timeout=left)
+            except queue.Empty:
+                continue
+            if line is None:
+                self.lines.put(None)
+                raise AssertionError(
+                    f"{self.name}: exited before {event!r}; events: {self.events}\n"
+                    f"stderr:\n{''.join(self.stderr[-40:])}"
+                )
+            obj = json.loads(line)  # the stream must be pure JSON lines
+            self.events.append(obj)
+            if obj.get("event") == event and where(obj):
+                obj["_taken"] = True
+                return obj
+
+    def send(self, cmd: dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+
+    def wait(self, timeout: float = 15.0) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    def drain(self, timeout: float = 2.0) -> list[Event]:
+        """Read whatever else arrives within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=max(deadline - time.monotonic(), 0.01))
+            except queue.Empty:
+                break
+            if line is None:
+                self.lines.put(None)
+                break
+            self.events.append(json.loads(line))
+        return self.events
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+def start_signal_server() -> tuple[Proc, str]:
+    """A real signaling server process on a free loopback port."""
+    proc = Proc(["signaling", "--host", "127.0.0.1", "--port", "0"], name="signal")
+    ready = proc.expect("listening", timeout=20)
+    return proc, f"ws://127.0.0.1:{ready['port']}"
