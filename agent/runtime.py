@@ -267,6 +267,8 @@ class CsrSession:
             log.warning("join of %s failed after the handshake: %s", req.name, reason)
             return
         self._pending.pop(req.peer, None)
+        if self._core is not None:
+            self._core.refill()  # the next joiner's SPAKE2 start, while nobody waits
         old = self._members.pop(pid, None)
         if old is not None:  # the same agent reconnected: the new link replaces the old
             await old.link.close()
@@ -361,6 +363,7 @@ class CustomerSession:
         self._known: dict[str, ch.Participant] = {}
         self._done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._leaving = False
+        self._closing: asyncio.Future[None] | None = None
         self._announced = False
         self._sas = ""
 
@@ -383,12 +386,21 @@ class CustomerSession:
         self.announce()
 
     async def _handshake(self, link: PeerLink) -> None:
-        core = hsk.JoinerHandshake(
-            self.code, self.role, self.identity.key, self.identity.name,
-            now=time.monotonic(), timeout=self._timeout,
-        )
         offer_task = asyncio.ensure_future(link.offer())
-        client = await SignalingClient.connect(self.signal_url)
+        # SPAKE2's first scalar multiplications run in a thread while we connect.
+        core_task = asyncio.ensure_future(
+            asyncio.to_thread(
+                hsk.JoinerHandshake, self.code, self.role, self.identity.key,
+                self.identity.name, now=time.monotonic(), timeout=self._timeout,
+            )
+        )
+        try:
+            client = await SignalingClient.connect(self.signal_url)
+        except BaseException:
+            offer_task.cancel()
+            core_task.cancel()
+            raise
+        core = await core_task
         outbox = _Outbox(client)
         recv_task: asyncio.Task[sig.ServerMessage | None] | None = None
         offered = False
@@ -428,9 +440,14 @@ class CustomerSession:
                 recv_task.cancel()
             if not offer_task.done():
                 offer_task.cancel()
-            await outbox.drain(0.5)
-            outbox.cancel()
-            await client.close()
+            self._closing = asyncio.ensure_future(self._close_signaling(outbox, client))
+
+    @staticmethod
+    async def _close_signaling(outbox: _Outbox, client: SignalingClient) -> None:
+        """Off the join's path: the customer needs signaling no more once admitted."""
+        await outbox.drain(0.5)
+        outbox.cancel()
+        await client.close()
 
     def _on_signal(self, core: hsk.JoinerHandshake, msg: sig.ServerMessage | None) -> None:
         now = time.monotonic()

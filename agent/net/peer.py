@@ -18,9 +18,11 @@ from typing import Any
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from agent.errors import DecodeError, RemoteProtocolError
+from agent.net import ice
 from agent.protocol import channel as ch
 
 log = logging.getLogger(__name__)
+ice.install()
 
 PING_INTERVAL = 1.0
 "Seconds between keepalives on an idle channel."

@@ -58,6 +58,11 @@ def check_signal_url(url: str) -> str:
     """Validate a signaling server URL: ``ws``/``wss`` (or ``http``/``https``), a host, no secrets."""
     if len(url) > 512:
         raise InvalidCode("signaling URL is too long")
+    if not url.isascii():
+        try:
+            url.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates, e.g. from undecodable argv bytes
+            raise InvalidCode("signaling URL is not valid text") from None
     try:
         parts = urlsplit(url)
         port = parts.port

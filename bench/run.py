@@ -1,0 +1,68 @@
+"""``peerdesk bench``: print each figure beside its in-run baseline, optionally record it."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import os
+import platform
+from pathlib import Path
+
+from agent import __version__
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{platform.node()}, {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
+
+
+def _join(runs: int) -> list[str]:
+    from bench.join import measure
+
+    f = asyncio.run(measure(runs))
+    ms = 1000.0
+    print(f"join: {f.runs} joins on loopback (signaling + SPAKE2 + sealed SDP + DTLS + SCTP)")
+    print(f"  peerdesk join -> joined   p50 {f.join_p50 * ms:7.1f} ms   p95 {f.join_p95 * ms:7.1f} ms")
+    print(f"  bare aiortc connect       p50 {f.bare_p50 * ms:7.1f} ms   p95 {f.bare_p95 * ms:7.1f} ms")
+    print(f"  bare aiortc + prompt ICE  p50 {f.prompt_p50 * ms:7.1f} ms   (our aioice workaround alone)")
+    print(f"  ratio (p50)               {f.ratio:.2f}x   (goal <= 1.3x and < 1000 ms)")
+    return [
+        f"| join p50 / p95 | {f.join_p50 * ms:.1f} ms / {f.join_p95 * ms:.1f} ms "
+        f"| bare aiortc {f.bare_p50 * ms:.1f} ms / {f.bare_p95 * ms:.1f} ms "
+        f"| **{f.ratio:.2f}x** | {f.runs} joins |",
+        f"| join overhead over bare aiortc with prompt ICE | "
+        f"{(f.join_p50 - f.prompt_p50) * ms:.1f} ms | {f.prompt_p50 * ms:.1f} ms "
+        f"| {f.join_p50 / f.prompt_p50:.2f}x | {f.runs} joins |",
+    ]
+
+
+BENCHES = {"join": _join}
+
+
+def main(which: list[str], *, runs: int = 20, record: str | None = None) -> int:
+    unknown = [w for w in which if w not in BENCHES]
+    if unknown:
+        print(f"unknown benchmark(s): {', '.join(unknown)}; known: {', '.join(BENCHES)}")
+        return 2
+    if runs < 1 or runs > 10_000:
+        print("--runs must be between 1 and 10000")
+        return 2
+    rows: list[str] = []
+    for name in which:
+        rows += BENCHES[name](runs)
+    if record:
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        with open(record, "a", encoding="utf-8") as f:
+            f.write(f"\n### {stamp} — peerdesk {__version__} — {machine()}\n\n")
+            f.write("| figure | PeerDesk | baseline (same run) | ratio | runs |\n")
+            f.write("|---|---|---|---|---|\n")
+            f.write("\n".join(rows) + "\n")
+        print(f"recorded in {record}")
+    return 0
