@@ -1,11 +1,11 @@
 """``peerdesk``: the command line.
 
-    peerdesk                      start a session (console until the tray lands)
-    peerdesk start [--signal URL] [--headless --json]
-    peerdesk join CODE|LINK [--signal URL] [--headless --json] [--name NAME]
-    peerdesk signal [--host H] [--port P]
-    peerdesk id [--name NAME]
-    peerdesk bench [join]
+peerdesk                      start a session (console until the tray lands)
+peerdesk start [--signal URL] [--headless --json]
+peerdesk join CODE|LINK [--signal URL] [--headless --json] [--name NAME]
+peerdesk signal [--host H] [--port P]
+peerdesk id [--name NAME]
+peerdesk bench [join]
 """
 
 from __future__ import annotations
@@ -47,7 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     start = sub.add_parser("start", help="start a support session (CSR)")
     front(start)
     start.add_argument(
-        "--port", type=int, default=DEFAULT_PORT,
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
         help=f"port of the embedded signaling server (default {DEFAULT_PORT}, else any free one)",
     )
     join = sub.add_parser("join", help="join a session with a code or link (customer)")

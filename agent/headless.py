@@ -88,7 +88,7 @@ def _parse_console(line: str) -> cmds.Command:
     if text == "/end":
         return cmds.EndCommand()
     if text.startswith("/to "):
-        _, pid, rest = (text.split(" ", 2) + ["", ""])[:3]
+        _, pid, rest = [*text.split(" ", 2), "", ""][:3]
         return cmds.parse_command(json.dumps({"cmd": "chat", "text": rest, "to": [pid]}))
     if text.startswith("/"):
         raise DecodeError("commands: /leave, /end, /to ID text; anything else is chat")

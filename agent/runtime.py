@@ -11,8 +11,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from agent import status
 from agent.errors import (
@@ -55,11 +56,13 @@ class _Outbox:
             except SignalingUnreachable as exc:
                 log.warning("%s", exc.message)
                 return
+            finally:
+                self._queue.task_done()
 
-    async def drain(self, timeout: float = 2.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not self._queue.empty() and time.monotonic() < deadline and not self._task.done():
-            await asyncio.sleep(0.01)
+    async def drain(self, within: float = 2.0) -> None:
+        """Wait (at most ``within`` seconds) until everything queued was sent."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._queue.join(), within)
 
     def cancel(self) -> None:
         self._task.cancel()
@@ -141,9 +144,7 @@ class CsrSession:
         self._roster_changed()
 
     async def leave(self) -> None:
-        raise LocalProtocolError(
-            "you are the only CSR in this session: end it instead of leaving"
-        )
+        raise LocalProtocolError("you are the only CSR in this session: end it instead of leaving")
 
     async def end(self, reason: str = "ended") -> None:
         """End the session for everyone."""
@@ -173,8 +174,8 @@ class CsrSession:
 
     # -- signaling and handshake
 
-    def _spawn(self, coro: object) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 
@@ -184,7 +185,8 @@ class CsrSession:
             log.error("session task failed", exc_info=task.exception())
 
     async def _signal_loop(self) -> None:
-        assert self._client is not None and self._core is not None
+        assert self._client is not None
+        assert self._core is not None
         while True:
             msg = await self._client.recv()
             if msg is None:
@@ -218,7 +220,8 @@ class CsrSession:
 
     def _pump(self) -> None:
         core, outbox = self._core, self._outbox
-        assert core is not None and outbox is not None
+        assert core is not None
+        assert outbox is not None
         for peer, data in core.messages_to_send():
             outbox.put(sig.Send(to=peer, data=data))
         while (event := core.next_event()) is not None:
@@ -258,7 +261,7 @@ class CsrSession:
             self._core.accept(req.peer, answer, time.monotonic())
             self._pump()
             await asyncio.wait_for(asyncio.shield(link.opened), CHANNEL_OPEN_TIMEOUT)
-        except (PeerDeskError, asyncio.TimeoutError, asyncio.CancelledError) as exc:
+        except (TimeoutError, PeerDeskError, asyncio.CancelledError) as exc:
             self._pending.pop(req.peer, None)
             await link.close()
             if isinstance(exc, asyncio.CancelledError):
@@ -276,7 +279,12 @@ class CsrSession:
         person = self.roster.add(pid, req.name, req.role)
         self._emit(
             status.Joined(
-                peer=pid, role=req.role, name=req.name, sas=req.sas, me=self.me, primary=person.primary
+                peer=pid,
+                role=req.role,
+                name=req.name,
+                sas=req.sas,
+                me=self.me,
+                primary=person.primary,
             )
         )
         self._roster_changed()
@@ -309,7 +317,9 @@ class CsrSession:
         relayed = ch.Chat(text=msg.text, to=msg.to, sender=pid, name=member.name)
         for rid in recipients:
             if rid == self.me:
-                self._emit(status.ChatReceived(from_=pid, name=member.name, text=msg.text, to=msg.to))
+                self._emit(
+                    status.ChatReceived(from_=pid, name=member.name, text=msg.text, to=msg.to)
+                )
             elif (other := self._members.get(rid)) is not None:
                 other.link.send(relayed)
 
@@ -374,7 +384,7 @@ class CustomerSession:
         try:
             await self._handshake(link)
             await asyncio.wait_for(asyncio.shield(link.opened), CHANNEL_OPEN_TIMEOUT)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             await link.close()
             raise RemoteProtocolError(
                 "the secure connection to the CSR could not be set up (no network path?)",
@@ -390,8 +400,13 @@ class CustomerSession:
         # SPAKE2's first scalar multiplications run in a thread while we connect.
         core_task = asyncio.ensure_future(
             asyncio.to_thread(
-                hsk.JoinerHandshake, self.code, self.role, self.identity.key,
-                self.identity.name, now=time.monotonic(), timeout=self._timeout,
+                hsk.JoinerHandshake,
+                self.code,
+                self.role,
+                self.identity.key,
+                self.identity.name,
+                now=time.monotonic(),
+                timeout=self._timeout,
             )
         )
         try:
@@ -464,7 +479,9 @@ class CustomerSession:
                 )
             raise RemoteProtocolError(f"the signaling server said: {msg.message}", code=msg.code)
         elif isinstance(msg, sig.Gone | sig.Closed):
-            raise RemoteProtocolError("the session host went away before we could join", code="host_gone")
+            raise RemoteProtocolError(
+                "the session host went away before we could join", code="host_gone"
+            )
 
     def announce(self) -> None:
         """Report the admitted join (once; ``join`` and the first channel message call it)."""
@@ -528,7 +545,11 @@ class CustomerSession:
             if pid not in self._known and pid not in (self.me, self.host):
                 self._emit(
                     status.Joined(
-                        peer=pid, role=person.role, name=person.name, sas=None, me=self.me,
+                        peer=pid,
+                        role=person.role,
+                        name=person.name,
+                        sas=None,
+                        me=self.me,
                         primary=person.primary,
                     )
                 )
@@ -551,7 +572,7 @@ class CustomerSession:
         self._emit(event)
         self._done.set_result(code)
         if self._link is not None:
-            asyncio.ensure_future(self._link.close())
+            self._closing = asyncio.ensure_future(self._link.close())
 
 
 def describe(exc: BaseException) -> status.Error:

@@ -29,9 +29,13 @@ def _join(runs: int) -> list[str]:
     f = asyncio.run(measure(runs))
     ms = 1000.0
     print(f"join: {f.runs} joins on loopback (signaling + SPAKE2 + sealed SDP + DTLS + SCTP)")
-    print(f"  peerdesk join -> joined   p50 {f.join_p50 * ms:7.1f} ms   p95 {f.join_p95 * ms:7.1f} ms")
-    print(f"  bare aiortc connect       p50 {f.bare_p50 * ms:7.1f} ms   p95 {f.bare_p95 * ms:7.1f} ms")
-    print(f"  bare aiortc + prompt ICE  p50 {f.prompt_p50 * ms:7.1f} ms   (our aioice workaround alone)")
+    print(
+        f"  peerdesk join -> joined   p50 {f.join_p50 * ms:7.1f} ms   p95 {f.join_p95 * ms:7.1f} ms"
+    )
+    print(
+        f"  bare aiortc connect       p50 {f.bare_p50 * ms:7.1f} ms   p95 {f.bare_p95 * ms:7.1f} ms"
+    )
+    print(f"  bare aiortc + prompt ICE  p50 {f.prompt_p50 * ms:7.1f} ms   (prompt ICE alone)")
     print(f"  ratio (p50)               {f.ratio:.2f}x   (goal <= 1.3x and < 1000 ms)")
     return [
         f"| join p50 / p95 | {f.join_p50 * ms:.1f} ms / {f.join_p95 * ms:.1f} ms "

@@ -30,7 +30,7 @@ _STOCK = aioice.Connection
 _NEEDED = ("_check_list", "_check_list_state", "_early_checks", "_check_periodic", "query_consent")
 
 
-class PromptConnection(aioice.Connection):  # type: ignore[misc]
+class PromptConnection(aioice.Connection):
     """aioice's Connection whose ``connect()`` returns as soon as ICE completes."""
 
     async def connect(self) -> None:
@@ -82,19 +82,21 @@ def _compatible() -> bool:
 def install() -> bool:
     """Make aiortc create ``PromptConnection``s. Returns whether it is in effect."""
     if not _compatible():
-        log.warning("aioice %s differs from what PeerDesk expects: stock ICE pacing kept",
-                    getattr(aioice, "__version__", "?"))
+        log.warning(
+            "aioice %s differs from what PeerDesk expects: stock ICE pacing kept",
+            getattr(aioice, "__version__", "?"),
+        )
         return False
-    aiortc.rtcicetransport.Connection = PromptConnection
+    aiortc.rtcicetransport.Connection = PromptConnection  # type: ignore[attr-defined]
     return True
 
 
 @contextlib.contextmanager
 def stock() -> Iterator[None]:
     """Use aioice's stock Connection inside the block (for in-run baselines)."""
-    saved = aiortc.rtcicetransport.Connection
-    aiortc.rtcicetransport.Connection = _STOCK
+    saved = aiortc.rtcicetransport.Connection  # type: ignore[attr-defined]
+    aiortc.rtcicetransport.Connection = _STOCK  # type: ignore[attr-defined]
     try:
         yield
     finally:
-        aiortc.rtcicetransport.Connection = saved
+        aiortc.rtcicetransport.Connection = saved  # type: ignore[attr-defined]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from urllib.parse import urlsplit
 
@@ -34,17 +33,17 @@ class SignalingClient:
         self._ws = ws
 
     @classmethod
-    async def connect(cls, url: str, *, timeout: float = 10.0) -> SignalingClient:
+    async def connect(cls, url: str, *, within: float = 10.0) -> SignalingClient:
         """Connect to the signaling server at ``url``."""
         session = aiohttp.ClientSession()
         try:
             ws = await session.ws_connect(
                 ws_url(url),
-                timeout=aiohttp.ClientWSTimeout(ws_close=timeout),
+                timeout=aiohttp.ClientWSTimeout(ws_close=within),
                 heartbeat=20,
                 max_msg_size=sig.MAX_MESSAGE_BYTES * 2,
             )
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             await session.close()
             raise SignalingUnreachable(
                 f"cannot reach the signaling server at {url}: {exc or type(exc).__name__}"

@@ -127,7 +127,7 @@ def _roster(obj: dict[str, Any]) -> Roster:
     return Roster(participants=tuple(_participant(item) for item in items))
 
 
-_TABLE = {
+_TABLE: dict[str, Any] = {
     "chat": lambda o: Chat(
         text=wire.get_str(o, "text", max_len=MAX_CHAT_CHARS, allow_empty=False),
         to=wire.get_str_list(o, "to", max_items=MAX_RECIPIENTS, pattern=PEER_ID_RE, optional=True),

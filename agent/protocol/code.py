@@ -55,7 +55,7 @@ def parse_code(text: str) -> SessionCode:
 
 
 def check_signal_url(url: str) -> str:
-    """Validate a signaling server URL: ``ws``/``wss`` (or ``http``/``https``), a host, no secrets."""
+    """Validate a signaling server URL: ws/wss (or http/https), a host, no secrets."""
     if len(url) > 512:
         raise InvalidCode("signaling URL is too long")
     if not url.isascii():

@@ -32,7 +32,16 @@ MAX_NAME_CHARS = 64
 
 ROLES = ("customer", "csr")
 ROLE_RE = re.compile(r"customer|csr")
-REJECT_REASONS = ("wrong_code", "burned", "expired", "refused", "busy", "role", "protocol", "tampered")
+REJECT_REASONS = (
+    "wrong_code",
+    "burned",
+    "expired",
+    "refused",
+    "busy",
+    "role",
+    "protocol",
+    "tampered",
+)
 REASON_RE = re.compile("|".join(REJECT_REASONS))
 PEER_ID_RE = re.compile(r"[a-z2-7]{10}")
 
@@ -120,7 +129,7 @@ def encode(msg: Message) -> str:
     return wire.dump(body)
 
 
-_TABLE = {
+_TABLE: dict[str, Any] = {
     "hello": lambda o: Hello(
         role=wire.get_str(o, "role", pattern=ROLE_RE),
         pake=wire.get_bytes(o, "pake", min_len=33, max_len=33),
@@ -161,7 +170,12 @@ def decode(data: str | bytes) -> Message:
 def encode_intro(intro: Intro) -> bytes:
     """The plaintext of a sealed box."""
     return wire.dump(
-        {"name": intro.name, "key": wire.b64(intro.key), "sig": wire.b64(intro.sig), "sdp": intro.sdp}
+        {
+            "name": intro.name,
+            "key": wire.b64(intro.key),
+            "sig": wire.b64(intro.sig),
+            "sdp": intro.sdp,
+        }
     ).encode("utf-8")
 
 

@@ -205,7 +205,7 @@ def _decode(data: str | bytes, table: dict[str, Any], what: str) -> Any:
     try:
         return parser(obj)
     except DecodeError as exc:
-        raise DecodeError(f'{kind}: {exc.message}', code=exc.code) from None
+        raise DecodeError(f"{kind}: {exc.message}", code=exc.code) from None
 
 
 def decode_client(data: str | bytes) -> ClientMessage:

@@ -25,9 +25,7 @@ def parse_object(data: str | bytes, *, max_bytes: int, what: str) -> dict[str, A
     """Parse ``data`` as one JSON object of at most ``max_bytes`` bytes."""
     size = len(data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data)
     if size > max_bytes:
-        raise DecodeError(
-            f"{what} is {size} bytes; the limit is {max_bytes}", code="too_large"
-        )
+        raise DecodeError(f"{what} is {size} bytes; the limit is {max_bytes}", code="too_large")
     try:
         obj = json.loads(data, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
@@ -82,9 +80,7 @@ def get_str(
     return value
 
 
-def get_int(
-    obj: Mapping[str, Any], name: str, *, lo: int, hi: int, optional: bool = False
-) -> Any:
+def get_int(obj: Mapping[str, Any], name: str, *, lo: int, hi: int, optional: bool = False) -> Any:
     """An integer field within ``lo..hi`` (booleans are not integers here)."""
     if name not in obj or obj[name] is None:
         if optional:
@@ -98,9 +94,7 @@ def get_int(
     return value
 
 
-def get_bytes(
-    obj: Mapping[str, Any], name: str, *, min_len: int = 0, max_len: int
-) -> bytes:
+def get_bytes(obj: Mapping[str, Any], name: str, *, min_len: int = 0, max_len: int) -> bytes:
     """A base64url (unpadded) field decoded to bytes of a bounded length."""
     text = get_str(obj, name, max_len=(max_len * 4) // 3 + 4)
     try:

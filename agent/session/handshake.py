@@ -85,7 +85,9 @@ class _Keys:
     @classmethod
     def derive(cls, key: bytes, room: str, role: str, msg_a: bytes, msg_b: bytes) -> _Keys:
         id_a, id_b = _ids(room, role)
-        transcript = hashlib.sha256(_lp(b"peerdesk/1 transcript", id_a, id_b, msg_a, msg_b)).digest()
+        transcript = hashlib.sha256(
+            _lp(b"peerdesk/1 transcript", id_a, id_b, msg_a, msg_b)
+        ).digest()
         okm = HKDF(
             algorithm=hashes.SHA256(), length=32 * 6, salt=transcript, info=b"peerdesk/1 keys"
         ).derive(key)
@@ -105,7 +107,9 @@ def _intro_signed_data(direction: bytes, transcript: bytes, sdp: str) -> bytes:
     return _lp(b"peerdesk/1 intro", direction, transcript, hashlib.sha256(sdp.encode()).digest())
 
 
-def _seal(key: bytes, transcript: bytes, direction: bytes, me: Ed25519PrivateKey, name: str, sdp: str) -> bytes:
+def _seal(
+    key: bytes, transcript: bytes, direction: bytes, me: Ed25519PrivateKey, name: str, sdp: str
+) -> bytes:
     sig = me.sign(_intro_signed_data(direction, transcript, sdp))
     plain = hs.encode_intro(hs.Intro(name=name, key=_public_bytes(me), sig=sig, sdp=sdp))
     return ChaCha20Poly1305(key).encrypt(_NONCE, plain, transcript + direction)
@@ -240,7 +244,7 @@ class HostHandshake:
         self._attempts: dict[str, _Attempt] = {}
         self._out: deque[tuple[str, str]] = deque()
         self._events: deque[HostEvent] = deque()
-        self._spare = self._new_pake("customer")
+        self._spare: tuple[str, SPAKE2_A, bytes] | None = self._new_pake("customer")
 
     # Precompute the next SPAKE2 start (a scalar multiplication) off the join's path.
     def _new_pake(self, role: str) -> tuple[str, SPAKE2_A, bytes]:
@@ -286,10 +290,20 @@ class HostHandshake:
             self._reject(peer, self.state.value)
             return
         if msg.role not in self._roles:
-            self._fail(peer, JoinRefused(f"this code does not admit a {msg.role}"), counted=False, reason="role")
+            self._fail(
+                peer,
+                JoinRefused(f"this code does not admit a {msg.role}"),
+                counted=False,
+                reason="role",
+            )
             return
         if peer in self._attempts:
-            self._fail(peer, RemoteProtocolError("a second hello in one join"), counted=False, reason="protocol")
+            self._fail(
+                peer,
+                RemoteProtocolError("a second hello in one join"),
+                counted=False,
+                reason="protocol",
+            )
             return
         if len(self._attempts) >= MAX_PENDING:
             self._reject(peer, "busy")
@@ -298,7 +312,12 @@ class HostHandshake:
         try:
             key = pake.finish(msg.pake)
         except (SPAKEError, ValueError, AssertionError):
-            self._fail(peer, RemoteProtocolError("the joiner's PAKE message is invalid"), counted=False, reason="protocol")
+            self._fail(
+                peer,
+                RemoteProtocolError("the joiner's PAKE message is invalid"),
+                counted=False,
+                reason="protocol",
+            )
             return
         keys = _Keys.derive(key, self.code.room, msg.role, msg_a, msg.pake)
         self._attempts[peer] = _Attempt(msg.role, AttemptState.AWAIT_CONFIRM, now, keys)
@@ -307,7 +326,9 @@ class HostHandshake:
     def _on_confirm(self, peer: str, msg: hs.Confirm, now: float) -> None:
         attempt = self._attempts.get(peer)
         if attempt is None or attempt.state is not AttemptState.AWAIT_CONFIRM:
-            self._fail(peer, RemoteProtocolError("confirm out of order"), counted=False, reason="protocol")
+            self._fail(
+                peer, RemoteProtocolError("confirm out of order"), counted=False, reason="protocol"
+            )
             return
         keys = attempt.keys
         if not hmac.compare_digest(msg.mac, keys.mac(keys.confirm_joiner)):
@@ -344,7 +365,9 @@ class HostHandshake:
             return  # the joiner went away meanwhile
         keys = attempt.keys
         sealed = _seal(keys.seal_host, keys.transcript, b"host", self._identity, self._name, answer)
-        self._out.append((peer, hs.encode(hs.Accept(mac=keys.mac(keys.confirm_host), sealed=sealed))))
+        self._out.append(
+            (peer, hs.encode(hs.Accept(mac=keys.mac(keys.confirm_host), sealed=sealed)))
+        )
         self._last_used = now
 
     def refuse(self, peer: str) -> None:
@@ -435,7 +458,8 @@ _REJECT_TEXT = {
     "busy": "the session is busy with other joins; try again in a moment",
     "role": "this code cannot be used to join in that role",
     "protocol": "the host could not understand our join (version mismatch or tampering)",
-    "tampered": "the host received an altered handshake: the signaling server or network tampered with it",
+    "tampered": "the host received an altered handshake: "
+    "the signaling server or the network tampered with it",
 }
 
 
@@ -511,7 +535,9 @@ class JoinerHandshake:
         if self.state is not JoinerState.KEYED or self._offer is None or self._keys is None:
             return
         keys = self._keys
-        sealed = _seal(keys.seal_joiner, keys.transcript, b"joiner", self._identity, self._name, self._offer)
+        sealed = _seal(
+            keys.seal_joiner, keys.transcript, b"joiner", self._identity, self._name, self._offer
+        )
         self._out.append(hs.encode(hs.Confirm(mac=keys.mac(keys.confirm_joiner), sealed=sealed)))
         self.state = JoinerState.SENT_CONFIRM
 

@@ -39,9 +39,7 @@ class Roster:
     def add(self, pid: str, name: str, role: str) -> Participant:
         """Add (or re-add, after a reconnect) a participant."""
         old = self._people.pop(pid, None)
-        primary = role == "customer" and (
-            (old is not None and old.primary) or self.primary is None
-        )
+        primary = role == "customer" and ((old is not None and old.primary) or self.primary is None)
         person = Participant(id=pid, name=name, role=role, primary=primary)
         self._people[pid] = person
         return person
