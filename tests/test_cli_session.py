@@ -30,14 +30,35 @@ def peerdesk(procs: list[Proc], home: Path, *args: str, name: str) -> Proc:
 def test_csr_and_two_customers_chat_leave_and_end(procs: list[Proc], tmp_path: Path) -> None:
     server, url = start_signal_server()
     procs.append(server)
-    csr = peerdesk(procs, tmp_path / "csr", "start", "--signal", url, "--headless", "--json",
-                   "--name", "Carol", name="csr")
+    csr = peerdesk(
+        procs,
+        tmp_path / "csr",
+        "start",
+        "--signal",
+        url,
+        "--headless",
+        "--json",
+        "--name",
+        "Carol",
+        name="csr",
+    )
     session = csr.expect("session")
     assert session["code"].count("-") == 2 and len(session["code"]) == 14
     assert session["link"].startswith("peerdesk://join/" + session["code"])
 
-    alice = peerdesk(procs, tmp_path / "alice", "join", session["code"], "--signal", url,
-                     "--headless", "--json", "--name", "Alice", name="alice")
+    alice = peerdesk(
+        procs,
+        tmp_path / "alice",
+        "join",
+        session["code"],
+        "--signal",
+        url,
+        "--headless",
+        "--json",
+        "--name",
+        "Alice",
+        name="alice",
+    )
     a_joined = alice.expect("joined")
     c_alice = csr.expect("joined", lambda e: e["name"] == "Alice")
     assert a_joined["role"] == "csr" and a_joined["name"] == "Carol"
@@ -46,8 +67,17 @@ def test_csr_and_two_customers_chat_leave_and_end(procs: list[Proc], tmp_path: P
     alice_id = c_alice["peer"]
 
     # the second customer uses the link (which carries the server), not --signal
-    bob = peerdesk(procs, tmp_path / "bob", "join", session["link"], "--headless", "--json",
-                   "--name", "Bob", name="bob")
+    bob = peerdesk(
+        procs,
+        tmp_path / "bob",
+        "join",
+        session["link"],
+        "--headless",
+        "--json",
+        "--name",
+        "Bob",
+        name="bob",
+    )
     bob.expect("joined", lambda e: e["role"] == "csr")
     c_bob = csr.expect("joined", lambda e: e["name"] == "Bob")
     assert c_bob["primary"] is False
@@ -83,9 +113,7 @@ def test_csr_and_two_customers_chat_leave_and_end(procs: list[Proc], tmp_path: P
     assert csr.expect("left")["peer"] == alice_id
     assert alice.wait() == 0
     # Bob is primary now
-    roster = csr.expect(
-        "roster", lambda e: alice_id not in [p["id"] for p in e["participants"]]
-    )
+    roster = csr.expect("roster", lambda e: alice_id not in [p["id"] for p in e["participants"]])
     assert [p["primary"] for p in roster["participants"] if p["id"] == bob_id] == [True]
 
     csr.send({"cmd": "end"})
@@ -99,22 +127,33 @@ def test_csr_and_two_customers_chat_leave_and_end(procs: list[Proc], tmp_path: P
 
 def test_embedded_server_and_wrong_code(procs: list[Proc], tmp_path: Path) -> None:
     """Without --signal the CSR hosts the server itself; a wrong code fails on both sides."""
-    csr = peerdesk(procs, tmp_path / "csr", "start", "--headless", "--json", "--port", "0",
-                   name="csr")
+    csr = peerdesk(
+        procs, tmp_path / "csr", "start", "--headless", "--json", "--port", "0", name="csr"
+    )
     session = csr.expect("session")
     digits = session["code"].replace("-", "")
     wrong = digits[:6] + f"{(int(digits[6:]) + 1) % 10**6:06d}"
     signal = session["signal"]
-    cust = peerdesk(procs, tmp_path / "cust", "join", wrong, "--signal", signal, "--headless",
-                    "--json", name="cust")
+    cust = peerdesk(
+        procs,
+        tmp_path / "cust",
+        "join",
+        wrong,
+        "--signal",
+        signal,
+        "--headless",
+        "--json",
+        name="cust",
+    )
     err = cust.expect("error")
     assert err["code"] == "wrong_code" and "wrong code" in err["reason"]
     assert cust.wait() == 1
     failed = csr.expect("join_failed")
     assert failed["remaining"] == 2 and failed["reason"] == "wrong_code"
 
-    ok = peerdesk(procs, tmp_path / "ok", "join", session["link"], "--headless", "--json",
-                  name="ok")
+    ok = peerdesk(
+        procs, tmp_path / "ok", "join", session["link"], "--headless", "--json", name="ok"
+    )
     ok.expect("joined")
     csr.expect("joined")
     csr.send({"cmd": "end"})
@@ -125,7 +164,10 @@ def test_embedded_server_and_wrong_code(procs: list[Proc], tmp_path: Path) -> No
 def test_bad_input_is_refused_clearly(tmp_path: Path) -> None:
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "agent", *args], capture_output=True, text=True, timeout=30,
+            [sys.executable, "-m", "agent", *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
             env={"PEERDESK_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
         )
 

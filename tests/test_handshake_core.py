@@ -113,7 +113,8 @@ def test_concurrent_joiners_in_every_interleaving() -> None:
     """Two joiners whose messages reach the host in every possible order both get in."""
     steps = ["a_hello", "a_confirm", "b_hello", "b_confirm"]
     orders = [
-        p for p in itertools.permutations(steps)
+        p
+        for p in itertools.permutations(steps)
         if p.index("a_hello") < p.index("a_confirm") and p.index("b_hello") < p.index("b_confirm")
     ]
     assert len(orders) == 6
@@ -219,7 +220,9 @@ def test_role_is_bound_into_the_pake() -> None:
     (fail,) = run_join(h, j)
     assert isinstance(fail, JoinFailed) and isinstance(fail.error, JoinRefused)
     # a host that does admit CSRs still derives different keys for another role
-    h2 = HostHandshake(CODE, Ed25519PrivateKey.generate(), "Carol", now=0.0, roles=("customer", "csr"))
+    h2 = HostHandshake(
+        CODE, Ed25519PrivateKey.generate(), "Carol", now=0.0, roles=("customer", "csr")
+    )
     (ok,) = run_join(h2, JoinerHandshake(CODE, "csr", Ed25519PrivateKey.generate(), "Dan", now=0.0))
     assert isinstance(ok, Admitted)
 
@@ -289,7 +292,15 @@ def test_joiner_times_out_when_host_is_silent() -> None:
 def test_garbage_from_the_network_never_raises() -> None:
     h, j = host(), joiner()
     j.start()
-    for junk in ["", "{", "[]", '{"type":"hello"}', '{"type":"nope"}', "x" * 100_000, '{"type":"pake","pake":"!!"}']:
+    for junk in [
+        "",
+        "{",
+        "[]",
+        '{"type":"hello"}',
+        '{"type":"nope"}',
+        "x" * 100_000,
+        '{"type":"pake","pake":"!!"}',
+    ]:
         h.receive("aaaaaaaaaaaa", junk, 0.0)
         j.receive(junk, 0.0)
     assert all(isinstance(e, AttemptFailed) and not e.counted for e in events(h))
