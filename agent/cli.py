@@ -15,11 +15,12 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 
 from agent import __version__, identity, status
-from agent.errors import PeerDeskError
+from agent.errors import LocalProtocolError, PeerDeskError
 from agent.headless import console_emitter, json_emitter, read_commands
 from agent.protocol.code import check_signal_url, parse_code_or_link
 
@@ -73,6 +74,11 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``peerdesk`` console script."""
     args = _parser().parse_args(argv)
+    if args.command == "signal":
+        from signaling.server import run
+
+        run(args.host, args.port)  # JSON-line logs on stderr
+        return 0
     logging.basicConfig(
         level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
         stream=sys.stderr,
@@ -82,11 +88,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if command == "id":
             return _id(args)
-        if command == "signal":
-            from signaling.server import run
-
-            run(args.host, args.port)
-            return 0
         if command == "bench":
             from bench.run import main as bench_main
 
@@ -123,11 +124,18 @@ async def _embedded_server(port: int) -> tuple[object, str]:
     """Start the signaling server inside this agent; return it and a URL others can use."""
     from signaling.server import start_server
 
-    try:
-        runner, actual = await start_server(["0.0.0.0", "::"], port)  # noqa: S104
-    except OSError:
-        runner, actual = await start_server(["0.0.0.0", "::"], 0)  # noqa: S104
-    return runner, f"ws://{_lan_address()}:{actual}"
+    # The embedded server listens on every interface on purpose: customers on the LAN
+    # reach it. It is as untrusted as any signaling server; the PAKE protects the join.
+    v4 = ["0.0.0.0"]  # noqa: S104
+    hosts = [*v4, "::"] if socket.has_ipv6 else v4
+    for attempt_hosts, attempt_port in ((hosts, port), (hosts, 0), (v4, port), (v4, 0)):
+        try:
+            runner, actual = await start_server(attempt_hosts, attempt_port)
+        except OSError as exc:
+            log.info("embedded server on %s:%s: %s", attempt_hosts, attempt_port, exc)
+            continue
+        return runner, f"ws://{_lan_address()}:{actual}"
+    raise LocalProtocolError("could not start the embedded signaling server on any port")
 
 
 def _lan_address() -> str:

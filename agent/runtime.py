@@ -258,7 +258,8 @@ class CsrSession:
                 self._pump()
                 raise exc
             assert self._core is not None
-            self._core.accept(req.peer, answer, time.monotonic())
+            if not self._core.accept(req.peer, answer, time.monotonic()):
+                raise RemoteProtocolError("the joiner went away or misbehaved during the join")
             self._pump()
             await asyncio.wait_for(asyncio.shield(link.opened), CHANNEL_OPEN_TIMEOUT)
         except (TimeoutError, PeerDeskError, asyncio.CancelledError) as exc:
@@ -266,8 +267,18 @@ class CsrSession:
             await link.close()
             if isinstance(exc, asyncio.CancelledError):
                 raise
-            reason = exc.message if isinstance(exc, PeerDeskError) else "timed out"
+            reason = (
+                exc.message
+                if isinstance(exc, PeerDeskError)
+                else "the secure connection did not open in time"
+            )
             log.warning("join of %s failed after the handshake: %s", req.name, reason)
+            self._emit(
+                status.Error(
+                    reason=f"{req.name} knew the code but could not connect: {reason}",
+                    code="connect_failed",
+                )
+            )
             return
         self._pending.pop(req.peer, None)
         if self._core is not None:

@@ -358,17 +358,21 @@ class HostHandshake:
             )
         )
 
-    def accept(self, peer: str, answer: str, now: float) -> None:
-        """Admit ``peer`` after a ``JoinRequest``, sending our sealed SDP ``answer``."""
+    def accept(self, peer: str, answer: str, now: float) -> bool:
+        """Admit ``peer`` after a ``JoinRequest``, sending our sealed SDP ``answer``.
+
+        Returns False when the join ended meanwhile (the joiner left or misbehaved).
+        """
         attempt = self._attempts.pop(peer, None)
         if attempt is None or attempt.state is not AttemptState.AWAIT_DECISION:
-            return  # the joiner went away meanwhile
+            return False
         keys = attempt.keys
         sealed = _seal(keys.seal_host, keys.transcript, b"host", self._identity, self._name, answer)
         self._out.append(
             (peer, hs.encode(hs.Accept(mac=keys.mac(keys.confirm_host), sealed=sealed)))
         )
         self._last_used = now
+        return True
 
     def refuse(self, peer: str) -> None:
         """Turn ``peer`` away after a ``JoinRequest``."""
@@ -443,11 +447,15 @@ class JoinerState(enum.Enum):
     FAILED = "failed"
 
 
-_REJECT_ERRORS: dict[str, type[PeerDeskError]] = {
-    "wrong_code": WrongCode,
-    "burned": CodeBurned,
-    "expired": CodeBurned,
-    "tampered": HandshakeTampered,
+_REJECT_ERRORS: dict[str, tuple[type[PeerDeskError], str]] = {
+    "wrong_code": (WrongCode, "wrong_code"),
+    "burned": (CodeBurned, "code_burned"),
+    "expired": (CodeBurned, "code_expired"),
+    "tampered": (HandshakeTampered, "tampered"),
+    "protocol": (RemoteProtocolError, "protocol"),
+    "refused": (JoinRefused, "refused"),
+    "busy": (JoinRefused, "busy"),
+    "role": (JoinRefused, "role_not_offered"),
 }
 
 _REJECT_TEXT = {
@@ -516,7 +524,8 @@ class JoinerHandshake:
             text = _REJECT_TEXT[msg.reason]
             if msg.reason == "wrong_code" and msg.remaining >= 0:
                 text += f" ({msg.remaining} attempt{'s' if msg.remaining != 1 else ''} left)"
-            self._failed(_REJECT_ERRORS.get(msg.reason, JoinRefused)(text))
+            error_class, code = _REJECT_ERRORS[msg.reason]
+            self._failed(error_class(text, code=code))
         elif isinstance(msg, hs.Pake) and self.state is JoinerState.SENT_HELLO:
             try:
                 key = self._pake.finish(msg.pake)
