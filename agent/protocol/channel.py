@@ -85,7 +85,100 @@ class Refused:
     message: str
 
 
-Message: TypeAlias = Chat | Roster | Bye | End | Ping | Refused
+CAP_RE = re.compile(r"[a-z_]{1,24}")
+REF_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+STATE_RE = re.compile(r"pending|granted|denied|revoked")
+MAX_SYSINFO_BYTES = 128 * 1024
+MAX_MONITORS = 16
+
+
+@dataclass(frozen=True)
+class Request:
+    """CSR to customer: please grant ``cap``."""
+
+    type: ClassVar[str] = "request"
+    cap: str
+    ref: str | None = None
+    "The CSR's own reference, echoed in every ``consent`` answer."
+
+
+@dataclass(frozen=True)
+class ConsentState:
+    """Customer to CSR: a request changed state (pending, granted, denied, revoked)."""
+
+    type: ClassVar[str] = "consent"
+    id: str
+    cap: str
+    state: str
+    ref: str | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class SysInfo:
+    """Customer to CSR, while ``sysinfo`` is granted: structured system information."""
+
+    type: ClassVar[str] = "sysinfo"
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ControlState:
+    """Customer to CSRs: who may control now. ``holder`` None means nobody."""
+
+    type: ClassVar[str] = "control"
+    holder: str | None
+    token: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Monitor:
+    index: int
+    x: int
+    y: int
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class Monitors:
+    """Customer to CSR, while ``view`` is granted: the monitors and which is shared."""
+
+    type: ClassVar[str] = "monitors"
+    items: tuple[Monitor, ...]
+    current: int
+
+
+@dataclass(frozen=True)
+class SelectMonitor:
+    """CSR to customer: share monitor ``index`` (1-based, as ``monitors`` lists them)."""
+
+    type: ClassVar[str] = "select_monitor"
+    index: int
+
+
+@dataclass(frozen=True)
+class Keyframe:
+    """CSR to customer: send a full frame next (after loss, or for a new viewer)."""
+
+    type: ClassVar[str] = "keyframe"
+
+
+Message: TypeAlias = (
+    Chat
+    | Roster
+    | Bye
+    | End
+    | Ping
+    | Refused
+    | Request
+    | ConsentState
+    | SysInfo
+    | ControlState
+    | Monitors
+    | SelectMonitor
+    | Keyframe
+)
 
 
 def encode(msg: Message) -> str:
@@ -101,8 +194,12 @@ def encode(msg: Message) -> str:
             body["name"] = msg.name
     elif isinstance(msg, Roster):
         body["participants"] = [vars(p) for p in msg.participants]
-    elif isinstance(msg, Refused):
-        body.update(code=msg.code, message=msg.message)
+    elif isinstance(msg, Monitors):
+        body.update(items=[vars(m) for m in msg.items], current=msg.current)
+    elif isinstance(msg, ControlState):
+        body.update(holder=msg.holder, token=list(msg.token))
+    else:
+        body.update({k: v for k, v in vars(msg).items() if v is not None})
     return wire.dump(body)
 
 
@@ -127,6 +224,47 @@ def _roster(obj: dict[str, Any]) -> Roster:
     return Roster(participants=tuple(_participant(item) for item in items))
 
 
+def _sysinfo(obj: dict[str, Any]) -> SysInfo:
+    data = obj.get("data")
+    if not isinstance(data, dict):
+        raise DecodeError('field "data" must be an object')
+    if len(wire.dump(data)) > MAX_SYSINFO_BYTES:
+        raise DecodeError("system information is too large", code="too_large")
+    return SysInfo(data=data)
+
+
+def _token(obj: dict[str, Any]) -> tuple[int, int]:
+    token = obj.get("token")
+    if (
+        not isinstance(token, list)
+        or len(token) != 2
+        or not all(isinstance(t, int) and not isinstance(t, bool) for t in token)
+        or not all(0 <= t < 2**53 for t in token)
+    ):
+        raise DecodeError('field "token" must be [epoch, seq], two non-negative integers')
+    return (token[0], token[1])
+
+
+def _monitors(obj: dict[str, Any]) -> Monitors:
+    items = obj.get("items")
+    if not isinstance(items, list) or len(items) > MAX_MONITORS:
+        raise DecodeError(f'field "items" must be a list of at most {MAX_MONITORS}')
+    out = []
+    for item in items:
+        if not isinstance(item, dict):
+            raise DecodeError("a monitor must be an object")
+        out.append(
+            Monitor(
+                index=wire.get_int(item, "index", lo=1, hi=MAX_MONITORS),
+                x=wire.get_int(item, "x", lo=-(2**20), hi=2**20),
+                y=wire.get_int(item, "y", lo=-(2**20), hi=2**20),
+                width=wire.get_int(item, "width", lo=1, hi=2**16),
+                height=wire.get_int(item, "height", lo=1, hi=2**16),
+            )
+        )
+    return Monitors(items=tuple(out), current=wire.get_int(obj, "current", lo=0, hi=MAX_MONITORS))
+
+
 _TABLE: dict[str, Any] = {
     "chat": lambda o: Chat(
         text=wire.get_str(o, "text", max_len=MAX_CHAT_CHARS, allow_empty=False),
@@ -138,6 +276,26 @@ _TABLE: dict[str, Any] = {
     "bye": lambda o: Bye(),
     "end": lambda o: End(),
     "ping": lambda o: Ping(),
+    "request": lambda o: Request(
+        cap=wire.get_str(o, "cap", pattern=CAP_RE),
+        ref=wire.get_str(o, "ref", pattern=REF_RE, optional=True),
+    ),
+    "consent": lambda o: ConsentState(
+        id=wire.get_str(o, "id", pattern=REF_RE),
+        cap=wire.get_str(o, "cap", pattern=CAP_RE),
+        state=wire.get_str(o, "state", pattern=STATE_RE),
+        ref=wire.get_str(o, "ref", pattern=REF_RE, optional=True),
+        reason=wire.get_str(o, "reason", max_len=200, optional=True) or "",
+    ),
+    "sysinfo": _sysinfo,
+    "control": lambda o: ControlState(
+        holder=wire.get_str(o, "holder", pattern=PEER_ID_RE, optional=True), token=_token(o)
+    ),
+    "monitors": _monitors,
+    "select_monitor": lambda o: SelectMonitor(
+        index=wire.get_int(o, "index", lo=1, hi=MAX_MONITORS)
+    ),
+    "keyframe": lambda o: Keyframe(),
     "refused": lambda o: Refused(
         code=wire.get_str(o, "code", pattern=_CODE_RE),
         message=wire.get_str(o, "message", max_len=500),

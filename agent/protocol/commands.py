@@ -6,6 +6,7 @@ a bad line gets an ``error`` event naming the problem and changes nothing.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeAlias
 
@@ -48,7 +49,143 @@ class MakePrimaryCommand:
     peer: str
 
 
-Command: TypeAlias = ChatCommand | LeaveCommand | EndCommand | MakePrimaryCommand
+@dataclass(frozen=True)
+class RequestCommand:
+    """``{"cmd":"request","cap":CAP,"to":ID}`` (CSR): ask a customer for a capability."""
+
+    cmd: ClassVar[str] = "request"
+    cap: str
+    to: str | None = None
+
+
+@dataclass(frozen=True)
+class AnswerCommand:
+    """``{"cmd":"grant"|"deny","id":ID}`` (customer): answer a request."""
+
+    cmd: ClassVar[str] = "answer"
+    id: str
+    grant: bool
+    dir: str | None = None
+    "For ``files_advanced``: the directory the CSR may browse (default: the download dir)."
+
+
+@dataclass(frozen=True)
+class RevokeCommand:
+    """``{"cmd":"revoke","cap":CAP|"all"}`` (customer): take a capability back at once."""
+
+    cmd: ClassVar[str] = "revoke"
+    cap: str
+
+
+@dataclass(frozen=True)
+class SnapshotCommand:
+    """``{"cmd":"snapshot","path":P}`` (CSR): save the latest received frame as PNG."""
+
+    cmd: ClassVar[str] = "snapshot"
+    path: str
+    to: str | None = None
+
+
+@dataclass(frozen=True)
+class InputCommand:
+    """Pointer and keyboard commands (CSR): ``click``, ``move``, ``down``, ``up``,
+    ``scroll``, ``key``, ``type``. Coordinates are normalised to the shared monitor."""
+
+    cmd: ClassVar[str] = "input"
+    kind: str
+    x: float = 0.0
+    y: float = 0.0
+    button: str = "left"
+    dx: int = 0
+    dy: int = 0
+    key: str = ""
+    action: str = "press"
+    text: str = ""
+    to: str | None = None
+
+
+@dataclass(frozen=True)
+class SimpleCommand:
+    """``monitors``, ``keyframe``, ``sysinfo``, ``status``: no arguments but ``to``."""
+
+    cmd: ClassVar[str] = "simple"
+    name: str
+    to: str | None = None
+
+
+@dataclass(frozen=True)
+class MonitorCommand:
+    """``{"cmd":"monitor","index":N}``: share monitor N (customer) or ask for it (CSR)."""
+
+    cmd: ClassVar[str] = "monitor"
+    index: int
+    to: str | None = None
+
+
+Command: TypeAlias = (
+    ChatCommand
+    | LeaveCommand
+    | EndCommand
+    | MakePrimaryCommand
+    | RequestCommand
+    | AnswerCommand
+    | RevokeCommand
+    | SnapshotCommand
+    | InputCommand
+    | SimpleCommand
+    | MonitorCommand
+)
+
+_CAP_RE = re.compile(r"[a-z_]{1,24}")
+_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+_BUTTON_RE = re.compile(r"left|middle|right")
+_KEY_ACTION_RE = re.compile(r"down|up|press")
+
+
+def _to(o: dict[str, Any]) -> str | None:
+    value: str | None = wire.get_str(o, "to", pattern=PEER_ID_RE, optional=True)
+    return value
+
+
+def _coord(o: dict[str, Any], name: str) -> float:
+    value = o.get(name)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise DecodeError(f'field "{name}" must be a number between 0 and 1')
+    if not 0.0 <= float(value) <= 1.0:  # also refuses NaN
+        raise DecodeError(f'field "{name}" must be between 0 and 1')
+    return float(value)
+
+
+def _path(o: dict[str, Any], name: str = "path") -> str:
+    value: str = wire.get_str(o, name, max_len=4096, allow_empty=False)
+    return value
+
+
+def _input(kind: str) -> Any:
+    def parse(o: dict[str, Any]) -> InputCommand:
+        if kind in ("click", "move", "down", "up", "scroll"):
+            return InputCommand(
+                kind=kind,
+                x=_coord(o, "x"),
+                y=_coord(o, "y"),
+                button=wire.get_str(o, "button", pattern=_BUTTON_RE, optional=True) or "left",
+                dx=wire.get_int(o, "dx", lo=-20, hi=20, optional=True) or 0,
+                dy=wire.get_int(o, "dy", lo=-20, hi=20, optional=True) or 0,
+                to=_to(o),
+            )
+        if kind == "key":
+            return InputCommand(
+                kind=kind,
+                key=wire.get_str(o, "key", max_len=16, allow_empty=False),
+                action=wire.get_str(o, "action", pattern=_KEY_ACTION_RE, optional=True) or "press",
+                to=_to(o),
+            )
+        return InputCommand(
+            kind="type", text=wire.get_str(o, "text", max_len=1000, allow_empty=False), to=_to(o)
+        )
+
+    return parse
+
 
 _TABLE: dict[str, Any] = {
     "chat": lambda o: ChatCommand(
@@ -58,6 +195,21 @@ _TABLE: dict[str, Any] = {
     "leave": lambda o: LeaveCommand(),
     "end": lambda o: EndCommand(),
     "make_primary": lambda o: MakePrimaryCommand(peer=wire.get_str(o, "peer", pattern=PEER_ID_RE)),
+    "request": lambda o: RequestCommand(cap=wire.get_str(o, "cap", pattern=_CAP_RE), to=_to(o)),
+    "grant": lambda o: AnswerCommand(
+        id=wire.get_str(o, "id", pattern=_ID_RE),
+        grant=True,
+        dir=wire.get_str(o, "dir", max_len=4096, optional=True),
+    ),
+    "deny": lambda o: AnswerCommand(id=wire.get_str(o, "id", pattern=_ID_RE), grant=False),
+    "revoke": lambda o: RevokeCommand(cap=wire.get_str(o, "cap", pattern=_CAP_RE)),
+    "snapshot": lambda o: SnapshotCommand(path=_path(o), to=_to(o)),
+    **{k: _input(k) for k in ("click", "move", "down", "up", "scroll", "key", "type")},
+    **{
+        k: (lambda name: lambda o: SimpleCommand(name=name, to=_to(o)))(k)
+        for k in ("monitors", "keyframe", "sysinfo")
+    },
+    "monitor": lambda o: MonitorCommand(index=wire.get_int(o, "index", lo=1, hi=16), to=_to(o)),
 }
 
 
