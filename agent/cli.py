@@ -18,11 +18,13 @@ import signal
 import socket
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from agent import __version__, identity, status
 from agent.errors import LocalProtocolError, PeerDeskError
 from agent.headless import console_emitter, json_emitter, read_commands
 from agent.protocol.code import check_signal_url, parse_code_or_link
+from agent.services.customer import CustomerOptions
 
 log = logging.getLogger("peerdesk")
 
@@ -56,6 +58,17 @@ def _parser() -> argparse.ArgumentParser:
     join = sub.add_parser("join", help="join a session with a code or link (customer)")
     join.add_argument("code", metavar="CODE|LINK")
     front(join)
+    join.add_argument(
+        "--accept",
+        default="",
+        metavar="CAPS",
+        help="pre-grant these capabilities to the CSR, comma-separated "
+        "(view,control,files,files_advanced,sysinfo): for scripted and unattended use",
+    )
+    join.add_argument("--download-dir", metavar="DIR", help="where files from the CSR land")
+    join.add_argument("--share-dir", metavar="DIR", help="the directory files_advanced exposes")
+    join.add_argument("--monitor", type=int, default=1, help="monitor to share (1 = first)")
+    join.add_argument("--codec", choices=("vp8", "h264"), default="vp8", help="video codec")
 
     sig = sub.add_parser("signal", help="run a signaling server")
     sig.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")  # noqa: S104
@@ -191,6 +204,36 @@ async def _start(args: argparse.Namespace) -> int:
     return done.result()
 
 
+def _customer_options(args: argparse.Namespace) -> CustomerOptions:
+    from agent.session.consent import AVAILABLE
+
+    accept = frozenset(c.strip() for c in args.accept.split(",") if c.strip())
+    unknown = accept - set(AVAILABLE)
+    if unknown:
+        raise LocalProtocolError(
+            f"--accept: unknown capability {', '.join(sorted(unknown))}; "
+            f"choose from {','.join(AVAILABLE)}"
+        )
+    if not 1 <= args.monitor <= 16:
+        raise LocalProtocolError("--monitor must be between 1 and 16")
+
+    def directory(value: str | None, flag: str) -> Path | None:
+        if value is None:
+            return None
+        path = Path(value).expanduser()
+        if not path.is_dir():
+            raise LocalProtocolError(f"{flag}: {value} is not a directory")
+        return path.resolve()
+
+    return CustomerOptions(
+        accept=accept,
+        download_dir=directory(args.download_dir, "--download-dir"),
+        share_dir=directory(args.share_dir, "--share-dir"),
+        monitor=args.monitor,
+        video_codec=args.codec,
+    )
+
+
 async def _join(args: argparse.Namespace) -> int:
     from agent.runtime import CustomerSession
 
@@ -203,7 +246,7 @@ async def _join(args: argparse.Namespace) -> int:
     else:
         url = f"ws://127.0.0.1:{DEFAULT_PORT}"
     me = identity.load().with_name(args.name)
-    session = CustomerSession(me, link, url, emit)
+    session = CustomerSession(me, link, url, emit, options=_customer_options(args))
     try:
         await session.join()
     except PeerDeskError as exc:

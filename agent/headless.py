@@ -22,10 +22,7 @@ from agent.protocol import commands as cmds
 class Controllable(Protocol):
     """What a front end may ask of a session (the same API the tray and dashboard use)."""
 
-    def chat(self, text: str, to: tuple[str, ...] | None = None) -> None: ...
-    def make_primary(self, pid: str) -> None: ...
-    async def leave(self) -> None: ...
-    async def end(self, reason: str = "ended") -> None: ...
+    async def command(self, command: cmds.Command) -> None: ...
 
 
 def json_emitter(out: TextIO | None = None) -> Callable[[status.Status], None]:
@@ -97,14 +94,7 @@ def _parse_console(line: str) -> cmds.Command:
 
 async def dispatch(session: Controllable, command: cmds.Command) -> None:
     """Carry out one parsed command."""
-    if isinstance(command, cmds.ChatCommand):
-        session.chat(command.text, command.to)
-    elif isinstance(command, cmds.LeaveCommand):
-        await session.leave()
-    elif isinstance(command, cmds.EndCommand):
-        await session.end()
-    elif isinstance(command, cmds.MakePrimaryCommand):
-        session.make_primary(command.peer)
+    await session.command(command)
 
 
 async def read_commands(

@@ -25,9 +25,12 @@ from agent.identity import Identity
 from agent.net.peer import PeerLink
 from agent.net.signaling_client import SignalingClient, SignalingUnreachable
 from agent.protocol import channel as ch
+from agent.protocol import commands as cmds
 from agent.protocol import signaling as sig
 from agent.protocol.code import JoinLink, SessionCode
 from agent.protocol.handshake import peer_id
+from agent.services.csr import CsrServices
+from agent.services.customer import CustomerOptions, CustomerServices
 from agent.session import handshake as hsk
 from agent.session.roster import Roster
 
@@ -76,6 +79,7 @@ class _Member:
     link: PeerLink
     name: str
     role: str
+    services: CsrServices
 
 
 class CsrSession:
@@ -89,6 +93,8 @@ class CsrSession:
         self.roster = Roster(ch.Participant(self.me, identity.name, "csr", False))
         self._members: dict[str, _Member] = {}
         self._pending: dict[str, PeerLink] = {}
+        self._early: dict[PeerLink, CsrServices] = {}
+        "Services of links whose channel is not open yet (a track may arrive first)."
         self._tasks: set[asyncio.Task[None]] = set()
         self._done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._client: SignalingClient | None = None
@@ -143,6 +149,45 @@ class CsrSession:
         self.roster.make_primary(pid)
         self._roster_changed()
 
+    def services_for(self, to: str | None) -> CsrServices:
+        """The customer a command is for: ``to``, or else the primary customer."""
+        pid = to or self.roster.primary
+        if pid is None:
+            raise LocalProtocolError("no customer in the session yet", code="no_customer")
+        member = self._members.get(pid)
+        if member is None or member.role != "customer":
+            raise LocalProtocolError(f"{pid} is not a customer in this session")
+        return member.services
+
+    async def command(self, command: cmds.Command) -> None:
+        """Carry out one command (headless, console, tray and dashboard all come here)."""
+        if isinstance(command, cmds.ChatCommand):
+            self.chat(command.text, command.to)
+        elif isinstance(command, cmds.EndCommand):
+            await self.end()
+        elif isinstance(command, cmds.LeaveCommand):
+            await self.leave()
+        elif isinstance(command, cmds.MakePrimaryCommand):
+            self.make_primary(command.peer)
+        elif isinstance(command, cmds.RequestCommand):
+            self.services_for(command.to).request(command.cap)
+        elif isinstance(command, cmds.InputCommand):
+            self.services_for(command.to).input(command)
+        elif isinstance(command, cmds.SnapshotCommand):
+            self._emit(await self.services_for(command.to).snapshot(command.path))
+        elif isinstance(command, cmds.SimpleCommand):
+            services = self.services_for(command.to)
+            if command.name == "keyframe":
+                services.keyframe()
+            elif command.name == "sysinfo":
+                services.request("sysinfo")
+            else:
+                services.request("view")  # monitors come with the view grant
+        elif isinstance(command, cmds.MonitorCommand):
+            self.services_for(command.to).select_monitor(command.index)
+        else:
+            raise LocalProtocolError(f'"{command.cmd}" is a customer command', code="not_allowed")
+
     async def leave(self) -> None:
         raise LocalProtocolError("you are the only CSR in this session: end it instead of leaving")
 
@@ -165,6 +210,9 @@ class CsrSession:
         for task in list(self._tasks):
             task.cancel()
         links = [m.link for m in self._members.values()] + list(self._pending.values())
+        await asyncio.gather(
+            *(m.services.close() for m in self._members.values()), return_exceptions=True
+        )
         await asyncio.gather(*(link.close() for link in links), return_exceptions=True)
         self._members.clear()
         if self._outbox is not None:
@@ -247,7 +295,11 @@ class CsrSession:
         link = PeerLink(
             on_message=lambda msg: self._on_message(pid, msg),
             on_lost=lambda why: self._on_lost(pid, link, why),
+            on_channel=lambda name, data: self._on_channel(pid, name, data),
+            on_track=lambda track: self._on_track(pid, track),
         )
+        services = CsrServices(self.me, pid, link, self._emit)
+        self._early[link] = services
         self._pending[req.peer] = link
         try:
             try:
@@ -264,6 +316,7 @@ class CsrSession:
             await asyncio.wait_for(asyncio.shield(link.opened), CHANNEL_OPEN_TIMEOUT)
         except (TimeoutError, PeerDeskError, asyncio.CancelledError) as exc:
             self._pending.pop(req.peer, None)
+            self._early.pop(link, None)
             await link.close()
             if isinstance(exc, asyncio.CancelledError):
                 raise
@@ -286,7 +339,8 @@ class CsrSession:
         old = self._members.pop(pid, None)
         if old is not None:  # the same agent reconnected: the new link replaces the old
             await old.link.close()
-        self._members[pid] = _Member(link, req.name, req.role)
+        self._early.pop(link, None)
+        self._members[pid] = _Member(link, req.name, req.role, services)
         person = self.roster.add(pid, req.name, req.role)
         self._emit(
             status.Joined(
@@ -306,6 +360,8 @@ class CsrSession:
         member = self._members.get(pid)
         if member is None:
             return
+        if member.services.on_main(msg):
+            return
         if isinstance(msg, ch.Chat):
             self._relay_chat(pid, member, msg)
         elif isinstance(msg, ch.Bye):
@@ -315,7 +371,7 @@ class CsrSession:
                 ch.Refused(code="not_allowed", message="only a CSR can end the session")
             )
         elif isinstance(msg, ch.Refused):
-            log.warning("%s refused our message: %s", member.name, msg.message)
+            self._emit(status.Error(reason=f"{member.name}: {msg.message}", code=msg.code))
         else:
             log.info("ignored %s from %s", msg.type, member.name)
 
@@ -334,6 +390,19 @@ class CsrSession:
             elif (other := self._members.get(rid)) is not None:
                 other.link.send(relayed)
 
+    def _on_channel(self, pid: str, name: str, data: str | bytes) -> None:
+        member = self._members.get(pid)
+        if member is not None:
+            member.services.on_channel(name, data)
+
+    def _on_track(self, pid: str, track: Any) -> None:
+        member = self._members.get(pid)
+        services = member.services if member is not None else None
+        if services is None:
+            services = next((s for s in self._early.values() if s.customer == pid), None)
+        if services is not None:
+            services.on_track(track)
+
     def _on_lost(self, pid: str, link: PeerLink, why: str) -> None:
         member = self._members.get(pid)
         if member is not None and member.link is link and not self._ending:
@@ -344,6 +413,7 @@ class CsrSession:
         if member is None:
             return
         self.roster.remove(pid)
+        self._spawn(member.services.close())
         self._spawn(member.link.close())
         self._emit(status.Left(peer=pid, reason=reason))
         self._roster_changed()
@@ -370,6 +440,7 @@ class CustomerSession:
         *,
         role: str = "customer",
         timeout: float = hsk.JOIN_TIMEOUT,
+        options: CustomerOptions | None = None,
     ) -> None:
         self.identity = identity
         self.code = link.code
@@ -384,13 +455,21 @@ class CustomerSession:
         self._known: dict[str, ch.Participant] = {}
         self._done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._leaving = False
+        self._tick_task: asyncio.Task[None] | None = None
+        self.services = CustomerServices(emit, options or CustomerOptions())
         self._closing: asyncio.Future[None] | None = None
         self._announced = False
         self._sas = ""
 
     async def join(self) -> None:
         """Run the join; raises a ``PeerDeskError`` that says why it failed."""
-        link = PeerLink(on_message=self._on_message, on_lost=self._on_lost)
+        link = PeerLink(
+            on_message=self._on_message,
+            on_lost=self._on_lost,
+            on_channel=self._on_channel,
+            video_track=self.services.video_track(),
+            video_codec=self.services.options.video_codec,
+        )
         self._link = link
         try:
             await self._handshake(link)
@@ -404,7 +483,15 @@ class CustomerSession:
         except BaseException:
             await link.close()
             raise
+        assert self.host is not None
+        self.services.attach(self.host, self._host_name, link)
+        self._tick_task = asyncio.ensure_future(self._tick())
         self.announce()
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.services.handle_timer(time.monotonic())
 
     async def _handshake(self, link: PeerLink) -> None:
         offer_task = asyncio.ensure_future(link.offer())
@@ -517,10 +604,35 @@ class CustomerSession:
     def make_primary(self, pid: str) -> None:
         raise LocalProtocolError("only a CSR can choose the primary customer")
 
+    async def command(self, command: cmds.Command) -> None:
+        """Carry out one command (headless, console, tray and dashboard all come here)."""
+        if isinstance(command, cmds.ChatCommand):
+            self.chat(command.text, command.to)
+        elif isinstance(command, cmds.LeaveCommand):
+            await self.leave()
+        elif isinstance(command, cmds.EndCommand):
+            await self.end()
+        elif isinstance(command, cmds.AnswerCommand):
+            self.services.answer(command.id, command.grant, command.dir)
+        elif isinstance(command, cmds.RevokeCommand):
+            self.services.revoke(command.cap)
+        elif isinstance(command, cmds.SimpleCommand) and command.name == "monitors":
+            items = await asyncio.to_thread(self.services.monitors)
+            self._emit(
+                status.MonitorsListed(
+                    peer=self.me, items=tuple(items), current=self.services.options.monitor
+                )
+            )
+        elif isinstance(command, cmds.MonitorCommand):
+            self.services.select_monitor(command.index)
+        else:
+            raise LocalProtocolError(f'"{command.cmd}" is a CSR command', code="not_allowed")
+
     async def leave(self) -> None:
         if self._done.done() or self._link is None or self._leaving:
             return
         self._leaving = True
+        await self._stop_services()
         self._link.send(ch.Bye())
         await asyncio.sleep(0.05)
         await self._link.close()
@@ -534,8 +646,21 @@ class CustomerSession:
 
     # -- channel
 
+    async def _stop_services(self) -> None:
+        if self._tick_task is not None:
+            self._tick_task.cancel()
+        if self.host is not None:
+            self.services.detach(self.host)
+        await self.services.close()
+
+    def _on_channel(self, name: str, data: str | bytes) -> None:
+        if self.host is not None:
+            self.services.on_channel(self.host, name, data)
+
     def _on_message(self, msg: ch.Message) -> None:
         self.announce()
+        if self.host is not None and self.services.on_main(self.host, msg):
+            return
         if isinstance(msg, ch.Chat):
             sender = msg.sender or self.host or ""
             self._emit(
@@ -580,10 +705,16 @@ class CustomerSession:
     def _finish(self, event: status.Status, code: int) -> None:
         if self._done.done():
             return
+        if self.host is not None:  # grants end and held keys are released first
+            self.services.detach(self.host)
         self._emit(event)
         self._done.set_result(code)
+        self._closing = asyncio.ensure_future(self._close_all())
+
+    async def _close_all(self) -> None:
+        await self._stop_services()
         if self._link is not None:
-            self._closing = asyncio.ensure_future(self._link.close())
+            await self._link.close()
 
 
 def describe(exc: BaseException) -> status.Error:

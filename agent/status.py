@@ -104,3 +104,85 @@ class RosterChanged(Status):
 
     event: ClassVar[str] = "roster"
     participants: tuple[dict[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class ConsentRequest(Status):
+    """Customer: a CSR asks for a capability. Answer with ``grant`` or ``deny``."""
+
+    event: ClassVar[str] = "request"
+    id: str
+    cap: str
+    from_: str
+    name: str
+
+
+@dataclass(frozen=True)
+class ConsentChanged(Status):
+    """Both sides: a request is ``pending``, ``granted``, ``denied`` or ``revoked``."""
+
+    event: ClassVar[str] = "consent"
+    id: str
+    cap: str
+    state: str
+    peer: str
+    "The other side: the CSR (on the customer) or the customer (on the CSR)."
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class ControlChanged(Status):
+    """Who may control the customer's machine now (``holder`` None: nobody)."""
+
+    event: ClassVar[str] = "control"
+    holder: str | None
+    token: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class SysInfoReceived(Status):
+    event: ClassVar[str] = "sysinfo"
+    peer: str
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class MonitorsListed(Status):
+    event: ClassVar[str] = "monitors"
+    peer: str
+    items: tuple[dict[str, Any], ...]
+    current: int
+
+
+@dataclass(frozen=True)
+class SnapshotSaved(Status):
+    event: ClassVar[str] = "snapshot"
+    peer: str
+    path: str
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class FileProgress(Status):
+    """A file transfer's progress; ``state`` ends as ``done`` (with ``sha256``) or ``failed``."""
+
+    event: ClassVar[str] = "file"
+    id: str
+    name: str
+    direction: str
+    "``send`` or ``receive``."
+    peer: str
+    state: str
+    "``offered``, ``active``, ``done``, ``failed``, ``rejected``."
+    bytes: int
+    size: int
+    rate: float
+    "Bytes per second, smoothed."
+    eta: float | None
+    "Seconds left, or None when unknown."
+    sha256: str | None = None
+    path: str | None = None
+    reason: str = ""
+    transport: str = ""
+    "``fastpath`` (direct TCP, AES-GCM) or ``datachannel``."

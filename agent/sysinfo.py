@@ -17,7 +17,8 @@ import psutil
 from agent import __version__
 
 
-def _displays() -> list[dict[str, Any]]:
+def displays() -> list[dict[str, Any]]:
+    """The monitors, 1-based as mss numbers them: index, x, y, width, height."""
     if os.name == "posix" and not os.environ.get("DISPLAY") and platform.system() == "Linux":
         return []
     try:
@@ -98,7 +99,7 @@ def collect() -> dict[str, Any]:
         },
         "memory": {"total": mem.total, "available": mem.available, "percent": mem.percent},
         "disks": _disks(),
-        "displays": _displays(),
+        "displays": displays(),
         "network": _interfaces(),
     }
 

@@ -30,30 +30,74 @@ LOST_AFTER = 6.0
 "Seconds of silence after which a peer is considered lost."
 
 
+def _prefer_codec(transceiver: Any, codec: str) -> None:
+    """Offer only ``codec`` (``vp8`` or ``h264``) for video."""
+    from aiortc.rtcrtpsender import RTCRtpSender
+
+    wanted = f"video/{codec}".lower()
+    codecs = [
+        c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType.lower() == wanted
+    ]
+    if not codecs:
+        raise ValueError(f"video codec {codec!r} is not available")
+    transceiver.setCodecPreferences(codecs)
+
+
 def rtc_configuration() -> RTCConfiguration:
     """No public STUN server: aiortc would otherwise ask Google's."""
     return RTCConfiguration(iceServers=[])
 
 
+CHANNELS = {"main": 0, "control": 1, "files": 2}
+"Negotiated data channels, all ordered and reliable: the session wire, input, file bytes."
+
+
 class PeerLink:
-    """A peer connection with one negotiated, ordered, reliable data channel."""
+    """A peer connection with negotiated data channels and, optionally, screen video.
+
+    ``main`` carries ``agent.protocol.channel`` messages to ``on_message``; the other
+    channels hand their raw messages to ``on_channel(name, data)``. The customer's
+    side passes its (consent-gated) screen track as ``video_track``, sent one way;
+    the CSR's side gets the remote track through ``on_track``.
+    """
 
     def __init__(
         self,
         on_message: Callable[[ch.Message], None],
         on_lost: Callable[[str], None],
+        *,
+        on_channel: Callable[[str, str | bytes], None] | None = None,
+        video_track: Any = None,
+        video_codec: str | None = None,
+        on_track: Callable[[Any], None] | None = None,
     ) -> None:
         self._on_message = on_message
         self._on_lost = on_lost
+        self._on_channel = on_channel
         self.pc = RTCPeerConnection(rtc_configuration())
-        self.channel = self.pc.createDataChannel("peerdesk", negotiated=True, id=0)
+        self.channels = {
+            name: self.pc.createDataChannel(name, negotiated=True, id=sid)
+            for name, sid in CHANNELS.items()
+        }
+        self.channel = self.channels["main"]
         self.opened = asyncio.get_running_loop().create_future()
         self._last_heard = time.monotonic()
         self._closed = False
         self._keepalive: asyncio.Task[None] | None = None
+        self.video_sender: Any = None
+        if video_track is not None:
+            transceiver = self.pc.addTransceiver(video_track, direction="sendonly")
+            self.video_sender = transceiver.sender
+            if video_codec is not None:
+                _prefer_codec(transceiver, video_codec)
+        if on_track is not None:
+            self.pc.on("track", on_track)
         self.channel.on("open", self._on_open)
         self.channel.on("message", self._on_raw)
         self.channel.on("close", lambda: self._lost("channel closed"))
+        for name, channel in self.channels.items():
+            if name != "main":
+                channel.on("message", lambda data, name=name: self._on_side(name, data))
         self.pc.on("connectionstatechange", self._on_state)
 
     async def offer(self) -> str:
@@ -84,6 +128,18 @@ class PeerLink:
             return
         self.channel.send(ch.encode(msg))
 
+    def send_raw(self, name: str, data: str | bytes) -> bool:
+        """Send on a side channel; False when the link is not open."""
+        channel = self.channels[name]
+        if self._closed or channel.readyState != "open":
+            return False
+        channel.send(data)
+        return True
+
+    def buffered(self, name: str) -> int:
+        """Bytes queued on a channel and not yet sent (for backpressure)."""
+        return int(self.channels[name].bufferedAmount)
+
     async def close(self) -> None:
         self._closed = True
         if self._keepalive is not None:
@@ -113,6 +169,11 @@ class PeerLink:
             return
         if not isinstance(msg, ch.Ping):
             self._on_message(msg)
+
+    def _on_side(self, name: str, data: Any) -> None:
+        self._last_heard = time.monotonic()
+        if self._on_channel is not None and isinstance(data, str | bytes):
+            self._on_channel(name, data)
 
     def _on_state(self) -> None:
         if self.pc.connectionState in ("failed", "closed"):

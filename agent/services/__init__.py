@@ -1,0 +1,1 @@
+"""Capabilities served behind consent: one module per side, wiring the capability modules."""

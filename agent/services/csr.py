@@ -1,0 +1,158 @@
+"""The CSR's side of the capabilities, one ``CsrServices`` per customer link.
+
+It asks (``request``), remembers what the customer answered, holds the control
+token the customer's agent issued, stamps input events with it, and keeps the
+latest frame of the customer's screen. It never assumes a grant: the customer's
+agent enforces every one, this side only avoids sending what would be dropped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from agent import status
+from agent.errors import LocalProtocolError
+from agent.net.peer import PeerLink
+from agent.protocol import channel as ch
+from agent.protocol import control as ctl
+from agent.protocol.commands import InputCommand
+from agent.session.consent import AVAILABLE, CAPABILITIES
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[status.Status], None]
+_refs = itertools.count(1)
+
+
+class CsrServices:
+    """What this CSR can do with one customer."""
+
+    def __init__(self, me: str, customer: str, link: PeerLink, emit: Emit) -> None:
+        self.me = me
+        self.customer = customer
+        self.link = link
+        self._emit = emit
+        self.grants: dict[str, str] = {}
+        "capability -> state as the customer last reported it"
+        self.token: tuple[int, int] | None = None
+        self._seq = itertools.count(1)
+        self.viewer: Any = None
+        "The screen viewer, once the customer's video track arrived."
+        self.files: Any = None
+
+    # -- commands
+
+    def request(self, cap: str) -> str:
+        if cap not in CAPABILITIES:
+            raise LocalProtocolError(
+                f'unknown capability "{cap}"; capabilities: {", ".join(AVAILABLE)}',
+                code="unknown_cap",
+            )
+        ref = f"q{next(_refs)}"
+        self.link.send(ch.Request(cap=cap, ref=ref))
+        return ref
+
+    def keyframe(self) -> None:
+        self.link.send(ch.Keyframe())
+
+    def select_monitor(self, index: int) -> None:
+        self._need("view")
+        self.link.send(ch.SelectMonitor(index=index))
+
+    def input(self, cmd: InputCommand) -> None:
+        """Send one pointer or keyboard command, stamped with our control token."""
+        self._need("control")
+        if self.token is None:
+            raise LocalProtocolError(
+                "control was granted but the customer's agent has not issued a token yet",
+                code="no_token",
+            )
+        event = self._event(cmd, self.token, next(self._seq))
+        if not self.link.send_raw("control", ctl.encode(event)):
+            raise LocalProtocolError("the connection to the customer is not open")
+
+    @staticmethod
+    def _event(cmd: InputCommand, token: tuple[int, int], seq: int) -> ctl.ControlEvent:
+        if cmd.kind in ("click", "move", "down", "up"):
+            return ctl.Pointer(
+                token=token,
+                seq=seq,
+                action=cmd.kind,
+                x=cmd.x,
+                y=cmd.y,
+                button=None if cmd.kind == "move" else cmd.button,
+            )
+        if cmd.kind == "scroll":
+            return ctl.Wheel(token=token, seq=seq, x=cmd.x, y=cmd.y, dx=cmd.dx, dy=cmd.dy)
+        if cmd.kind == "key":
+            if not ctl.is_key_name(cmd.key):
+                raise LocalProtocolError(f'unknown key "{cmd.key}"')
+            return ctl.Key(token=token, seq=seq, action=cmd.action, key=cmd.key)
+        return ctl.Text(token=token, seq=seq, text=cmd.text)
+
+    async def snapshot(self, path: str) -> status.SnapshotSaved:
+        self._need("view")
+        if self.viewer is None:
+            raise LocalProtocolError("no video from the customer yet", code="no_video")
+        width, height = await self.viewer.snapshot(path)
+        return status.SnapshotSaved(peer=self.customer, path=path, width=width, height=height)
+
+    def _need(self, cap: str) -> None:
+        if self.grants.get(cap) != "granted":
+            raise LocalProtocolError(
+                f'"{cap}" is not granted by this customer: request it first',
+                code="no_grant",
+            )
+
+    # -- from the customer
+
+    def on_main(self, msg: ch.Message) -> bool:
+        if isinstance(msg, ch.ConsentState):
+            self.grants[msg.cap] = msg.state
+            if msg.cap == "control" and msg.state != "granted":
+                self.token = None
+            self._emit(
+                status.ConsentChanged(
+                    id=msg.id,
+                    cap=msg.cap,
+                    state=msg.state,
+                    peer=self.customer,
+                    reason=msg.reason,
+                )
+            )
+            if msg.cap in ("files", "files_advanced") and self.files is not None:
+                self.files.set_grant(msg.cap, msg.state == "granted")
+        elif isinstance(msg, ch.ControlState):
+            self.token = msg.token if msg.holder == self.me else None
+            self._emit(status.ControlChanged(holder=msg.holder, token=msg.token))
+        elif isinstance(msg, ch.SysInfo):
+            self._emit(status.SysInfoReceived(peer=self.customer, data=msg.data))
+        elif isinstance(msg, ch.Monitors):
+            self._emit(
+                status.MonitorsListed(
+                    peer=self.customer,
+                    items=tuple(vars(m) for m in msg.items),
+                    current=msg.current,
+                )
+            )
+        else:
+            return False
+        return True
+
+    def on_channel(self, name: str, data: str | bytes) -> None:
+        if name == "files" and self.files is not None:
+            self.files.on_data(data)
+
+    def on_track(self, track: Any) -> None:
+        from agent.capture.viewer import Viewer
+
+        if track.kind == "video":
+            self.viewer = Viewer(track)
+            self.viewer.start()
+
+    async def close(self) -> None:
+        if self.viewer is not None:
+            await self.viewer.stop()

@@ -1,0 +1,304 @@
+"""What the customer's agent serves to the CSRs it is linked to, behind consent.
+
+One ``CustomerServices`` per customer agent. It owns the consent core (the only
+place a grant exists) and the control arbiter, and wires each capability's module:
+screen (``agent.services.screen``), control (``agent.input``), files
+(``agent.services.files``) and system information. Every decision is taken where it
+takes effect: the injector is fed only what the arbiter passes, frames leave only
+while ``view`` is granted, file requests are served only while a files grant lives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent import status
+from agent.errors import DecodeError, LocalProtocolError, PeerDeskError, RemoteProtocolError
+from agent.net.peer import PeerLink
+from agent.protocol import channel as ch
+from agent.protocol import control as ctl
+from agent.session.consent import Change, Consent, State
+from agent.session.control import ControlArbiter
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[status.Status], None]
+
+
+@dataclass(frozen=True)
+class CustomerOptions:
+    """How the customer's agent was started."""
+
+    accept: frozenset[str] = frozenset()
+    "Capabilities pre-granted to the CSR (``--accept``)."
+    download_dir: Path | None = None
+    "Where files from the CSR land (``--download-dir``)."
+    share_dir: Path | None = None
+    "The directory ``files_advanced`` exposes, unless a grant names another."
+    monitor: int = 1
+    "The monitor shared (1-based, as ``monitors`` lists them)."
+    video_codec: str = "vp8"
+
+
+class CustomerServices:
+    """Consent, control, screen, files and system information for one customer agent."""
+
+    def __init__(self, emit: Emit, options: CustomerOptions) -> None:
+        self._emit = emit
+        self.options = options
+        self.consent = Consent(options.accept)
+        self.arbiter = ControlArbiter()
+        self._links: dict[str, PeerLink] = {}
+        self._names: dict[str, str] = {}
+        self._token_seq = 0
+        self._injector: Any = None
+        self._monitor_index = options.monitor
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.screen: Any = None
+        "The screen source (set by the runtime when a display is available)."
+        self.files: Any = None
+        "The file service (set by the runtime)."
+
+    def video_track(self) -> Any:
+        """The consent-gated screen track for the link to the CSR, or None without a display."""
+        if self.screen is None:
+            return None
+        return self.screen.new_track()
+
+    # -- links
+
+    def attach(self, csr: str, name: str, link: PeerLink) -> None:
+        self._links[csr] = link
+        self._names[csr] = name
+        if self.files is not None:
+            self.files.attach(csr, link)
+
+    def detach(self, csr: str) -> None:
+        """A CSR left or was lost: its grants end at once, held keys are released."""
+        self._inject(self.arbiter.holder_lost(csr))
+        self.consent.csr_left(csr)
+        self._pump()
+        self._links.pop(csr, None)
+        if self.screen is not None:
+            self.screen.remove_viewer(csr)
+        if self.files is not None:
+            self.files.detach(csr)
+
+    async def close(self) -> None:
+        self.consent.revoke("all")
+        self._pump()
+        if self._injector is not None:
+            self._injector.release_all()
+            await asyncio.to_thread(self._injector.close)
+        if self.screen is not None:
+            await self.screen.close()
+
+    # -- from the CSR
+
+    def on_main(self, csr: str, msg: ch.Message) -> bool:
+        """Handle a session message meant for the services; False if it is not ours."""
+        link = self._links.get(csr)
+        if link is None:
+            return True
+        if isinstance(msg, ch.Request):
+            try:
+                self.consent.request(csr, msg.cap, time.monotonic(), msg.ref)
+            except RemoteProtocolError as exc:
+                link.send(ch.Refused(code=exc.code, message=exc.message))
+            self._pump()
+        elif isinstance(msg, ch.Keyframe):
+            if self.screen is not None and self.consent.allows(csr, "view"):
+                self.screen.request_keyframe()
+        elif isinstance(msg, ch.SelectMonitor):
+            if self.consent.allows(csr, "view"):
+                self._select_monitor(msg.index)
+            else:
+                link.send(ch.Refused(code="no_grant", message="view is not granted"))
+        else:
+            return False
+        return True
+
+    def on_channel(self, csr: str, name: str, data: str | bytes) -> None:
+        if name == "control":
+            self._on_control(csr, data)
+        elif name == "files" and self.files is not None:
+            self.files.on_data(csr, data)
+
+    def _on_control(self, csr: str, data: str | bytes) -> None:
+        try:
+            event = ctl.decode(data)
+        except DecodeError as exc:
+            log.warning("dropped a control event from %s: %s", csr, exc.message)
+            return
+        self._inject(self.arbiter.receive(csr, event, time.monotonic()))
+
+    # -- the customer's own commands
+
+    def answer(self, rid: str, grant: bool, directory: str | None = None) -> None:
+        if grant:
+            change = self.consent.grant(rid)
+            if change.cap == "files_advanced" and directory and self.files is not None:
+                self.files.share(change.csr, Path(directory).expanduser())
+        else:
+            self.consent.deny(rid)
+        self._pump()
+
+    def revoke(self, cap: str) -> None:
+        """Revoke ``cap`` or ``all`` from everyone; the injector stops at once."""
+        if cap == "all" or cap == "control":
+            self._inject(self.arbiter.revoke())
+        self.consent.revoke(cap)
+        self._pump()
+
+    def monitors(self) -> list[dict[str, int]]:
+        """The customer's monitors (blocking briefly: call from a thread where it matters)."""
+        from agent.sysinfo import displays
+
+        return displays()
+
+    def select_monitor(self, index: int) -> None:
+        self._select_monitor(index)
+
+    def handle_timer(self, now: float) -> None:
+        self.consent.handle_timer(now)
+        self._pump()
+
+    # -- consent changes take effect here
+
+    def _pump(self) -> None:
+        while (change := self.consent.next_event()) is not None:
+            self._apply(change)
+        self._inject(self.arbiter.set_prompt_pending(self.consent.input_paused))
+
+    def _apply(self, change: Change) -> None:
+        csr, cap = change.csr, change.cap
+        if change.state is State.PENDING:
+            self._emit(
+                status.ConsentRequest(
+                    id=change.id, cap=cap, from_=csr, name=self._names.get(csr, csr)
+                )
+            )
+        self._emit(
+            status.ConsentChanged(
+                id=change.id, cap=cap, state=change.state.value, peer=csr, reason=change.reason
+            )
+        )
+        link = self._links.get(csr)
+        if link is not None:
+            link.send(
+                ch.ConsentState(
+                    id=change.id,
+                    cap=cap,
+                    state=change.state.value,
+                    ref=change.ref,
+                    reason=change.reason,
+                )
+            )
+        granted = change.state is State.GRANTED
+        ended = change.state in (State.REVOKED, State.DENIED)
+        if cap == "control":
+            if granted:
+                self._grant_control(csr)
+            elif ended and self.arbiter.holder == csr:
+                self._inject(self.arbiter.revoke())
+                self._announce_control()
+        elif cap == "view" and self.screen is not None:
+            if granted and link is not None:
+                self.screen.add_viewer(csr, link)
+                self._send_monitors(link)
+            elif ended:
+                self.screen.remove_viewer(csr)
+        elif cap == "sysinfo" and granted and link is not None:
+            self._spawn(self._send_sysinfo(link))
+        elif cap in ("files", "files_advanced") and self.files is not None:
+            self.files.set_grant(csr, cap, granted)
+
+    def _grant_control(self, csr: str) -> None:
+        if self._injector is None:
+            try:
+                self._injector = self._make_injector()
+            except PeerDeskError as exc:
+                self._emit(status.Error(reason=exc.message, code=exc.code))
+                self.consent.revoke("control")
+                return
+        self._token_seq += 1
+        self._inject(self.arbiter.transfer(csr, (0, self._token_seq)))
+        self.arbiter.grant()
+        self._announce_control()
+
+    def _announce_control(self) -> None:
+        holder = self.arbiter.holder
+        token = self.arbiter.token or (0, self._token_seq)
+        self._emit(status.ControlChanged(holder=holder, token=token))
+        for link in self._links.values():
+            link.send(ch.ControlState(holder=holder, token=token))
+
+    def _make_injector(self) -> Any:
+        from agent.input.injector import Injector, Monitor
+
+        geometry = self._monitor_geometry()
+        injector = Injector(
+            Monitor(geometry["x"], geometry["y"], geometry["width"], geometry["height"])
+        )
+        injector.start()
+        return injector
+
+    def _monitor_geometry(self) -> dict[str, int]:
+        items = self.monitors()
+        if not items:
+            raise LocalProtocolError("no display to control here", code="no_display")
+        for item in items:
+            if item["index"] == self._monitor_index:
+                return item
+        return items[0]
+
+    def _select_monitor(self, index: int) -> None:
+        items = self.monitors()
+        if not any(m["index"] == index for m in items):
+            raise LocalProtocolError(f"there is no monitor {index}; monitors: {len(items)}")
+        self._monitor_index = index
+        if self._injector is not None:
+            from agent.input.injector import Monitor
+
+            g = self._monitor_geometry()
+            self._injector.set_monitor(Monitor(g["x"], g["y"], g["width"], g["height"]))
+        if self.screen is not None:
+            self.screen.select_monitor(index)
+        for csr, link in self._links.items():
+            if self.consent.allows(csr, "view"):
+                self._send_monitors(link)
+
+    def _send_monitors(self, link: PeerLink) -> None:
+        try:
+            items = self.monitors()
+        except Exception:  # no display: nothing to list
+            items = []
+        link.send(
+            ch.Monitors(
+                items=tuple(
+                    ch.Monitor(m["index"], m["x"], m["y"], m["width"], m["height"]) for m in items
+                ),
+                current=self._monitor_index if items else 0,
+            )
+        )
+
+    async def _send_sysinfo(self, link: PeerLink) -> None:
+        from agent.sysinfo import collect
+
+        data = await asyncio.to_thread(collect)
+        link.send(ch.SysInfo(data=data))
+
+    def _inject(self, actions: list[Any]) -> None:
+        if actions and self._injector is not None:
+            self._injector.submit(*actions)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

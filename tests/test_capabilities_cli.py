@@ -1,0 +1,124 @@
+"""Consent, control and system information end to end: real processes, a real X server."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.desktop import pointer, wait_pointer, xvfb
+from tests.procs import Proc
+
+
+@pytest.fixture
+def display() -> Iterator[str]:
+    with xvfb(1280, 800) as name:
+        yield name
+
+
+@pytest.fixture
+def procs() -> Iterator[list[Proc]]:
+    started: list[Proc] = []
+    yield started
+    for p in started:
+        p.kill()
+
+
+def session(procs: list[Proc], tmp_path: Path, display: str, *join_args: str) -> tuple[Proc, Proc]:
+    csr = Proc(
+        ["agent", "start", "--headless", "--json", "--port", "0", "--name", "Carol"],
+        home=tmp_path / "csr",
+        name="csr",
+    )
+    procs.append(csr)
+    code = csr.expect("session")
+    saved = os.environ.get("DISPLAY")
+    os.environ["DISPLAY"] = display  # the customer's desktop
+    try:
+        cust = Proc(
+            ["agent", "join", code["link"], "--headless", "--json", "--name", "Alice", *join_args],
+            home=tmp_path / "cust",
+            name="customer",
+        )
+    finally:
+        if saved is None:
+            os.environ.pop("DISPLAY", None)
+        else:
+            os.environ["DISPLAY"] = saved
+    procs.append(cust)
+    cust.expect("joined")
+    csr.expect("joined")
+    return csr, cust
+
+
+def test_control_needs_a_grant_and_stops_at_revoke(
+    procs: list[Proc], tmp_path: Path, display: str
+) -> None:
+    csr, cust = session(procs, tmp_path, display)
+
+    # refused before it is granted: the CSR's agent says so, nothing moves
+    start = pointer(display)
+    csr.send({"cmd": "click", "x": 0.25, "y": 0.5})
+    assert "not granted" in csr.expect("error")["reason"]
+
+    csr.send({"cmd": "request", "cap": "control"})
+    prompt = cust.expect("request")
+    assert prompt["cap"] == "control" and prompt["name"] == "Carol"
+    assert csr.expect("consent")["state"] == "pending"
+    cust.send({"cmd": "grant", "id": prompt["id"]})
+    assert csr.expect("consent", lambda e: e["state"] == "granted")["cap"] == "control"
+    control = csr.expect("control")
+    assert control["holder"] is not None and control["token"][1] >= 1
+
+    csr.send({"cmd": "click", "x": 0.25, "y": 0.5, "button": "left"})
+    assert wait_pointer(display, (320, 400)) == (320, 400)
+    csr.send({"cmd": "move", "x": 0.75, "y": 0.25})
+    assert wait_pointer(display, (960, 200)) == (960, 200)
+
+    # the customer revokes: the next click has no effect
+    cust.send({"cmd": "revoke", "cap": "all"})
+    revoked = csr.expect("consent", lambda e: e["state"] == "revoked")
+    assert revoked["cap"] == "control"
+    csr.send({"cmd": "click", "x": 0.1, "y": 0.1})
+    assert "not granted" in csr.expect("error")["reason"]
+    assert wait_pointer(display, (128, 80), timeout=1.0) == (960, 200)
+    assert start != (128, 80)
+
+    csr.send({"cmd": "end"})
+    cust.expect("ended")
+    assert csr.wait() == 0
+    assert cust.wait() == 0
+
+
+def test_sysinfo_is_refused_then_granted_by_preaccept(
+    procs: list[Proc], tmp_path: Path, display: str
+) -> None:
+    csr, cust = session(procs, tmp_path, display, "--accept", "sysinfo")
+    csr.send({"cmd": "request", "cap": "view"})
+    prompt = cust.expect("request")
+    cust.send({"cmd": "deny", "id": prompt["id"]})
+    assert csr.expect("consent", lambda e: e["state"] == "denied")["cap"] == "view"
+    csr.send({"cmd": "snapshot", "path": str(tmp_path / "x.png")})
+    assert "not granted" in csr.expect("error")["reason"]
+    assert not (tmp_path / "x.png").exists()
+
+    csr.send({"cmd": "sysinfo"})
+    info = csr.expect("sysinfo", timeout=20)["data"]
+    assert info["agent"]["version"]
+    assert info["memory"]["total"] > 0
+    assert info["displays"] == [{"index": 1, "x": 0, "y": 0, "width": 1280, "height": 800}]
+    assert any(n["name"] == "lo" for n in info["network"])
+    assert cust.expect("consent", lambda e: e["cap"] == "sysinfo")["state"] == "granted"
+
+    # bad commands are refused clearly
+    cust.send({"cmd": "grant", "id": "r999"})
+    assert "no open request" in cust.expect("error")["reason"]
+    csr.send({"cmd": "click", "x": 2, "y": 0})
+    assert "between 0 and 1" in csr.expect("error")["reason"]
+    csr.send({"cmd": "request", "cap": "root"})
+    assert "unknown capability" in csr.expect("error")["reason"]
+    csr.send({"cmd": "end"})
+    assert csr.wait() == 0
+    assert cust.wait() == 0
