@@ -78,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     ident.add_argument("--name", help="set the display name")
 
     bench = sub.add_parser("bench", help="measure performance against in-run baselines")
-    bench.add_argument("which", nargs="*", default=["join"], help="figures to measure: join")
+    bench.add_argument("which", nargs="*", default=["join"], help="figures to measure: join, control (default: join)")
     bench.add_argument("--runs", type=int, default=20)
     bench.add_argument("--record", metavar="FILE", help="append the figures to this Markdown file")
     return p

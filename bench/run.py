@@ -47,7 +47,13 @@ def _join(runs: int) -> list[str]:
     ]
 
 
-BENCHES = {"join": _join}
+def _control(runs: int) -> list[str]:
+    from bench.control import measure, report
+
+    return report(asyncio.run(measure(max(runs, 200))))
+
+
+BENCHES = {"join": _join, "control": _control}
 
 
 def main(which: list[str], *, runs: int = 20, record: str | None = None) -> int:

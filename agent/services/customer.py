@@ -81,7 +81,8 @@ class CustomerServices:
 
     def detach(self, csr: str) -> None:
         """A CSR left or was lost: its grants end at once, held keys are released."""
-        self._inject(self.arbiter.holder_lost(csr))
+        if self.arbiter.holder == csr:
+            self._stop_input(self.arbiter.holder_lost(csr))
         self.consent.csr_left(csr)
         self._pump()
         self._links.pop(csr, None)
@@ -151,8 +152,8 @@ class CustomerServices:
 
     def revoke(self, cap: str) -> None:
         """Revoke ``cap`` or ``all`` from everyone; the injector stops at once."""
-        if cap == "all" or cap == "control":
-            self._inject(self.arbiter.revoke())
+        if cap in ("all", "control"):
+            self._stop_input(self.arbiter.revoke())
         self.consent.revoke(cap)
         self._pump()
 
@@ -174,7 +175,11 @@ class CustomerServices:
     def _pump(self) -> None:
         while (change := self.consent.next_event()) is not None:
             self._apply(change)
-        self._inject(self.arbiter.set_prompt_pending(self.consent.input_paused))
+        paused = self.consent.input_paused
+        if paused != self.arbiter.prompt_pending:
+            releases = self.arbiter.set_prompt_pending(paused)
+            if paused:  # nothing queued may land on the prompt
+                self._stop_input(releases)
 
     def _apply(self, change: Change) -> None:
         csr, cap = change.csr, change.cap
@@ -206,7 +211,7 @@ class CustomerServices:
             if granted:
                 self._grant_control(csr)
             elif ended and self.arbiter.holder == csr:
-                self._inject(self.arbiter.revoke())
+                self._stop_input(self.arbiter.revoke())
                 self._announce_control()
         elif cap == "view" and self.screen is not None:
             if granted and link is not None:
@@ -293,6 +298,12 @@ class CustomerServices:
 
         data = await asyncio.to_thread(collect)
         link.send(ch.SysInfo(data=data))
+
+    def _stop_input(self, releases: list[Any]) -> None:
+        """Drop queued input at once, then release what is held."""
+        if self._injector is not None:
+            self._injector.cancel()
+            self._injector.submit(*releases)
 
     def _inject(self, actions: list[Any]) -> None:
         if actions and self._injector is not None:
