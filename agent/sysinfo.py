@@ -24,7 +24,8 @@ def displays() -> list[dict[str, Any]]:
     try:
         import mss
 
-        with mss.mss() as grabber:
+        factory = getattr(mss, "MSS", None) or mss.mss
+        with factory() as grabber:
             return [
                 {
                     "index": i,

@@ -1,0 +1,141 @@
+"""The customer's agent enforces consent itself: a CSR that ignores the rules gets nowhere.
+
+A real CSR agent refuses locally before sending; here the CSR's side is bypassed and
+raw control events are sent straight down the data channel, as a modified agent would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from agent import status
+from agent.identity import Identity
+from agent.protocol import channel as ch
+from agent.protocol import control as ctl
+from agent.protocol.code import JoinLink
+from agent.runtime import CsrSession, CustomerSession
+from signaling.server import start_server
+from tests.desktop import pointer, xvfb
+
+
+@pytest.fixture
+def display() -> Iterator[str]:
+    with xvfb(1280, 800) as name:
+        saved = os.environ.get("DISPLAY")
+        os.environ["DISPLAY"] = name
+        try:
+            yield name
+        finally:
+            if saved is None:
+                os.environ.pop("DISPLAY", None)
+            else:
+                os.environ["DISPLAY"] = saved
+
+
+async def until(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def pair(
+    display: str,
+) -> AsyncIterator[tuple[CsrSession, CustomerSession, list[status.Status]]]:
+    runner, port = await start_server("127.0.0.1", 0)
+    url = f"ws://127.0.0.1:{port}"
+    csr_events: list[status.Status] = []
+    cust_events: list[status.Status] = []
+    csr = CsrSession(Identity(Ed25519PrivateKey.generate(), "Mallory"), url, csr_events.append)
+    code = await csr.start()
+    cust = CustomerSession(
+        Identity(Ed25519PrivateKey.generate(), "Alice"),
+        JoinLink(code, url),
+        url,
+        cust_events.append,
+        timeout=5,
+    )
+    await cust.join()
+    await until(lambda: any(isinstance(e, status.Joined) for e in csr_events))
+    try:
+        yield csr, cust, cust_events
+    finally:
+        await csr.end()
+        await runner.cleanup()
+
+
+def forged_click(x: float, y: float, token: tuple[int, int], seq: int) -> str:
+    return ctl.encode(ctl.Pointer(token=token, seq=seq, action="click", x=x, y=y, button="left"))
+
+
+async def test_forged_input_is_dropped_without_a_grant_and_with_stale_tokens(
+    pair: tuple[CsrSession, CustomerSession, list[status.Status]], display: str
+) -> None:
+    csr, cust, cust_events = pair
+    link = next(iter(csr._members.values())).link  # the raw channel, bypassing CsrServices
+    arbiter = cust.services.arbiter
+    start = pointer(display)
+
+    # no grant: dropped and counted, nothing moves
+    link.send_raw("control", forged_click(0.5, 0.5, (0, 1), 1))
+    await until(lambda: arbiter.dropped["no_grant"] == 1)
+    assert pointer(display) == start
+
+    # a request is pending: input is paused even for a forged token
+    link.send(ch.Request(cap="control"))
+    await until(lambda: any(isinstance(e, status.ConsentRequest) for e in cust_events))
+    link.send_raw("control", forged_click(0.5, 0.5, (0, 1), 2))
+    await asyncio.sleep(0.2)
+    assert pointer(display) == start
+
+    prompt = next(e for e in cust_events if isinstance(e, status.ConsentRequest))
+    cust.services.answer(prompt.id, True)
+    token = arbiter.token
+    assert token is not None
+    link.send_raw("control", forged_click(0.25, 0.5, token, 3))
+    await until(lambda: pointer(display) == (320, 400))
+
+    # revoke and grant again: the old token is dead for ever
+    cust.services.revoke("control")
+    link.send_raw("control", forged_click(0.75, 0.75, token, 4))
+    await until(lambda: arbiter.dropped["no_grant"] == 2)
+    link.send(ch.Request(cap="control"))
+    await until(lambda: len([e for e in cust_events if isinstance(e, status.ConsentRequest)]) == 2)
+    second = [e for e in cust_events if isinstance(e, status.ConsentRequest)][-1]
+    cust.services.answer(second.id, True)
+    assert arbiter.token is not None and arbiter.token > token
+    link.send_raw("control", forged_click(0.75, 0.75, token, 5))
+    await until(lambda: arbiter.dropped["stale_token"] == 1)
+    assert pointer(display) == (320, 400)
+
+    # garbage on the control channel changes nothing and breaks nothing
+    link.send_raw("control", '{"type":"pointer","x":"NaN"}')
+    link.send_raw("control", b"\x00\xff")
+    await asyncio.sleep(0.2)
+    assert pointer(display) == (320, 400)
+    link.send_raw("control", forged_click(0.5, 0.25, arbiter.token, 6))
+    await until(lambda: pointer(display) == (640, 200))
+
+
+async def test_customer_revoke_is_immediate_even_if_the_csr_never_hears(
+    pair: tuple[CsrSession, CustomerSession, list[status.Status]], display: str
+) -> None:
+    csr, cust, cust_events = pair
+    link = next(iter(csr._members.values())).link
+    link.send(ch.Request(cap="control"))
+    await until(lambda: any(isinstance(e, status.ConsentRequest) for e in cust_events))
+    prompt = next(e for e in cust_events if isinstance(e, status.ConsentRequest))
+    cust.services.answer(prompt.id, True)
+    token = cust.services.arbiter.token
+    assert token is not None
+    # the revoke and the next click race; the customer decides before any round trip
+    cust.services.revoke("all")
+    link.send_raw("control", forged_click(0.9, 0.9, token, 1))
+    await asyncio.sleep(0.3)
+    assert pointer(display) != (1152, 720)
+    assert not cust.services.consent.allows(csr.me, "control")
