@@ -50,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     start = sub.add_parser("start", help="start a support session (CSR)")
     front(start)
     start.add_argument(
+        "--download-dir", metavar="DIR", help="where files fetched from customers land"
+    )
+    start.add_argument(
         "--port",
         type=int,
         default=DEFAULT_PORT,
@@ -78,7 +81,12 @@ def _parser() -> argparse.ArgumentParser:
     ident.add_argument("--name", help="set the display name")
 
     bench = sub.add_parser("bench", help="measure performance against in-run baselines")
-    bench.add_argument("which", nargs="*", default=["join"], help="figures to measure: join, control (default: join)")
+    bench.add_argument(
+        "which",
+        nargs="*",
+        default=["join"],
+        help="figures to measure: join, control, files (default: join)",
+    )
     bench.add_argument("--runs", type=int, default=20)
     bench.add_argument("--record", metavar="FILE", help="append the figures to this Markdown file")
     return p
@@ -173,6 +181,10 @@ def _install_signal_handlers(stop: asyncio.Event) -> None:
             loop.add_signal_handler(sig, stop.set)
 
 
+def _directory(value: str | None) -> Path | None:
+    return Path(value).expanduser() if value else None
+
+
 async def _start(args: argparse.Namespace) -> int:
     from agent.runtime import CsrSession
 
@@ -183,7 +195,7 @@ async def _start(args: argparse.Namespace) -> int:
         url = check_signal_url(args.signal)
     else:
         runner, url = await _embedded_server(args.port)
-    session = CsrSession(me, url, emit)
+    session = CsrSession(me, url, emit, download_dir=_directory(args.download_dir))
     try:
         await session.start()
     except PeerDeskError as exc:

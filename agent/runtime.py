@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from agent import status
@@ -30,7 +31,7 @@ from agent.protocol import signaling as sig
 from agent.protocol.code import JoinLink, SessionCode
 from agent.protocol.handshake import peer_id
 from agent.services.csr import CsrServices
-from agent.services.customer import CustomerOptions, CustomerServices
+from agent.services.customer import CustomerOptions, CustomerServices, default_download_dir
 from agent.session import handshake as hsk
 from agent.session.roster import Roster
 
@@ -85,8 +86,11 @@ class _Member:
 class CsrSession:
     """A session hosted by this agent (the primary CSR)."""
 
-    def __init__(self, identity: Identity, signal_url: str, emit: Emit) -> None:
+    def __init__(
+        self, identity: Identity, signal_url: str, emit: Emit, *, download_dir: Path | None = None
+    ) -> None:
         self.identity = identity
+        self.download_dir = download_dir or default_download_dir()
         self.signal_url = signal_url
         self._emit = emit
         self.me = identity.peer_id
@@ -159,6 +163,9 @@ class CsrSession:
             raise LocalProtocolError(f"{pid} is not a customer in this session")
         return member.services
 
+    def _dest(self, dest: str | None) -> Path:
+        return Path(dest).expanduser() if dest else self.download_dir
+
     async def command(self, command: cmds.Command) -> None:
         """Carry out one command (headless, console, tray and dashboard all come here)."""
         if isinstance(command, cmds.ChatCommand):
@@ -185,6 +192,12 @@ class CsrSession:
                 services.request("view")  # monitors come with the view grant
         elif isinstance(command, cmds.MonitorCommand):
             self.services_for(command.to).select_monitor(command.index)
+        elif isinstance(command, cmds.FileCommand) and command.kind == "send_file":
+            await self.services_for(command.to).send_file(command.path)
+        elif isinstance(command, cmds.FileCommand) and command.kind == "browse":
+            self.services_for(command.to).browse(command.path)
+        elif isinstance(command, cmds.FileCommand) and command.kind == "fetch":
+            self.services_for(command.to).fetch(command.path, self._dest(command.dest))
         else:
             raise LocalProtocolError(f'"{command.cmd}" is a customer command', code="not_allowed")
 
@@ -340,6 +353,7 @@ class CsrSession:
         if old is not None:  # the same agent reconnected: the new link replaces the old
             await old.link.close()
         self._early.pop(link, None)
+        services.attach_files(req.session_key, self.download_dir)
         self._members[pid] = _Member(link, req.name, req.role, services)
         person = self.roster.add(pid, req.name, req.role)
         self._emit(
@@ -455,6 +469,7 @@ class CustomerSession:
         self._known: dict[str, ch.Participant] = {}
         self._done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._leaving = False
+        self._session_key = b""
         self._tick_task: asyncio.Task[None] | None = None
         self.services = CustomerServices(emit, options or CustomerOptions())
         self._closing: asyncio.Future[None] | None = None
@@ -484,7 +499,7 @@ class CustomerSession:
             await link.close()
             raise
         assert self.host is not None
-        self.services.attach(self.host, self._host_name, link)
+        self.services.attach(self.host, self._host_name, link, self._session_key)
         self._tick_task = asyncio.ensure_future(self._tick())
         self.announce()
 
@@ -531,6 +546,7 @@ class CustomerSession:
                     self.host = peer_id(event.key)
                     self._host_name = event.name
                     self._sas = event.sas
+                    self._session_key = event.session_key
                     return
                 if recv_task is None:
                     recv_task = asyncio.ensure_future(client.recv())
@@ -625,6 +641,11 @@ class CustomerSession:
             )
         elif isinstance(command, cmds.MonitorCommand):
             self.services.select_monitor(command.index)
+        elif isinstance(command, cmds.FileCommand) and command.kind in (
+            "accept_file",
+            "reject_file",
+        ):
+            self.services.answer_file(command.id, command.kind == "accept_file")
         else:
             raise LocalProtocolError(f'"{command.cmd}" is a CSR command', code="not_allowed")
 

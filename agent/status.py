@@ -186,3 +186,14 @@ class FileProgress(Status):
     reason: str = ""
     transport: str = ""
     "``fastpath`` (direct TCP, AES-GCM) or ``datachannel``."
+
+
+@dataclass(frozen=True)
+class FileListing(Status):
+    """A directory listing from the peer (``files_advanced``) or its published files."""
+
+    event: ClassVar[str] = "listing"
+    peer: str
+    path: str
+    entries: tuple[dict[str, Any], ...]
+    truncated: bool

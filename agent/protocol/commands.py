@@ -122,6 +122,21 @@ class MonitorCommand:
     to: str | None = None
 
 
+@dataclass(frozen=True)
+class FileCommand:
+    """File commands: ``send_file`` (CSR publishes a local file and offers it),
+    ``browse`` and ``fetch`` (CSR, ``files_advanced``: list and pull from the customer's
+    shared directory), ``accept_file`` / ``reject_file`` (answer an offered or requested
+    transfer)."""
+
+    cmd: ClassVar[str] = "file"
+    kind: str
+    path: str = ""
+    id: str = ""
+    dest: str | None = None
+    to: str | None = None
+
+
 Command: TypeAlias = (
     ChatCommand
     | LeaveCommand
@@ -134,6 +149,7 @@ Command: TypeAlias = (
     | InputCommand
     | SimpleCommand
     | MonitorCommand
+    | FileCommand
 )
 
 _CAP_RE = re.compile(r"[a-z_]{1,24}")
@@ -209,6 +225,22 @@ _TABLE: dict[str, Any] = {
         k: (lambda name: lambda o: SimpleCommand(name=name, to=_to(o)))(k)
         for k in ("monitors", "keyframe", "sysinfo")
     },
+    "send_file": lambda o: FileCommand(kind="send_file", path=_path(o), to=_to(o)),
+    "browse": lambda o: FileCommand(
+        kind="browse", path=wire.get_str(o, "path", max_len=4096, optional=True) or "", to=_to(o)
+    ),
+    "fetch": lambda o: FileCommand(
+        kind="fetch",
+        path=_path(o),
+        dest=wire.get_str(o, "dest", max_len=4096, optional=True),
+        to=_to(o),
+    ),
+    "accept_file": lambda o: FileCommand(
+        kind="accept_file", id=wire.get_str(o, "id", pattern=_ID_RE)
+    ),
+    "reject_file": lambda o: FileCommand(
+        kind="reject_file", id=wire.get_str(o, "id", pattern=_ID_RE)
+    ),
     "monitor": lambda o: MonitorCommand(index=wire.get_int(o, "index", lo=1, hi=16), to=_to(o)),
 }
 

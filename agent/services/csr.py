@@ -8,9 +8,11 @@ agent enforces every one, this side only avoids sending what would be dropped.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from agent import status
@@ -42,6 +44,40 @@ class CsrServices:
         self.viewer: Any = None
         "The screen viewer, once the customer's video track arrived."
         self.files: Any = None
+        self.published: dict[str, Path] = {}
+        "Files this CSR published to this customer, by name."
+
+    def attach_files(self, session_key: bytes, download_dir: Path) -> None:
+        from agent.services.files import FileLink
+
+        self.files = FileLink(
+            self.customer, self.link, session_key, download_dir, _CsrFilePolicy(self), self._emit
+        )
+
+    async def send_file(self, path: str) -> str:
+        """Publish a local file to the customer and offer it (``files`` must be granted)."""
+        self._need_any("files", "files_advanced")
+        local = await asyncio.to_thread(_existing_file, path)
+        self.published[local.name] = local
+        assert self.files is not None
+        tid: str = await self.files.send(local)
+        return tid
+
+    def browse(self, path: str) -> str:
+        self._need("files_advanced")
+        assert self.files is not None
+        tid: str = self.files.browse(path)
+        return tid
+
+    def fetch(self, path: str, dest: Path) -> str:
+        self._need("files_advanced")
+        assert self.files is not None
+        tid: str = self.files.fetch("browse", path, dest)
+        return tid
+
+    def _need_any(self, *caps: str) -> None:
+        if not any(self.grants.get(cap) == "granted" for cap in caps):
+            self._need(caps[0])
 
     # -- commands
 
@@ -123,8 +159,6 @@ class CsrServices:
                     reason=msg.reason,
                 )
             )
-            if msg.cap in ("files", "files_advanced") and self.files is not None:
-                self.files.set_grant(msg.cap, msg.state == "granted")
         elif isinstance(msg, ch.ControlState):
             self.token = msg.token if msg.holder == self.me else None
             self._emit(status.ControlChanged(holder=msg.holder, token=msg.token))
@@ -156,3 +190,34 @@ class CsrServices:
     async def close(self) -> None:
         if self.viewer is not None:
             await self.viewer.stop()
+        if self.files is not None:
+            await self.files.close()
+
+
+class _CsrFilePolicy:
+    """File decisions on the CSR's side: serve what was published, take what was asked."""
+
+    def __init__(self, services: CsrServices) -> None:
+        self._s = services
+
+    def may_take(self, offer: Any) -> str | None:
+        return "a customer cannot push files unasked; the CSR fetches them"
+
+    def auto_accept(self, offer: Any) -> bool:
+        return False
+
+    def serve_root(self, scope: str) -> Path | None:
+        return Path.home() if scope == "published" else None
+
+    def published(self) -> dict[str, Path]:
+        return dict(self._s.published)
+
+    def ask_before_serving(self) -> bool:
+        return False
+
+
+def _existing_file(path: str) -> Path:
+    local = Path(path).expanduser().resolve()
+    if not local.is_file():
+        raise LocalProtocolError(f"{path} is not a file", code="not_found")
+    return local

@@ -62,8 +62,9 @@ class CustomerServices:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.screen: Any = None
         "The screen source (set by the runtime when a display is available)."
-        self.files: Any = None
-        "The file service (set by the runtime)."
+        self._files: dict[str, Any] = {}
+        "csr -> FileLink"
+        self._share_dirs: dict[str, Path] = {}
 
     def video_track(self) -> Any:
         """The consent-gated screen track for the link to the CSR, or None without a display."""
@@ -73,11 +74,21 @@ class CustomerServices:
 
     # -- links
 
-    def attach(self, csr: str, name: str, link: PeerLink) -> None:
+    def attach(self, csr: str, name: str, link: PeerLink, session_key: bytes) -> None:
         self._links[csr] = link
         self._names[csr] = name
-        if self.files is not None:
-            self.files.attach(csr, link)
+        from agent.services.files import FileLink
+
+        self._files[csr] = FileLink(
+            csr, link, session_key, self.download_dir, _CustomerFilePolicy(self, csr), self._emit
+        )
+
+    @property
+    def download_dir(self) -> Path:
+        return self.options.download_dir or default_download_dir()
+
+    def share_dir(self, csr: str) -> Path:
+        return self._share_dirs.get(csr) or self.options.share_dir or self.download_dir
 
     def detach(self, csr: str) -> None:
         """A CSR left or was lost: its grants end at once, held keys are released."""
@@ -88,8 +99,9 @@ class CustomerServices:
         self._links.pop(csr, None)
         if self.screen is not None:
             self.screen.remove_viewer(csr)
-        if self.files is not None:
-            self.files.detach(csr)
+        files = self._files.pop(csr, None)
+        if files is not None:
+            self._spawn(files.close())
 
     async def close(self) -> None:
         self.consent.revoke("all")
@@ -128,8 +140,8 @@ class CustomerServices:
     def on_channel(self, csr: str, name: str, data: str | bytes) -> None:
         if name == "control":
             self._on_control(csr, data)
-        elif name == "files" and self.files is not None:
-            self.files.on_data(csr, data)
+        elif name == "files" and (files := self._files.get(csr)) is not None:
+            files.on_data(data)
 
     def _on_control(self, csr: str, data: str | bytes) -> None:
         try:
@@ -143,9 +155,13 @@ class CustomerServices:
 
     def answer(self, rid: str, grant: bool, directory: str | None = None) -> None:
         if grant:
+            if directory is not None:
+                shared = Path(directory).expanduser()
+                if not shared.is_dir():
+                    raise LocalProtocolError(f"{directory} is not a directory")
             change = self.consent.grant(rid)
-            if change.cap == "files_advanced" and directory and self.files is not None:
-                self.files.share(change.csr, Path(directory).expanduser())
+            if change.cap == "files_advanced" and directory is not None:
+                self._share_dirs[change.csr] = shared.resolve()
         else:
             self.consent.deny(rid)
         self._pump()
@@ -156,6 +172,14 @@ class CustomerServices:
             self._stop_input(self.arbiter.revoke())
         self.consent.revoke(cap)
         self._pump()
+
+    def answer_file(self, tid: str, take: bool) -> None:
+        """Accept or reject an offered file, or a CSR's request for one of ours."""
+        for files in self._files.values():
+            if files.knows(tid):
+                files.answer(tid, take)
+                return
+        raise LocalProtocolError(f'no file transfer "{tid[:20]}" waits for an answer')
 
     def monitors(self) -> list[dict[str, int]]:
         """The customer's monitors (blocking briefly: call from a thread where it matters)."""
@@ -221,8 +245,6 @@ class CustomerServices:
                 self.screen.remove_viewer(csr)
         elif cap == "sysinfo" and granted and link is not None:
             self._spawn(self._send_sysinfo(link))
-        elif cap in ("files", "files_advanced") and self.files is not None:
-            self.files.set_grant(csr, cap, granted)
 
     def _grant_control(self, csr: str) -> None:
         if self._injector is None:
@@ -313,3 +335,38 @@ class CustomerServices:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def default_download_dir() -> Path:
+    """Where received files land when no ``--download-dir`` was given."""
+    import platformdirs
+
+    return Path(platformdirs.user_downloads_dir()) / "PeerDesk"
+
+
+class _CustomerFilePolicy:
+    """File decisions on the customer's machine, from the consent grants of one CSR."""
+
+    def __init__(self, services: CustomerServices, csr: str) -> None:
+        self._s = services
+        self._csr = csr
+
+    def may_take(self, offer: Any) -> str | None:
+        consent = self._s.consent
+        if consent.allows(self._csr, "files") or consent.allows(self._csr, "files_advanced"):
+            return None
+        return "file transfer is not granted"
+
+    def auto_accept(self, offer: Any) -> bool:
+        return bool({"files", "files_advanced"} & self._s.options.accept)
+
+    def serve_root(self, scope: str) -> Path | None:
+        if scope == "browse" and self._s.consent.allows(self._csr, "files_advanced"):
+            return self._s.share_dir(self._csr)
+        return None
+
+    def published(self) -> dict[str, Path]:
+        return {}
+
+    def ask_before_serving(self) -> bool:
+        return "files_advanced" not in self._s.options.accept

@@ -1,0 +1,206 @@
+"""Screen encoders (PyAV: libvpx VP8, libx264 H.264) tuned for text at low latency.
+
+Bitrate bounds (measured with ``bench.screen.legibility``: a 1080p page of 11 px
+DejaVu Sans text, black on white, scrolling 4 px per frame at 30 fps, decoded and
+compared with the source on luma; aiortc's own VP8 settings, CBR):
+
+    ======== ================ ================= ====================
+    bitrate  keyframe PSNR    scrolling, mean   P-frame size
+    ======== ================ ================= ====================
+    1.5 Mb/s 22.2 dB          22.6 dB           4.9 kB
+    3 Mb/s   28.4 dB          28.3 dB           6.1 kB
+    6 Mb/s   34.7 dB          37.1 dB           14.7 kB
+    10 Mb/s  39.5 dB          44.4 dB           22.2 kB
+    ======== ================ ================= ====================
+
+Below about 30 dB, 11 px text shows ringing and smudged counters ("e", "a"); at 35 dB
+it reads cleanly. aiortc caps VP8 at 1.5 Mb/s (default 0.5) and H.264 at 3 Mb/s, so
+its own encoder gives a blurred 1080p desktop. CBR also starves a keyframe forced
+mid-stream (25 dB at 6 Mb/s, then +0.2 dB per frame on a static screen). We use VBR
+with a quantizer ceiling instead (``VP8_QMAX``): at a 6 Mb/s target the first
+keyframe reaches 48.5 dB, a forced keyframe 31.9 dB, scrolling 45.8 dB while using
+only 2.1 Mb/s (motion vectors carry most of a scroll), and a static screen is never
+re-encoded except for the heartbeat. Hence:
+
+- ``BITRATE_1080P`` = 6 Mb/s, scaled by pixel count for other monitor sizes,
+  clamped to [``BITRATE_MIN`` 1.5 Mb/s, ``BITRATE_MAX`` 10 Mb/s]. Below 1.5 Mb/s a
+  1080p desktop is unreadable; above 10 Mb/s the gain is under 2 dB.
+- keyframes are large (0.4-0.8 MB at 1080p): fine on a LAN, about one second on a
+  6 Mb/s uplink, so they are rate-limited (``grab.KEYFRAME_MIN_INTERVAL``).
+
+Speed: libvpx ``cpu-used`` 16 (its fastest realtime setting) encodes a 1080p text
+P-frame in about 5 ms on one core of the 2-core bench VM (12: 7 ms, 6: 13 ms) at
+the same PSNR within 0.2 dB; a keyframe takes 35-90 ms. x264 ``ultrafast`` +
+``zerolatency`` is faster still (P 3.5 ms, keyframe 10 ms) but 3-5 dB worse at the
+same bitrate, so VP8 is the default and H.264 an option.
+"""
+
+from __future__ import annotations
+
+import fractions
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import av
+from av.video.codeccontext import VideoCodecContext
+
+from agent.capture.grab import TIME_BASE
+
+Codec = Literal["vp8", "h264"]
+
+BITRATE_1080P = 6_000_000
+"Target bitrate (bits/s) for a 1920x1080 screen; other sizes scale by pixel count."
+BITRATE_MIN = 1_500_000
+"Lowest target bitrate (bits/s): below it 11 px text at 1080p is no longer readable."
+BITRATE_MAX = 10_000_000
+"Highest target bitrate (bits/s): beyond it text gains under 2 dB."
+VP8_SPEED = 16
+"libvpx cpu-used in realtime mode: its fastest setting, same PSNR as 12 within 0.2 dB."
+VP8_QMAX = 36
+"Quantizer ceiling: keeps keyframes and big changes legible at the cost of overshooting."
+VP8_MAX_INTRA_PCT = 1600
+"Keyframe size cap, in percent of a frame's share of the bitrate (measured: 811 → 580 kB)."
+GOP = 3000
+"Frames between unrequested keyframes (as aiortc): viewers ask with PLI or request_keyframe."
+
+
+def encoder_threads(width: int, height: int, cpus: int | None = None) -> int:
+    """Encoder threads for a frame size: aiortc's rule (``vpx.number_of_threads``).
+
+    One thread below 3 cores. Measured on the 2-core VM with a busy process on the
+    other core (as in use: the event loop sends, other apps run): libvpx with 2
+    threads took 20-33 ms median and 270-400 ms worst on a small-change 1080p
+    P-frame (its threads wait on each other); with 1 thread 5 ms median, 25 ms worst.
+    Idle, both take about 3 ms.
+    """
+    cpus = cpus or os.cpu_count() or 1
+    pixels = width * height
+    if pixels >= 1920 * 1080 and cpus > 8:
+        return 8
+    if pixels > 1280 * 960 and cpus >= 6:
+        return 3
+    if pixels > 640 * 480 and cpus >= 3:
+        return 2
+    return 1
+
+
+def default_bitrate(width: int, height: int) -> int:
+    """Target bits/s for a screen of this size, within [BITRATE_MIN, BITRATE_MAX]."""
+    scaled = BITRATE_1080P * (width * height) / (1920 * 1080)
+    return int(min(max(scaled, BITRATE_MIN), BITRATE_MAX))
+
+
+@dataclass(frozen=True)
+class EncoderSettings:
+    """How ``Encoder`` encodes; the defaults are the measured choice above."""
+
+    codec: Codec = "vp8"
+    "vp8 (libvpx) or h264 (libx264, constrained baseline, packetization-mode 1)."
+    bitrate: int | None = None
+    "Target bits/s; None: ``default_bitrate`` for the frame size."
+    speed: int = VP8_SPEED
+    "VP8 cpu-used (0-16, higher is faster)."
+    qmax: int = VP8_QMAX
+    "VP8 quantizer ceiling (4-63)."
+    threads: int | None = None
+    "Encoder threads; None: ``encoder_threads`` for the frame size and this machine."
+
+
+class Encoder:
+    """Encodes yuv420p frames to ``av.Packet[Any]`` s (one per frame), pts in 1/90000 s.
+
+    Not thread-safe: call ``encode`` from one thread (the capture thread).
+    """
+
+    def __init__(self, settings: EncoderSettings | None = None) -> None:
+        self.settings = settings or EncoderSettings()
+        self._ctx: VideoCodecContext | None = None
+        self._lock = threading.Lock()
+        self.encodes = 0
+        "Frames encoded so far."
+        self.keyframes = 0
+        "Keyframes produced so far."
+        self.last_encode_s = 0.0
+        "Seconds the last ``encode`` took."
+        self.bytes_out = 0
+        "Encoded bytes produced so far."
+
+    @property
+    def mime_type(self) -> str:
+        """The RTP codec this encoder produces (``video/VP8`` or ``video/H264``)."""
+        return "video/VP8" if self.settings.codec == "vp8" else "video/H264"
+
+    def _open(self, frame: av.VideoFrame) -> VideoCodecContext:
+        s = self.settings
+        bitrate = s.bitrate or default_bitrate(frame.width, frame.height)
+        if s.codec == "vp8":
+            ctx = av.CodecContext.create("libvpx", "w")
+            ctx.qmin = 2
+            ctx.qmax = s.qmax
+            ctx.options = {
+                "deadline": "realtime",
+                "cpu-used": str(s.speed),
+                "lag-in-frames": "0",
+                "auto-alt-ref": "0",
+                "static-thresh": "1",
+                "partitions": "0",
+                "noise-sensitivity": "0",
+                # VBR (no minrate): a 1 s buffer around the target, see module docstring
+                "maxrate": str(bitrate),
+                "bufsize": str(bitrate),
+                "max-intra-rate": str(VP8_MAX_INTRA_PCT),
+            }
+        elif s.codec == "h264":
+            ctx = av.CodecContext.create("libx264", "w")
+            ctx.profile = "Baseline"
+            ctx.max_b_frames = 0
+            ctx.options = {
+                "preset": "ultrafast",
+                "tune": "zerolatency",
+                "forced-idr": "1",
+                "level": "31",  # what aiortc's SDP offers (42e01f); decoders accept 1080p
+                "vbv-maxrate": str(bitrate // 1000),
+                "vbv-bufsize": str(bitrate // 1000),
+            }
+        else:
+            raise ValueError(f"unknown codec {s.codec!r}")
+        ctx.width = frame.width
+        ctx.height = frame.height
+        ctx.pix_fmt = "yuv420p"
+        ctx.bit_rate = bitrate
+        ctx.time_base = TIME_BASE
+        ctx.framerate = fractions.Fraction(30, 1)
+        ctx.gop_size = GOP
+        ctx.thread_count = s.threads or encoder_threads(frame.width, frame.height)
+        ctx.open()
+        return ctx
+
+    def encode(self, frame: av.VideoFrame, keyframe: bool = False) -> list[av.Packet[Any]]:
+        """Encode one frame; ``keyframe`` (or ``frame.pict_type == I``) forces a keyframe."""
+        started = time.perf_counter()
+        with self._lock:
+            ctx = self._ctx
+            if ctx is not None and (ctx.width != frame.width or ctx.height != frame.height):
+                ctx = None  # monitor resized: a new stream starts with a keyframe
+            if ctx is None:
+                ctx = self._ctx = self._open(frame)
+            if keyframe:
+                frame.pict_type = av.video.frame.PictureType.I
+            packets = list(ctx.encode(frame))
+        for p in packets:
+            p.time_base = TIME_BASE
+            if p.pts is None:
+                p.pts = frame.pts
+            self.bytes_out += p.size
+            self.keyframes += p.is_keyframe
+        self.encodes += 1
+        self.last_encode_s = time.perf_counter() - started
+        return packets
+
+    def close(self) -> None:
+        """Drop the codec context (the next ``encode`` opens a new one)."""
+        with self._lock:
+            self._ctx = None

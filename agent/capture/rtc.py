@@ -1,0 +1,95 @@
+"""Wiring the screen tracks into aiortc peer connections.
+
+The customer's agent makes the offer, so it adds the screen's video m-line up front
+with ``add_screen_transceiver`` (sendonly, one codec) before ``createOffer``; the
+CSR's answer is recvonly and its ``track`` event fires at once. When the customer
+grants "view", ``share(sender, track)`` puts a track on that sender; on revoke,
+``unshare(sender)`` takes it off. No SDP renegotiation is needed for either, and
+the m-line costs nothing while no track is on it (aiortc's sender idles).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiortc.rtcrtpsender
+from aiortc import RTCPeerConnection, RTCRtpSender, RTCRtpTransceiver
+from aiortc.codecs import h264, vpx
+
+from agent.capture.encoder import BITRATE_1080P, BITRATE_MAX, BITRATE_MIN, Codec
+from agent.capture.tracks import PacketTrack, ScreenTrack
+
+RTP_HISTORY = 2048
+"Sent packets kept for retransmission (aiortc: 128, less than one 1080p keyframe)."
+
+
+def enlarge_aiortc_rtp_history() -> None:
+    """Let aiortc's senders retransmit any packet of the last ``RTP_HISTORY`` (process-wide).
+
+    A 1080p text keyframe is 300-600 packets sent back to back; with aiortc's 128 a
+    NACK for one of its first packets arrives after they have left the history, and
+    the viewer stays stuck until a PLI. Called by ``add_screen_transceiver``.
+    """
+    current = getattr(aiortc.rtcrtpsender, "RTP_HISTORY_SIZE", 0)
+    _set(aiortc.rtcrtpsender, "RTP_HISTORY_SIZE", max(current, RTP_HISTORY))
+
+
+def add_screen_transceiver(pc: RTCPeerConnection, codec: Codec = "vp8") -> RTCRtpTransceiver:
+    """Add a sendonly video transceiver offering only ``codec`` (and its RTX).
+
+    Call before ``createOffer``. Packets from an ``EncodedScreen`` must match the
+    negotiated codec: aiortc's sender packetises them by that codec, unchecked.
+    """
+    enlarge_aiortc_rtp_history()
+    transceiver = pc.addTransceiver("video", direction="sendonly")
+    caps = RTCRtpSender.getCapabilities("video").codecs
+    mime = f"video/{codec}".lower()
+    chosen = [c for c in caps if c.mimeType.lower() == mime]
+    if not chosen:
+        raise ValueError(f"aiortc cannot send {codec}")
+    rtx = [c for c in caps if c.mimeType.lower() == "video/rtx"]
+    transceiver.setCodecPreferences(chosen + rtx)
+    return transceiver
+
+
+def share(sender: RTCRtpSender, track: PacketTrack | ScreenTrack) -> None:
+    """Send ``track`` on ``sender`` and route the viewer's PLI/FIR to it.
+
+    aiortc only acts on PLI/FIR when it encodes raw frames itself; for pre-encoded
+    packets it would ignore them and a viewer that lost a packet would stay frozen.
+    ``RTCRtpSender._send_keyframe`` is what its RTCP handler calls, so we shadow it
+    on this sender instance (checked against aiortc 1.16).
+    """
+    sender.replaceTrack(track)
+    if isinstance(track, PacketTrack):
+        _set(sender, "_send_keyframe", track.request_keyframe)
+
+
+def unshare(sender: RTCRtpSender) -> None:
+    """Stop sending on ``sender`` (the track ends; the m-line stays for a later ``share``).
+
+    Do not stop a shared track any other way: aiortc's sender ends its RTP loop for
+    good when its track ends, and a later ``share`` on that sender would send nothing.
+    """
+    track: Any = sender.track
+    sender.replaceTrack(None)
+    vars(sender).pop("_send_keyframe", None)
+    if track is not None:
+        track.stop()
+
+
+def _set(obj: object, name: str, value: object) -> None:
+    setattr(obj, name, value)
+
+
+def raise_aiortc_bitrate_caps() -> None:
+    """Give aiortc's own VP8/H.264 encoders our bitrate bounds (process-wide).
+
+    Only matters for ``ScreenTrack`` (aiortc encodes); ``EncodedScreen`` has its own.
+    aiortc reads these module constants when an encoder is made and when a REMB
+    estimate sets its target, so this must run before the first frame is encoded.
+    """
+    for module in (vpx, h264):
+        _set(module, "MIN_BITRATE", BITRATE_MIN)
+        _set(module, "DEFAULT_BITRATE", BITRATE_1080P)
+        _set(module, "MAX_BITRATE", BITRATE_MAX)

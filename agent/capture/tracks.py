@@ -1,0 +1,364 @@
+"""aiortc video tracks for the screen: raw frames (``ScreenTrack``) or one shared encode.
+
+``ScreenTrack`` hands aiortc yuv420p frames, and each ``RTCRtpSender`` encodes them
+itself: simple, but one encode per viewer, at aiortc's bitrate caps unless
+``rtc.raise_aiortc_bitrate_caps()`` is called.
+
+``EncodedScreen`` encodes each changed frame once, in the capture thread, and gives
+the same ``av.Packet[Any]`` to one ``PacketTrack`` per viewer; aiortc's sender then only
+packetises it (``Vp8Encoder.pack`` / ``H264Encoder.pack``: payload descriptor with its
+own picture id per sender, or FU-A/STAP-A). Inter frames cannot be skipped, so a
+viewer whose queue overflows drops to the next keyframe and asks for one; a keyframe
+empties every queue of what came before it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import av
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from agent.capture.encoder import Encoder, EncoderSettings
+from agent.capture.grab import (
+    FPS_IDLE,
+    FPS_MAX,
+    FPS_MIN,
+    HEARTBEAT,
+    TIME_BASE,
+    Capture,
+    Capturer,
+)
+
+log = logging.getLogger(__name__)
+
+QUEUE_MAX = 8
+"Encoded frames a viewer may lag behind (about 0.25 s at 30 fps) before it skips to a keyframe."
+
+
+def _released() -> av.Packet[Any]:
+    """What a pending ``recv`` returns when its track is stopped: an empty packet.
+
+    aiortc's sender packetises it to nothing and sends nothing. Raising
+    ``MediaStreamError`` instead would end the sender's RTP loop for good, and a later
+    ``share`` on the same sender (view revoked, then granted again) would send nothing.
+    """
+    packet = av.Packet(b"")
+    packet.pts = 0
+    packet.time_base = TIME_BASE
+    return packet
+
+
+def _deliver(loop: asyncio.AbstractEventLoop | None, fn: Any, *args: Any) -> None:
+    """Call ``fn(*args)`` on ``loop`` from the capture thread; no-op once the loop is gone."""
+    if loop is None:
+        return
+    with contextlib.suppress(RuntimeError):  # loop closed while the thread finished a frame
+        loop.call_soon_threadsafe(fn, *args)
+
+
+class ScreenTrack(MediaStreamTrack):
+    """A video track of one monitor's raw frames; aiortc encodes them per sender.
+
+    Capture starts at the first ``recv()``. ``recv()`` returns the newest frame and
+    drops older ones, so a slow encoder never builds up latency.
+    """
+
+    kind = "video"
+
+    def __init__(
+        self,
+        *,
+        monitor: int = 1,
+        display: str | None = None,
+        fps_max: float = FPS_MAX,
+        fps_min: float = FPS_MIN,
+        fps_idle: float = FPS_IDLE,
+        heartbeat: float = HEARTBEAT,
+        with_cursor: bool = True,
+    ) -> None:
+        super().__init__()
+        self.capturer = Capturer(
+            self._on_capture,
+            monitor=monitor,
+            display=display,
+            fps_max=fps_max,
+            fps_min=fps_min,
+            fps_idle=fps_idle,
+            heartbeat=heartbeat,
+            with_cursor=with_cursor,
+            on_error=self._on_error,
+        )
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._latest: av.VideoFrame | None = None
+        self._fresh = asyncio.Event()
+        self.delivered = 0
+        "Frames returned by ``recv``."
+        self.dropped = 0
+        "Frames replaced by a newer one before ``recv`` took them."
+
+    def _on_capture(self, cap: Capture) -> None:
+        _deliver(self._loop, self._put, cap.frame)
+
+    def _on_error(self, exc: BaseException) -> None:
+        _deliver(self._loop, self._fresh.set)
+
+    def _put(self, frame: av.VideoFrame) -> None:
+        if self._latest is not None:
+            self.dropped += 1
+        self._latest = frame
+        self._fresh.set()
+
+    async def recv(self) -> av.VideoFrame | av.Packet[Any]:
+        """The newest captured frame (yuv420p, pts in 1/90000 s).
+
+        Raises ``MediaStreamError`` once stopped; a call pending when ``stop()`` is
+        called returns an empty packet instead (see ``_released``).
+        """
+        if self.readyState != "live" or self.capturer.error is not None:
+            raise MediaStreamError
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+            self.capturer.start()
+        while self._latest is None:
+            self._fresh.clear()
+            await self._fresh.wait()
+            if self.readyState != "live":
+                return _released()
+            if self.capturer.error is not None:
+                raise MediaStreamError
+        frame, self._latest = self._latest, None
+        self.delivered += 1
+        return frame
+
+    def request_keyframe(self) -> None:
+        """Capture now and mark the frame as a keyframe.
+
+        aiortc's VP8 encoder honours the mark; its H.264 encoder resets it and only
+        obeys the viewer's PLI, which aiortc handles by itself for raw-frame tracks.
+        """
+        self.capturer.request_keyframe()
+
+    def stop(self) -> None:
+        """End the track and its capture thread (returns at once)."""
+        self.capturer.stop()
+        self._latest = None
+        super().stop()
+        self._fresh.set()
+
+
+@dataclass(frozen=True, slots=True)
+class ScreenStats:
+    """Counters of an ``EncodedScreen`` (a snapshot)."""
+
+    grabs: int
+    "Screens grabbed."
+    encodes: int
+    "Frames encoded (each at most once, whatever the number of viewers)."
+    keyframes: int
+    "Keyframes among them."
+    bytes_out: int
+    "Encoded bytes."
+    viewers: int
+    "Live ``PacketTrack`` s."
+    fps: float
+    "Current capture rate target."
+    last_encode_s: float
+    "Seconds the last encode took."
+
+
+class EncodedScreen:
+    """Capture and encode a monitor once; give each viewer its own ``PacketTrack``.
+
+    Capture runs while at least one track is receiving and stops when the last one
+    stops. Use from the event loop's thread.
+    """
+
+    def __init__(
+        self,
+        *,
+        monitor: int = 1,
+        display: str | None = None,
+        settings: EncoderSettings | None = None,
+        fps_max: float = FPS_MAX,
+        fps_min: float = FPS_MIN,
+        fps_idle: float = FPS_IDLE,
+        heartbeat: float = HEARTBEAT,
+        with_cursor: bool = True,
+        queue_max: int = QUEUE_MAX,
+    ) -> None:
+        self.encoder = Encoder(settings)
+        self.capturer = Capturer(
+            self._on_capture,
+            monitor=monitor,
+            display=display,
+            fps_max=fps_max,
+            fps_min=fps_min,
+            fps_idle=fps_idle,
+            heartbeat=heartbeat,
+            with_cursor=with_cursor,
+            on_error=self._on_error,
+        )
+        self.queue_max = queue_max
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tracks: set[PacketTrack] = set()
+        self._receiving = 0
+        self._closed = False
+
+    @property
+    def codec(self) -> str:
+        """``vp8`` or ``h264``: what the viewers' transceivers must negotiate."""
+        return self.encoder.settings.codec
+
+    def track(self) -> PacketTrack:
+        """A new track for one viewer (give it to that viewer's ``RTCRtpSender``)."""
+        if self._closed:
+            raise RuntimeError("this EncodedScreen is closed")
+        self._loop = asyncio.get_running_loop()
+        t = PacketTrack(self)
+        self._tracks.add(t)
+        return t
+
+    def request_keyframe(self) -> None:
+        """Make the next frame a keyframe for every viewer (rate-limited, see grab)."""
+        self.capturer.request_keyframe()
+
+    def poke(self) -> None:
+        """Grab now rather than at the next tick (after injecting input)."""
+        self.capturer.poke()
+
+    def stats(self) -> ScreenStats:
+        """A snapshot of the counters."""
+        c = self.capturer.stats()
+        return ScreenStats(
+            grabs=c.grabs,
+            encodes=self.encoder.encodes,
+            keyframes=self.encoder.keyframes,
+            bytes_out=self.encoder.bytes_out,
+            viewers=len(self._tracks),
+            fps=c.fps,
+            last_encode_s=self.encoder.last_encode_s,
+        )
+
+    def close(self) -> None:
+        """End every track and the capture (returns at once; ``aclose`` also waits)."""
+        self._closed = True
+        for t in list(self._tracks):
+            t.stop()
+        self.capturer.stop()
+
+    async def aclose(self) -> None:
+        """``close()`` and wait (bounded, off the loop) for the capture thread to end."""
+        self.close()
+        await asyncio.to_thread(self.capturer.join)
+
+    # -- called by PacketTrack (loop thread)
+
+    def _started(self, track: PacketTrack) -> None:
+        self._receiving += 1
+        self.capturer.start()  # no-op while running
+        self.capturer.request_keyframe()
+
+    def _stopped(self, track: PacketTrack, was_receiving: bool) -> None:
+        self._tracks.discard(track)
+        if was_receiving:
+            self._receiving -= 1
+        if self._receiving == 0:
+            self.capturer.stop()
+
+    # -- capture thread
+
+    def _on_capture(self, cap: Capture) -> None:
+        if self._receiving == 0:
+            return
+        packets = self.encoder.encode(cap.frame, cap.keyframe)
+        if packets:
+            _deliver(self._loop, self._fanout, packets)
+
+    def _on_error(self, exc: BaseException) -> None:
+        _deliver(self._loop, self.close)
+
+    def _fanout(self, packets: list[av.Packet[Any]]) -> None:
+        for t in list(self._tracks):
+            for p in packets:
+                t._offer(p)
+
+
+class PacketTrack(MediaStreamTrack):
+    """One viewer's track of pre-encoded packets from an ``EncodedScreen``.
+
+    Give it to an ``RTCRtpSender`` negotiated for the screen's codec (see
+    ``rtc.add_screen_transceiver``) and route that sender's PLI/FIR here with
+    ``rtc.share``; aiortc does not act on them for packet tracks.
+    """
+
+    kind = "video"
+
+    def __init__(self, screen: EncodedScreen) -> None:
+        super().__init__()
+        self._screen = screen
+        self._queue: collections.deque[av.Packet[Any]] = collections.deque()
+        self._ready = asyncio.Event()
+        self._receiving = False
+        self._need_key = True
+        self.delivered = 0
+        "Packets returned by ``recv``."
+        self.dropped = 0
+        "Packets dropped: queue overflow, or inter frames while waiting for a keyframe."
+
+    def _offer(self, packet: av.Packet[Any]) -> None:
+        if not self._receiving:
+            return  # not sending yet: the first recv() asks for a keyframe
+        if packet.is_keyframe:
+            self.dropped += len(self._queue)
+            self._queue.clear()
+            self._need_key = False
+        elif self._need_key:
+            self.dropped += 1
+            return
+        elif len(self._queue) >= self._screen.queue_max:
+            self.dropped += len(self._queue) + 1
+            self._queue.clear()
+            self._need_key = True
+            self._screen.request_keyframe()
+            return
+        self._queue.append(packet)
+        self._ready.set()
+
+    async def recv(self) -> av.Packet[Any]:
+        """The next encoded frame for this viewer, starting with a keyframe.
+
+        Raises ``MediaStreamError`` once stopped; a call pending when ``stop()`` is
+        called returns an empty packet instead (see ``_released``).
+        """
+        if self.readyState != "live":
+            raise MediaStreamError
+        if not self._receiving:
+            self._receiving = True
+            self._screen._started(self)
+        while not self._queue:
+            self._ready.clear()
+            await self._ready.wait()
+            if self.readyState != "live":
+                return _released()
+        self.delivered += 1
+        return self._queue.popleft()
+
+    def request_keyframe(self) -> None:
+        """Ask for a keyframe (for every viewer: there is one encoder)."""
+        self._screen.request_keyframe()
+
+    def stop(self) -> None:
+        """End this viewer's track; capture stops with the last one."""
+        if self.readyState == "live":
+            was = self._receiving
+            self._receiving = False
+            self._queue.clear()
+            super().stop()
+            self._screen._stopped(self, was)
+        self._ready.set()
