@@ -181,3 +181,60 @@ def test_advanced_browse_fetch_confirmed_and_hostile_paths(
     csr.send({"cmd": "end"})
     assert csr.wait() == 0
     assert cust.wait() == 0
+
+
+def test_transfer_killed_half_way_resumes_with_the_right_hash(
+    procs: list[Proc], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over the data channel (fast path off, so the cut lands mid-file), kill -9 the
+    customer half-way; it joins again and the CSR sends the same file: it resumes."""
+    monkeypatch.setenv("PEERDESK_NO_FASTPATH", "1")
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    src = tmp_path / "big.iso"
+    digest = make_file(src, 40, extra=999)
+    size = src.stat().st_size
+    csr, cust = start_pair(procs, tmp_path, "--accept", "files", "--download-dir", str(downloads))
+    grant(csr, cust, "files", auto="yes")
+    csr.send({"cmd": "send_file", "path": str(src)})
+    cust.expect("file", lambda e: e["state"] == "active" and e["bytes"] > size // 2, timeout=60)
+    cust.kill()
+    assert not (downloads / "big.iso").exists()
+    parts = [p for p in downloads.iterdir() if p.name.endswith(".peerdesk-part")]
+    assert len(parts) == 1
+    kept = parts[0].stat().st_size
+    assert 0 < kept < size
+    csr.expect("left")
+
+    link = csr.events[0]["link"]
+    again = Proc(
+        [
+            "agent",
+            "join",
+            link,
+            "--headless",
+            "--json",
+            "--accept",
+            "files",
+            "--download-dir",
+            str(downloads),
+        ],
+        home=tmp_path / "cust",
+        name="customer2",
+    )
+    procs.append(again)
+    again.expect("joined")
+    csr.expect("joined")
+    grant(csr, again, "files", auto="yes")
+    csr.send({"cmd": "send_file", "path": str(src)})
+    first = again.expect("file", lambda e: e["state"] in ("active", "done"), timeout=60)
+    # it continues from the last fsynced offset (every 4 MiB), not from zero
+    assert first["bytes"] >= min(kept - 4 * 1024 * 1024, size // 3), (first, kept)
+    done = again.expect("file", lambda e: e["state"] in ("done", "failed"), timeout=120)
+    assert done["state"] == "done", done
+    assert done["sha256"] == digest
+    assert sha(downloads / "big.iso") == digest
+    assert sorted(p.name for p in downloads.iterdir()) == ["big.iso"]
+    csr.send({"cmd": "end"})
+    assert csr.wait() == 0
+    assert again.wait() == 0
