@@ -1,38 +1,44 @@
 """Screen encoders (PyAV: libvpx VP8, libx264 H.264) tuned for text at low latency.
 
-Bitrate bounds (measured with ``bench.screen.legibility``: a 1080p page of 11 px
-DejaVu Sans text, black on white, scrolling 4 px per frame at 30 fps, decoded and
-compared with the source on luma; aiortc's own VP8 settings, CBR):
+Bitrate bounds. Measured with ``python -m bench.screen --legibility``: a 1080p page of
+11 px DejaVu Sans text, black on white, scrolling 4 px a frame at 30 fps for 1 s,
+then still ("settled"), then a forced keyframe; decoded and compared with the
+source (PSNR on luma). First the aiortc 1.16 VP8 encoder at its own cap, then
+ours (2-core VM, one encoder thread):
 
-    ======== ================ ================= ====================
-    bitrate  keyframe PSNR    scrolling, mean   P-frame size
-    ======== ================ ================= ====================
-    1.5 Mb/s 22.2 dB          22.6 dB           4.9 kB
-    3 Mb/s   28.4 dB          28.3 dB           6.1 kB
-    6 Mb/s   34.7 dB          37.1 dB           14.7 kB
-    10 Mb/s  39.5 dB          44.4 dB           22.2 kB
-    ======== ================ ================= ====================
+    ======================= ============== ================== ========= =====
+    encoder, target         keyframe       scrolling          settled   P
+    ======================= ============== ================== ========= =====
+    aiortc, 1.5 Mb/s (cap)  22.8 dB 255 kB 23.1 dB at 0.9 Mb/s 23.9 dB  19 ms
+    ours, 1.5 Mb/s          32.5 dB 497 kB 33.1 dB at 1.6 Mb/s 33.1 dB   7 ms
+    ours, 3 Mb/s            32.9 dB 504 kB 33.3 dB at 1.5 Mb/s 33.8 dB   7 ms
+    ours, 6 Mb/s            38.9 dB 647 kB 39.1 dB at 2.5 Mb/s 40.9 dB   7 ms
+    ours, 10 Mb/s           43.7 dB 781 kB 44.2 dB at 4.1 Mb/s 48.8 dB   9 ms
+    ======================= ============== ================== ========= =====
 
-Below about 30 dB, 11 px text shows ringing and smudged counters ("e", "a"); at 35 dB
-it reads cleanly. aiortc caps VP8 at 1.5 Mb/s (default 0.5) and H.264 at 3 Mb/s, so
-its own encoder gives a blurred 1080p desktop. CBR also starves a keyframe forced
-mid-stream (25 dB at 6 Mb/s, then +0.2 dB per frame on a static screen). We use VBR
-with a quantizer ceiling instead (``VP8_QMAX``): at a 6 Mb/s target the first
-keyframe reaches 48.5 dB, a forced keyframe 31.9 dB, scrolling 45.8 dB while using
-only 2.1 Mb/s (motion vectors carry most of a scroll), and a static screen is never
-re-encoded except for the heartbeat. Hence:
+Looking at the crops: below about 30 dB 11 px text rings and smudges ("e", "a",
+"s"); about 33 dB is readable with halos; from 35 dB it reads cleanly. aiortc's
+encoder (CBR, 0.5 Mb/s start, 1.5 Mb/s cap, denoiser on) blurs a 1080p desktop; CBR
+also starves a keyframe forced mid-stream (25 dB at 6 Mb/s, then +0.2 dB a frame
+while nothing changes, and a static screen is not re-encoded). So we use VBR with
+a quantizer ceiling (``VP8_QMAX`` 36: no frame below about 32 dB, overshooting the
+target when it must) and no denoiser. Scrolling text costs well under the target
+(motion vectors carry it); the target mostly sets the quality. Hence:
 
-- ``BITRATE_1080P`` = 6 Mb/s, scaled by pixel count for other monitor sizes,
-  clamped to [``BITRATE_MIN`` 1.5 Mb/s, ``BITRATE_MAX`` 10 Mb/s]. Below 1.5 Mb/s a
-  1080p desktop is unreadable; above 10 Mb/s the gain is under 2 dB.
-- keyframes are large (0.4-0.8 MB at 1080p): fine on a LAN, about one second on a
-  6 Mb/s uplink, so they are rate-limited (``grab.KEYFRAME_MIN_INTERVAL``).
+- ``BITRATE_1080P`` = 6 Mb/s (39 dB, clean text), scaled by pixel count for other
+  monitor sizes and clamped to [``BITRATE_MIN`` 1.5 Mb/s, ``BITRATE_MAX`` 10 Mb/s].
+  Below 1.5 Mb/s the quantizer ceiling overshoots all the time anyway; above
+  10 Mb/s text is already at 44 dB.
+- keyframes are large (0.5-0.8 MB at 1080p; ``VP8_MAX_INTRA_PCT`` trims the first
+  one from 811 to about 600 kB): fine on a LAN, over a second on a 3 Mb/s uplink.
+  They are rate-limited (``grab.KEYFRAME_MIN_INTERVAL``) and paced (``rtc.Pacer``).
 
 Speed: libvpx ``cpu-used`` 16 (its fastest realtime setting) encodes a 1080p text
-P-frame in about 5 ms on one core of the 2-core bench VM (12: 7 ms, 6: 13 ms) at
-the same PSNR within 0.2 dB; a keyframe takes 35-90 ms. x264 ``ultrafast`` +
-``zerolatency`` is faster still (P 3.5 ms, keyframe 10 ms) but 3-5 dB worse at the
-same bitrate, so VP8 is the default and H.264 an option.
+P-frame in 3-8 ms on one core of the 2-core bench VM (12: 7 ms, 6: 13 ms, same
+PSNR within 0.2 dB); a keyframe takes 40-100 ms. x264 ``ultrafast`` +
+``zerolatency`` is faster (P 3.5-5 ms, keyframe 10-14 ms) but 3-5 dB worse at the
+same bitrate (6 Mb/s: keyframe 29.9 dB, scrolling 35.2 dB), so VP8 is the default
+and H.264 an option.
 """
 
 from __future__ import annotations

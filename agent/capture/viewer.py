@@ -139,6 +139,10 @@ class ScreenViewer:
         return out
 
 
+Viewer = ScreenViewer
+"The name ``agent.services.csr`` imports."
+
+
 def _save_png(frame: av.VideoFrame, path: Path) -> None:
     image = frame.to_image()  # type: ignore[no-untyped-call]
     image.save(path, format="PNG")

@@ -14,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import os
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
