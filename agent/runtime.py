@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import agent.capture  # noqa: F401 - installs the prompt jitter buffer before any peer exists
 from agent import status
 from agent.errors import (
     LocalProtocolError,
@@ -482,8 +483,7 @@ class CustomerSession:
             on_message=self._on_message,
             on_lost=self._on_lost,
             on_channel=self._on_channel,
-            video_track=self.services.video_track(),
-            video_codec=self.services.options.video_codec,
+            screen_codec=self.services.options.video_codec,
         )
         self._link = link
         try:

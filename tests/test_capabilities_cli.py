@@ -122,3 +122,70 @@ def test_sysinfo_is_refused_then_granted_by_preaccept(
     csr.send({"cmd": "end"})
     assert csr.wait() == 0
     assert cust.wait() == 0
+
+
+QUADRANTS = {
+    (0, 0): (220, 30, 30),
+    (1, 0): (30, 180, 40),
+    (0, 1): (40, 60, 220),
+    (1, 1): (240, 200, 20),
+}
+
+
+def test_view_shows_the_customers_screen_in_the_snapshot(
+    procs: list[Proc], tmp_path: Path, display: str
+) -> None:
+    from PIL import Image
+
+    from agent.capture.xvfb import Canvas
+
+    canvas = Canvas(display)
+    try:
+        w, h = canvas.width // 2, canvas.height // 2
+        for (qx, qy), rgb in QUADRANTS.items():
+            canvas.fill(qx * w, qy * h, w, h, rgb)
+        canvas.sync()
+        csr, cust = session(procs, tmp_path, display)
+        csr.send({"cmd": "request", "cap": "view"})
+        prompt = cust.expect("request")
+        cust.send({"cmd": "grant", "id": prompt["id"]})
+        csr.expect("consent", lambda e: e["cap"] == "view" and e["state"] == "granted")
+        monitors = csr.expect("monitors")
+        assert monitors["items"][0]["width"] == 1280 and monitors["current"] == 1
+
+        shot = tmp_path / "shot.png"
+        csr.send({"cmd": "snapshot", "path": str(shot)})
+        saved = csr.expect("snapshot", timeout=20)
+        assert (saved["width"], saved["height"]) == (1280, 800)
+        image = Image.open(shot).convert("RGB")
+        for (qx, qy), rgb in QUADRANTS.items():
+            # the middle of each quadrant, averaged over a patch (codec loss tolerated)
+            cx, cy = qx * w + w // 2, qy * h + h // 2
+            patch = image.crop((cx - 20, cy - 20, cx + 20, cy + 20)).resize((1, 1), Image.BOX)
+            got = patch.getpixel((0, 0))
+            assert all(abs(a - b) <= 24 for a, b in zip(got, rgb, strict=True)), (qx, qy, got)
+
+        # the pattern changes: a fresh snapshot shows the change
+        canvas.fill(0, 0, w, h, (250, 250, 250))
+        canvas.sync()
+        csr.send({"cmd": "keyframe"})
+        deadline_shot = tmp_path / "shot2.png"
+        for _ in range(20):
+            csr.send({"cmd": "snapshot", "path": str(deadline_shot)})
+            csr.expect("snapshot", timeout=10)
+            top_left = Image.open(deadline_shot).convert("RGB").getpixel((w // 2, h // 2))
+            if min(top_left) > 226:
+                break
+        assert min(top_left) > 226, top_left
+
+        # revoked: the CSR can no longer take snapshots
+        cust.send({"cmd": "revoke", "cap": "view"})
+        csr.expect("consent", lambda e: e["cap"] == "view" and e["state"] == "revoked")
+        csr.send({"cmd": "snapshot", "path": str(tmp_path / "after.png")})
+        assert "not granted" in csr.expect("error")["reason"]
+        assert not (tmp_path / "after.png").exists()
+        csr.send({"cmd": "end"})
+        assert csr.wait() == 0
+        assert cust.wait() == 0
+    finally:
+        canvas.close()

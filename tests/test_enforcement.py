@@ -139,3 +139,23 @@ async def test_customer_revoke_is_immediate_even_if_the_csr_never_hears(
     await asyncio.sleep(0.3)
     assert pointer(display) != (1152, 720)
     assert not cust.services.consent.allows(csr.me, "control")
+
+
+async def test_view_revoke_stops_frames_on_the_customers_machine(
+    pair: tuple[CsrSession, CustomerSession, list[status.Status]], display: str
+) -> None:
+    csr, cust, cust_events = pair
+    member = next(iter(csr._members.values()))
+    member.link.send(ch.Request(cap="view"))
+    await until(lambda: any(isinstance(e, status.ConsentRequest) for e in cust_events))
+    prompt = next(e for e in cust_events if isinstance(e, status.ConsentRequest))
+    cust.services.answer(prompt.id, True)
+    await until(lambda: member.services.viewer is not None and member.services.viewer.frames > 0)
+    viewer = member.services.viewer
+    cust.services.revoke("view")
+    await asyncio.sleep(0.5)  # frames already on the wire may land
+    before = viewer.frames
+    await asyncio.sleep(2.5)  # longer than the 1 s heartbeat of a static screen
+    assert viewer.frames == before
+    assert cust.services.screen is not None
+    assert cust.services.screen.stats().viewers == 0

@@ -5,7 +5,15 @@ with ``add_screen_transceiver`` (sendonly, one codec) before ``createOffer``; th
 CSR's answer is recvonly and its ``track`` event fires at once. When the customer
 grants "view", ``share(sender, track)`` puts a track on that sender; on revoke,
 ``unshare(sender)`` takes it off. No SDP renegotiation is needed for either, and
-the m-line costs nothing while no track is on it (aiortc's sender idles).
+the m-line sends nothing while no track is on it (aiortc's sender checks for a
+track every 20 ms).
+
+Process-wide adjustments of aiortc, each in one named function: the sender's
+retransmission history (``enlarge_aiortc_rtp_history``, by
+``add_screen_transceiver``), and, for ``ScreenTrack`` only, aiortc's encoder bitrate
+caps (``raise_aiortc_bitrate_caps``). The viewer's side needs
+``agent.capture.jitter.install()``, which importing ``agent.capture`` does; it must
+happen before the CSR's ``RTCPeerConnection`` takes the offer.
 """
 
 from __future__ import annotations

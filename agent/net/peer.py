@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
@@ -30,19 +30,6 @@ LOST_AFTER = 6.0
 "Seconds of silence after which a peer is considered lost."
 
 
-def _prefer_codec(transceiver: Any, codec: str) -> None:
-    """Offer only ``codec`` (``vp8`` or ``h264``) for video."""
-    from aiortc.rtcrtpsender import RTCRtpSender
-
-    wanted = f"video/{codec}".lower()
-    codecs = [
-        c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType.lower() == wanted
-    ]
-    if not codecs:
-        raise ValueError(f"video codec {codec!r} is not available")
-    transceiver.setCodecPreferences(codecs)
-
-
 def rtc_configuration() -> RTCConfiguration:
     """No public STUN server: aiortc would otherwise ask Google's."""
     return RTCConfiguration(iceServers=[])
@@ -57,8 +44,9 @@ class PeerLink:
 
     ``main`` carries ``agent.protocol.channel`` messages to ``on_message``; the other
     channels hand their raw messages to ``on_channel(name, data)``. The customer's
-    side passes its (consent-gated) screen track as ``video_track``, sent one way;
-    the CSR's side gets the remote track through ``on_track``.
+    side passes ``screen_codec`` to offer a sendonly screen line that sends nothing
+    until a view grant shares a track on ``video_sender``; the CSR's side gets the
+    remote track through ``on_track``.
     """
 
     def __init__(
@@ -67,8 +55,7 @@ class PeerLink:
         on_lost: Callable[[str], None],
         *,
         on_channel: Callable[[str, str | bytes], None] | None = None,
-        video_track: Any = None,
-        video_codec: str | None = None,
+        screen_codec: str | None = None,
         on_track: Callable[[Any], None] | None = None,
     ) -> None:
         self._on_message = on_message
@@ -85,11 +72,11 @@ class PeerLink:
         self._closed = False
         self._keepalive: asyncio.Task[None] | None = None
         self.video_sender: Any = None
-        if video_track is not None:
-            transceiver = self.pc.addTransceiver(video_track, direction="sendonly")
-            self.video_sender = transceiver.sender
-            if video_codec is not None:
-                _prefer_codec(transceiver, video_codec)
+        if screen_codec is not None:  # the customer: a sendonly screen line, idle until shared
+            from agent.capture.rtc import add_screen_transceiver
+
+            codec: Literal["vp8", "h264"] = "h264" if screen_codec == "h264" else "vp8"
+            self.video_sender = add_screen_transceiver(self.pc, codec).sender
         if on_track is not None:
             self.pc.on("track", on_track)
         self.channel.on("open", self._on_open)

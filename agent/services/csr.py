@@ -133,8 +133,18 @@ class CsrServices:
         self._need("view")
         if self.viewer is None:
             raise LocalProtocolError("no video from the customer yet", code="no_video")
-        width, height = await self.viewer.snapshot(path)
-        return status.SnapshotSaved(peer=self.customer, path=path, width=width, height=height)
+        if self.viewer.latest is None:
+            try:
+                await asyncio.wait_for(self.viewer.wait_frame(), 5.0)
+            except TimeoutError:
+                raise LocalProtocolError(
+                    "no frame from the customer's screen yet", code="no_video"
+                ) from None
+        saved = await self.viewer.snapshot(path)
+        frame = self.viewer.latest
+        return status.SnapshotSaved(
+            peer=self.customer, path=str(saved), width=frame.width, height=frame.height
+        )
 
     def _need(self, cap: str) -> None:
         if self.grants.get(cap) != "granted":
@@ -181,10 +191,10 @@ class CsrServices:
             self.files.on_data(data)
 
     def on_track(self, track: Any) -> None:
-        from agent.capture.viewer import Viewer
+        from agent.capture.viewer import ScreenViewer
 
         if track.kind == "video":
-            self.viewer = Viewer(track)
+            self.viewer = ScreenViewer(track)
             self.viewer.start()
 
     async def close(self) -> None:

@@ -61,16 +61,12 @@ class CustomerServices:
         self._monitor_index = options.monitor
         self._tasks: set[asyncio.Task[Any]] = set()
         self.screen: Any = None
-        "The screen source (set by the runtime when a display is available)."
+        "The shared screen (``agent.capture.EncodedScreen``), made at the first view grant."
         self._files: dict[str, Any] = {}
         "csr -> FileLink"
         self._share_dirs: dict[str, Path] = {}
-
-    def video_track(self) -> Any:
-        """The consent-gated screen track for the link to the CSR, or None without a display."""
-        if self.screen is None:
-            return None
-        return self.screen.new_track()
+        self._viewers: dict[str, PeerLink] = {}
+        "csr -> link whose video sender carries the screen now"
 
     # -- links
 
@@ -97,8 +93,7 @@ class CustomerServices:
         self.consent.csr_left(csr)
         self._pump()
         self._links.pop(csr, None)
-        if self.screen is not None:
-            self.screen.remove_viewer(csr)
+        self._stop_view(csr)
         files = self._files.pop(csr, None)
         if files is not None:
             self._spawn(files.close())
@@ -109,8 +104,11 @@ class CustomerServices:
         if self._injector is not None:
             self._injector.release_all()
             await asyncio.to_thread(self._injector.close)
+        for csr in list(self._viewers):
+            self._stop_view(csr)
         if self.screen is not None:
-            await self.screen.close()
+            await self.screen.aclose()
+            self.screen = None
 
     # -- from the CSR
 
@@ -126,7 +124,7 @@ class CustomerServices:
                 link.send(ch.Refused(code=exc.code, message=exc.message))
             self._pump()
         elif isinstance(msg, ch.Keyframe):
-            if self.screen is not None and self.consent.allows(csr, "view"):
+            if self.screen is not None and csr in self._viewers:
                 self.screen.request_keyframe()
         elif isinstance(msg, ch.SelectMonitor):
             if self.consent.allows(csr, "view"):
@@ -237,14 +235,40 @@ class CustomerServices:
             elif ended and self.arbiter.holder == csr:
                 self._stop_input(self.arbiter.revoke())
                 self._announce_control()
-        elif cap == "view" and self.screen is not None:
+        elif cap == "view":
             if granted and link is not None:
-                self.screen.add_viewer(csr, link)
-                self._send_monitors(link)
+                self._start_view(csr, link)
             elif ended:
-                self.screen.remove_viewer(csr)
+                self._stop_view(csr)
         elif cap == "sysinfo" and granted and link is not None:
             self._spawn(self._send_sysinfo(link))
+
+    def _start_view(self, csr: str, link: PeerLink) -> None:
+        from agent.capture import EncodedScreen, EncoderSettings
+        from agent.capture.rtc import share
+
+        if link.video_sender is None:
+            return
+        if self.screen is None:
+            if not self.monitors():
+                self._emit(status.Error(reason="no display to share here", code="no_display"))
+                self.consent.revoke("view")
+                return
+            self.screen = EncodedScreen(
+                monitor=self._monitor_index,
+                settings=EncoderSettings(codec=self.options.video_codec),  # type: ignore[arg-type]
+            )
+        self._viewers[csr] = link
+        share(link.video_sender, self.screen.track())
+        self._send_monitors(link)
+
+    def _stop_view(self, csr: str) -> None:
+        """Frames stop at once: the sender's track is taken off on this machine."""
+        from agent.capture.rtc import unshare
+
+        link = self._viewers.pop(csr, None)
+        if link is not None and link.video_sender is not None:
+            unshare(link.video_sender)
 
     def _grant_control(self, csr: str) -> None:
         if self._injector is None:
@@ -295,8 +319,14 @@ class CustomerServices:
 
             g = self._monitor_geometry()
             self._injector.set_monitor(Monitor(g["x"], g["y"], g["width"], g["height"]))
-        if self.screen is not None:
-            self.screen.select_monitor(index)
+        if self.screen is not None:  # a new capture of the chosen monitor, same viewers
+            old, self.screen = self.screen, None
+            viewers = dict(self._viewers)
+            for csr in viewers:
+                self._stop_view(csr)
+            old.close()
+            for csr, link in viewers.items():
+                self._start_view(csr, link)
         for csr, link in self._links.items():
             if self.consent.allows(csr, "view"):
                 self._send_monitors(link)
@@ -330,6 +360,8 @@ class CustomerServices:
     def _inject(self, actions: list[Any]) -> None:
         if actions and self._injector is not None:
             self._injector.submit(*actions)
+            if self.screen is not None:
+                self.screen.poke()  # show the effect without waiting for the next tick
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)

@@ -1,0 +1,447 @@
+"""Screen sharing on a real X server (Xvfb) through real aiortc peers on loopback.
+
+The customer's side captures a pattern drawn on a private Xvfb screen; the CSR's
+side decodes it and saves a PNG; we compare the quadrant colours. Also: unchanged
+screens are not re-encoded, two viewers share one encode, keyframes on request and
+on the viewer's PLI, revoke and re-grant on the same sender, the prompt jitter buffer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("mss")
+PIL = pytest.importorskip("PIL")
+from aiortc import RTCPeerConnection  # noqa: E402
+from aiortc.codecs import h264, vpx  # noqa: E402
+from aiortc.mediastreams import MediaStreamTrack  # noqa: E402
+from aiortc.rtp import RTCP_PSFB_PLI, RtcpPsfbPacket, RtpPacket  # noqa: E402
+from PIL import Image, ImageDraw, ImageFont  # noqa: E402
+
+from agent.capture import (  # noqa: E402
+    EncodedScreen,
+    EncoderSettings,
+    PacketTrack,
+    ScreenTrack,
+    ScreenViewer,
+    add_screen_transceiver,
+    monitors,
+    raise_aiortc_bitrate_caps,
+    share,
+    unshare,
+)
+from agent.capture.encoder import Codec  # noqa: E402
+from agent.capture.jitter import PromptJitterBuffer  # noqa: E402
+from agent.capture.rtc import Pacer  # noqa: E402
+from agent.capture.xvfb import Canvas, Xvfb  # noqa: E402
+from agent.net.peer import rtc_configuration  # noqa: E402
+
+pytestmark = pytest.mark.skipif(shutil.which("Xvfb") is None, reason="Xvfb is not installed")
+
+W, H = 1920, 1080
+QUADRANTS = {
+    "top-left": ((0, 0), (220, 40, 40)),
+    "top-right": ((W // 2, 0), (40, 180, 60)),
+    "bottom-left": ((0, H // 2), (40, 60, 200)),
+    "bottom-right": ((W // 2, H // 2), (230, 200, 40)),
+}
+STEP = 5.0
+"Seconds any single wait in these tests may take."
+
+
+LOOP_STALL = 0.25
+"Longest the event loop may go without running a 10 ms ticker (blocking work belongs in threads)."
+
+
+@pytest.fixture(autouse=True)
+async def loop_not_blocked() -> AsyncIterator[None]:
+    """Fail a test during which the event loop was blocked for more than LOOP_STALL."""
+    worst = 0.0
+
+    async def tick() -> None:
+        nonlocal worst
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(0.01)
+            worst = max(worst, time.monotonic() - before - 0.01)
+
+    ticker = asyncio.ensure_future(tick())
+    yield
+    ticker.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await ticker
+    assert worst <= LOOP_STALL, f"the event loop was blocked for {worst * 1000:.0f} ms"
+
+
+@pytest.fixture(scope="module")
+def xvfb() -> Iterator[Xvfb]:
+    with Xvfb(W, H) as server:
+        yield server
+
+
+@pytest.fixture
+def display(xvfb: Xvfb, monkeypatch: pytest.MonkeyPatch) -> str:
+    """DISPLAY set to the private Xvfb for this test."""
+    monkeypatch.setenv("DISPLAY", xvfb.display)
+    return xvfb.display
+
+
+@pytest.fixture
+def canvas(display: str) -> Iterator[Canvas]:
+    """A full-screen window showing the test pattern."""
+    with Canvas(display) as c:
+        draw_pattern(c)
+        yield c
+
+
+def draw_pattern(c: Canvas) -> None:
+    for (x, y), rgb in QUADRANTS.values():
+        c.fill(x, y, W // 2, H // 2, rgb)
+    band = Image.new("RGB", (W, 64), "white")
+    font = ImageFont.truetype("DejaVuSans.ttf", 12) if _has_dejavu() else None
+    ImageDraw.Draw(band).text(
+        (16, 20),
+        "PeerDesk screen test: The quick brown fox 0123456789 " * 5,
+        fill="black",
+        font=font,
+    )
+    c.put_image(0, H // 2 - 32, band)
+    c.sync()
+
+
+def _has_dejavu() -> bool:
+    try:
+        ImageFont.truetype("DejaVuSans.ttf", 12)
+    except OSError:
+        return False
+    return True
+
+
+async def exchange(offerer: RTCPeerConnection, answerer: RTCPeerConnection) -> None:
+    """Offer/answer in memory (the customer offers, as in PeerDesk's join)."""
+    await offerer.setLocalDescription(await offerer.createOffer())
+    await answerer.setRemoteDescription(offerer.localDescription)
+    await answerer.setLocalDescription(await answerer.createAnswer())
+    await offerer.setRemoteDescription(answerer.localDescription)
+
+
+class Pair:
+    """A customer peer with a screen transceiver and a CSR peer viewing it."""
+
+    def __init__(self, codec: str = "vp8") -> None:
+        self.customer = RTCPeerConnection(rtc_configuration())
+        self.csr = RTCPeerConnection(rtc_configuration())
+        self.transceiver = add_screen_transceiver(self.customer, codec)  # type: ignore[arg-type]
+        self._track: asyncio.Future[MediaStreamTrack] = asyncio.get_running_loop().create_future()
+        self.csr.on("track", self._on_track)
+        self.viewer: ScreenViewer | None = None
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if not self._track.done():
+            self._track.set_result(track)
+
+    async def connect(self) -> ScreenViewer:
+        await exchange(self.customer, self.csr)
+        async with asyncio.timeout(STEP):
+            track = await self._track
+        self.viewer = ScreenViewer(track)
+        self.viewer.start()
+        return self.viewer
+
+    async def close(self) -> None:
+        if self.viewer is not None:
+            await self.viewer.stop()
+        await self.customer.close()
+        await self.csr.close()
+
+
+@contextlib.asynccontextmanager
+async def pairs(n: int, codec: str = "vp8") -> AsyncIterator[list[Pair]]:
+    made = [Pair(codec) for _ in range(n)]
+    try:
+        yield made
+    finally:
+        for p in made:
+            await p.close()
+
+
+@contextlib.asynccontextmanager
+async def encoded(display: str, **kwargs: Any) -> AsyncIterator[EncodedScreen]:
+    screen = EncodedScreen(display=display, **kwargs)
+    try:
+        yield screen
+    finally:
+        await screen.aclose()
+
+
+async def frames_after(viewer: ScreenViewer, count: int) -> None:
+    async with asyncio.timeout(STEP):
+        while viewer.frames < count:
+            await viewer.wait_frame()
+
+
+async def until(cond: Any, what: str, timeout: float = STEP) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def quadrant_means(png: Path) -> dict[str, tuple[float, float, float]]:
+    img = Image.open(png).convert("RGB")
+    assert img.size == (W, H)
+    out = {}
+    for name, ((x, y), _) in QUADRANTS.items():
+        # the middle of each quadrant, away from edges, the text band and the cursor
+        box = img.crop((x + 120, y + (60 if y == 0 else 120), x + W // 2 - 120, y + H // 2 - 120))
+        r, g, b = np.asarray(box, dtype=np.float64).reshape(-1, 3).mean(axis=0)
+        out[name] = (float(r), float(g), float(b))
+    return out
+
+
+def assert_pattern(png: Path) -> None:
+    means = quadrant_means(png)
+    for name, (_, want) in QUADRANTS.items():
+        got = means[name]
+        # yuv420p + lossy coding: flat colours come back within a few levels
+        assert all(abs(g - w) <= 12 for g, w in zip(got, want, strict=True)), (name, got, want)
+
+
+# -- monitors
+
+
+def test_monitors_under_xvfb(display: str) -> None:
+    assert monitors() == [{"index": 1, "x": 0, "y": 0, "width": W, "height": H, "primary": True}]
+
+
+# -- the CSR sees the customer's screen
+
+
+@pytest.mark.parametrize("how", ["shared-vp8", "shared-h264", "aiortc-encoder"], ids=lambda s: s)
+async def test_csr_sees_the_pattern(
+    canvas: Canvas, display: str, tmp_path: Path, how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    codec: Codec = "h264" if how == "shared-h264" else "vp8"
+    if how == "aiortc-encoder":
+        # aiortc's own 500 kb/s start blurs even flat colours; restore its caps afterwards
+        for module in (vpx, h264):
+            for name in ("MIN_BITRATE", "DEFAULT_BITRATE", "MAX_BITRATE"):
+                monkeypatch.setattr(module, name, getattr(module, name))
+        raise_aiortc_bitrate_caps()
+    async with pairs(1, codec) as (pair,):
+        viewer = await pair.connect()
+        if how == "aiortc-encoder":
+            track: PacketTrack | ScreenTrack = ScreenTrack(display=display)
+            share(pair.transceiver.sender, track)
+            await frames_after(viewer, 1)
+            track.stop()
+        else:
+            async with encoded(display, settings=EncoderSettings(codec=codec)) as screen:
+                share(pair.transceiver.sender, screen.track())
+                await frames_after(viewer, 1)
+                assert screen.stats().keyframes >= 1
+        frame = viewer.latest
+        assert frame is not None and (frame.width, frame.height) == (W, H)
+        png = await viewer.snapshot(tmp_path / "csr.png")
+        assert_pattern(png)
+        assert viewer.times[-1].received_at <= time.monotonic()
+
+
+# -- change detection and heartbeat (no network needed)
+
+
+async def test_unchanged_screen_is_not_reencoded(canvas: Canvas, display: str) -> None:
+    async with encoded(display, heartbeat=60.0) as screen:
+        track = screen.track()
+        async with asyncio.timeout(STEP):
+            first = await track.recv()
+        assert first.is_keyframe
+        grabs = screen.stats().grabs
+        await asyncio.sleep(0.5)
+        s = screen.stats()
+        assert s.grabs >= grabs + 5, "the capturer kept grabbing"
+        assert s.encodes == 1, "identical grabs were encoded again"
+
+        canvas.fill(100, 100, 64, 64, (0, 0, 0))
+        canvas.sync()
+        async with asyncio.timeout(STEP):
+            second = await track.recv()
+        assert not second.is_keyframe
+        await asyncio.sleep(0.3)
+        assert screen.stats().encodes == 2
+        track.stop()
+
+
+async def test_heartbeat_resends_a_static_screen(canvas: Canvas, display: str) -> None:
+    async with encoded(display, heartbeat=0.2) as screen:
+        track = screen.track()
+        started = time.monotonic()
+        async with asyncio.timeout(STEP):
+            for _ in range(4):
+                await track.recv()
+        # one keyframe, then a heartbeat every 0.2 s on an unchanged screen
+        assert 0.5 <= time.monotonic() - started <= 2.0
+        assert screen.stats().keyframes == 1
+        track.stop()
+
+
+# -- two viewers, one encode
+
+
+async def test_two_viewers_get_frames_from_one_encode(canvas: Canvas, display: str) -> None:
+    async with pairs(2) as both, encoded(display, heartbeat=60.0) as screen:
+        viewers = [await p.connect() for p in both]
+        tracks = [screen.track() for _ in both]
+        for p, t in zip(both, tracks, strict=True):
+            share(p.transceiver.sender, t)
+        for v in viewers:
+            await frames_after(v, 1)
+        await until(lambda: all(t.delivered >= 1 for t in tracks), "both tracks to start")
+        await asyncio.sleep(0.6)  # let the keyframe rate limit and any second keyframe pass
+        base_encodes = screen.stats().encodes
+        base_frames = [v.frames for v in viewers]
+
+        changes = 10
+        for i in range(changes):
+            canvas.fill(200 + 40 * i, 300, 32, 32, (0, 0, 0))
+            canvas.sync()
+            await asyncio.sleep(0.08)
+        await until(
+            lambda: (
+                all(
+                    v.frames - b >= screen.stats().encodes - base_encodes
+                    for v, b in zip(viewers, base_frames, strict=True)
+                )
+                and screen.stats().encodes - base_encodes >= changes // 2
+            ),
+            "both viewers to receive every encoded frame",
+        )
+        encodes = screen.stats().encodes - base_encodes
+        got = [v.frames - b for v, b in zip(viewers, base_frames, strict=True)]
+        assert changes // 2 <= encodes <= changes + 1
+        assert got == [encodes, encodes], "each encoded frame reaches each viewer exactly once"
+        assert screen.stats().viewers == 2
+
+
+# -- keyframes
+
+
+async def test_keyframe_on_request(canvas: Canvas, display: str) -> None:
+    async with encoded(display, heartbeat=60.0) as screen:
+        track = screen.track()
+        async with asyncio.timeout(STEP):
+            assert (await track.recv()).is_keyframe
+        await asyncio.sleep(0.6)  # past the keyframe rate limit
+        # an unchanged screen, yet a request produces a keyframe at once
+        track.request_keyframe()
+        async with asyncio.timeout(STEP):
+            again = await track.recv()
+        assert again.is_keyframe
+        assert screen.stats().keyframes == 2
+        track.stop()
+
+
+async def test_viewer_pli_reaches_the_shared_encoder(canvas: Canvas, display: str) -> None:
+    async with pairs(1) as (pair,), encoded(display, heartbeat=60.0) as screen:
+        viewer = await pair.connect()
+        sender = pair.transceiver.sender
+        share(sender, screen.track())
+        await frames_after(viewer, 1)
+        await asyncio.sleep(0.6)
+        keys = screen.stats().keyframes
+        seen = viewer.frames
+        # what aiortc's receiver sends when it cannot decode (RFC 4585 PLI)
+        pli = RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=1234, media_ssrc=sender._ssrc)
+        await sender._handle_rtcp_packet(pli)
+        await until(lambda: screen.stats().keyframes == keys + 1, "a keyframe after the PLI")
+        await frames_after(viewer, seen + 1)
+
+
+# -- revoke and grant again on the same sender (no renegotiation)
+
+
+async def test_unshare_stops_frames_and_share_resumes(canvas: Canvas, display: str) -> None:
+    async with pairs(1) as (pair,), encoded(display, heartbeat=0.2) as screen:
+        viewer = await pair.connect()
+        sender = pair.transceiver.sender
+        first = screen.track()
+        share(sender, first)
+        await frames_after(viewer, 2)
+
+        unshare(sender)
+        assert first.readyState == "ended"
+        await asyncio.sleep(0.3)
+        frozen = viewer.frames
+        await asyncio.sleep(0.6)  # three heartbeats would have come
+        assert viewer.frames == frozen, "frames kept coming after the revoke"
+        assert not screen.capturer.running or screen.stats().viewers == 0
+
+        share(sender, screen.track())
+        await frames_after(viewer, frozen + 2)
+
+
+# -- the prompt jitter buffer (receiver side)
+
+
+def _rtp(seq: int, ts: int, marker: bool, data: bytes = b"x") -> RtpPacket:
+    p = RtpPacket(payload_type=96, sequence_number=seq, timestamp=ts, marker=int(marker))
+    p._data = data  # type: ignore[attr-defined]
+    return p
+
+
+def test_prompt_jitter_buffer_completes_frames_at_the_marker() -> None:
+    jb = PromptJitterBuffer(capacity=128, is_video=True)
+    assert jb.capacity >= 2048
+    assert jb.add(_rtp(100, 9000, False, b"a")) == (False, None)
+    _, frame = jb.add(_rtp(101, 9000, True, b"b"))
+    assert frame is not None and frame.data == b"ab" and frame.timestamp == 9000
+
+    # a lost middle packet holds the frame until its retransmission arrives
+    jb.add(_rtp(102, 12000, False, b"c"))
+    assert jb.add(_rtp(104, 12000, True, b"e")) == (False, None)
+    _, frame = jb.add(_rtp(103, 12000, False, b"d"))
+    assert frame is not None and frame.data == b"cde"
+
+    # without a marker bit, aiortc's rule still applies: a new timestamp closes it
+    jb.add(_rtp(105, 15000, False, b"f"))
+    _, frame = jb.add(_rtp(106, 18000, False, b"g"))
+    assert frame is not None and frame.data == b"f" and frame.timestamp == 15000
+
+
+def test_prompt_jitter_buffer_gives_up_on_a_lost_packet_for_a_pli() -> None:
+    jb = PromptJitterBuffer(capacity=128, is_video=True)
+    jb.add(_rtp(200, 0, False, b"a"))  # 201 is lost for good
+    assert jb.add(_rtp(202, 0, True, b"c")) == (False, None)
+    # a frame 0.1 s later waits (a retransmission may still come) ...
+    assert jb.add(_rtp(203, 9000, True, b"d")) == (False, None)
+    # ... one 0.6 s later is shown, and the viewer asks for a keyframe
+    pli, frame = jb.add(_rtp(204, 54000, True, b"e"))
+    assert pli
+    assert frame is not None and frame.data == b"e" and frame.timestamp == 54000
+
+
+async def test_pacer_lets_small_frames_through_and_spreads_big_ones() -> None:
+    sent: list[tuple[float, int]] = []
+
+    async def send(data: bytes) -> None:
+        sent.append((time.monotonic(), len(data)))
+
+    pacer = Pacer(send, rate_bps=8_000_000, burst=20_000)  # 1 MB/s beyond 20 kB
+    start = time.monotonic()
+    for _ in range(15):  # a 19.5 kB P-frame: no delay
+        await pacer(bytes(1300))
+    assert time.monotonic() - start < 0.005
+    for _ in range(77):  # a 100 kB keyframe right after: about 0.1 s
+        await pacer(bytes(1300))
+    took = sent[-1][0] - start
+    assert 0.08 <= took <= 0.5, took
