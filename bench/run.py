@@ -72,10 +72,20 @@ def _files(runs: int) -> list[str]:
     ]
 
 
-BENCHES = {"join": _join, "control": _control, "files": _files}
+def _screen(runs: int) -> list[str]:
+    from bench.screen import measure, report, rows
+
+    f = asyncio.run(measure(10))
+    print("\n".join(report(f)))
+    return rows(f)
+
+
+BENCHES = {"join": _join, "control": _control, "files": _files, "screen": _screen}
 
 
 def main(which: list[str], *, runs: int = 20, record: str | None = None) -> int:
+    if "all" in which:
+        which = list(BENCHES)
     unknown = [w for w in which if w not in BENCHES]
     if unknown:
         print(f"unknown benchmark(s): {', '.join(unknown)}; known: {', '.join(BENCHES)}")
