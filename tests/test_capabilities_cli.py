@@ -189,3 +189,51 @@ def test_view_shows_the_customers_screen_in_the_snapshot(
         assert cust.wait() == 0
     finally:
         canvas.close()
+
+
+def test_typed_text_arrives_in_a_window_on_the_customers_display(
+    procs: list[Proc], tmp_path: Path, display: str
+) -> None:
+    import subprocess
+    import sys
+    import time
+
+    from tests.desktop import xdotool
+    from tests.test_control import TK_WINDOW, wait_for_text
+
+    out, script = tmp_path / "typed.txt", tmp_path / "window.py"
+    script.write_text(TK_WINDOW)
+    title = f"peerdesk-cli-typing-{time.monotonic_ns()}"
+    window = subprocess.Popen(
+        [sys.executable, str(script), str(out), title], env={**os.environ, "DISPLAY": display}
+    )
+    try:
+        deadline = time.monotonic() + 15
+        wid = ""
+        while not wid and time.monotonic() < deadline:
+            try:
+                wid = xdotool(display, "search", "--name", title).split()[0]
+            except (subprocess.CalledProcessError, IndexError):
+                time.sleep(0.05)
+        assert wid, "the Tk window did not appear"
+        xdotool(display, "windowfocus", "--sync", wid)
+        wait_for_text(out, "")
+        csr, cust = session(procs, tmp_path, display, "--accept", "control")
+        csr.send({"cmd": "request", "cap": "control"})
+        csr.expect("control", lambda e: e["holder"] is not None)
+        csr.send({"cmd": "type", "text": "hello PeerDesk 123"})
+        csr.send({"cmd": "key", "key": "enter"})
+        csr.send({"cmd": "key", "key": "x"})
+        wait_for_text(out, "hello PeerDesk 123\nx")
+        cust.send({"cmd": "revoke", "cap": "all"})
+        csr.expect("consent", lambda e: e["state"] == "revoked")
+        csr.send({"cmd": "type", "text": "not after revoke"})
+        csr.expect("error")
+        time.sleep(0.5)
+        assert out.read_text() == "hello PeerDesk 123\nx"
+        csr.send({"cmd": "end"})
+        assert csr.wait() == 0
+        assert cust.wait() == 0
+    finally:
+        window.terminate()
+        window.wait(5)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -159,3 +160,45 @@ async def test_view_revoke_stops_frames_on_the_customers_machine(
     assert viewer.frames == before
     assert cust.services.screen is not None
     assert cust.services.screen.stats().viewers == 0
+
+
+async def test_files_requests_are_refused_without_a_grant_and_after_revoke(
+    pair: tuple[CsrSession, CustomerSession, list[status.Status]], tmp_path: Path
+) -> None:
+    from agent.protocol import files as fw
+
+    csr, cust, cust_events = pair
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "notes.txt").write_text("private\n")
+    member = next(iter(csr._members.values()))
+    replies: list[fw.Message] = []
+    member.services.on_channel = lambda name, data: replies.append(fw.decode(data))  # type: ignore[method-assign]
+
+    def ask() -> None:
+        member.link.send_raw(
+            "files", fw.encode(fw.ListFiles(id=fw.new_transfer_id(), scope="browse"))
+        )
+        member.link.send_raw(
+            "files", fw.encode(fw.Get(id=fw.new_transfer_id(), scope="browse", path="notes.txt"))
+        )
+
+    ask()
+    await until(lambda: len(replies) == 2)
+    assert all(isinstance(r, fw.Reject) and r.reason == "no_grant" for r in replies), replies
+
+    member.link.send(ch.Request(cap="files_advanced"))
+    await until(lambda: any(isinstance(e, status.ConsentRequest) for e in cust_events))
+    prompt = next(e for e in cust_events if isinstance(e, status.ConsentRequest))
+    cust.services.answer(prompt.id, True, str(shared))
+    replies.clear()
+    member.link.send_raw("files", fw.encode(fw.ListFiles(id=fw.new_transfer_id(), scope="browse")))
+    await until(lambda: len(replies) == 1)
+    assert isinstance(replies[0], fw.Listing)
+    assert [e.name for e in replies[0].entries] == ["notes.txt"]
+
+    cust.services.revoke("files_advanced")
+    replies.clear()
+    ask()
+    await until(lambda: len(replies) == 2)
+    assert all(isinstance(r, fw.Reject) and r.reason == "no_grant" for r in replies), replies
