@@ -25,6 +25,7 @@ from agent.errors import LocalProtocolError, PeerDeskError
 from agent.headless import console_emitter, json_emitter, read_commands
 from agent.protocol.code import check_signal_url, parse_code_or_link
 from agent.services.customer import CustomerOptions
+from agent.session import handshake as hsk
 
 log = logging.getLogger("peerdesk")
 
@@ -72,6 +73,13 @@ def _parser() -> argparse.ArgumentParser:
     join.add_argument("--share-dir", metavar="DIR", help="the directory files_advanced exposes")
     join.add_argument("--monitor", type=int, default=1, help="monitor to share (1 = first)")
     join.add_argument("--codec", choices=("vp8", "h264"), default="vp8", help="video codec")
+    join.add_argument(
+        "--as",
+        dest="role",
+        choices=("customer", "assistant"),
+        default="customer",
+        help="join as the customer (default) or as an assistant CSR, with the CSR code",
+    )
 
     sig = sub.add_parser("signal", help="run a signaling server")
     sig.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")  # noqa: S104
@@ -258,7 +266,16 @@ async def _join(args: argparse.Namespace) -> int:
     else:
         url = f"ws://127.0.0.1:{DEFAULT_PORT}"
     me = identity.load().with_name(args.name)
-    session = CustomerSession(me, link, url, emit, options=_customer_options(args))
+    role = "csr" if args.role == "assistant" else "customer"
+    session = CustomerSession(
+        me,
+        link,
+        url,
+        emit,
+        role=role,
+        options=_customer_options(args),
+        timeout=hsk.DECISION_TTL if role == "csr" else hsk.JOIN_TIMEOUT,
+    )
     try:
         await session.join()
     except PeerDeskError as exc:

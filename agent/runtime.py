@@ -99,6 +99,10 @@ class CsrSession:
         self._members: dict[str, _Member] = {}
         self._pending: dict[str, PeerLink] = {}
         self._early: dict[PeerLink, CsrServices] = {}
+        self._asking: dict[str, hsk.JoinRequest] = {}
+        "Assistant CSRs who proved the CSR code, waiting for the primary's answer."
+        self._history: list[ch.Chat] = []
+        "Chat lines for everyone, replayed to an assistant who joins later."
         "Services of links whose channel is not open yet (a track may arrive first)."
         self._tasks: set[asyncio.Task[None]] = set()
         self._done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -118,8 +122,15 @@ class CsrSession:
         if not isinstance(reply, sig.Created):
             raise RemoteProtocolError("the signaling server did not allocate a room")
         self.code = SessionCode.new(reply.room)
+        self.csr_code = SessionCode.new(reply.room)
+        while self.csr_code.secret == self.code.secret:
+            self.csr_code = SessionCode.new(reply.room)
         self._core = hsk.HostHandshake(
-            self.code, self.identity.key, self.identity.name, now=time.monotonic()
+            self.code,
+            self.identity.key,
+            self.identity.name,
+            now=time.monotonic(),
+            csr_secret=self.csr_code.secret,
         )
         self._outbox = _Outbox(self._client)
         self._spawn(self._signal_loop())
@@ -132,6 +143,7 @@ class CsrSession:
                 room=self.code.room,
                 signal=self.signal_url,
                 me=self.me,
+                csr_code=str(self.csr_code),
             )
         )
         return self.code
@@ -145,6 +157,8 @@ class CsrSession:
     def chat(self, text: str, to: tuple[str, ...] | None = None) -> None:
         recipients = self.roster.recipients(self.me, to)
         msg = ch.Chat(text=text, to=to, sender=self.me, name=self.identity.name)
+        if to is None:
+            self._history.append(msg)
         for pid in recipients:
             member = self._members.get(pid)
             if member is not None:
@@ -153,6 +167,20 @@ class CsrSession:
     def make_primary(self, pid: str) -> None:
         self.roster.make_primary(pid)
         self._roster_changed()
+
+    def admit(self, pid: str, admit: bool) -> None:
+        """Answer an assistant CSR's request to join."""
+        req = self._asking.pop(pid, None)
+        if req is None:
+            raise LocalProtocolError(
+                f"nobody with id {pid} is waiting to join", code="no_such_peer"
+            )
+        if admit:
+            self._spawn(self._admit(req))
+        else:
+            assert self._core is not None
+            self._core.refuse(req.peer)
+            self._pump()
 
     def services_for(self, to: str | None) -> CsrServices:
         """The customer a command is for: ``to``, or else the primary customer."""
@@ -177,6 +205,8 @@ class CsrSession:
             await self.leave()
         elif isinstance(command, cmds.MakePrimaryCommand):
             self.make_primary(command.peer)
+        elif isinstance(command, cmds.AdmitCommand):
+            self.admit(command.peer, command.admit)
         elif isinstance(command, cmds.RequestCommand):
             self.services_for(command.to).request(command.cap)
         elif isinstance(command, cmds.InputCommand):
@@ -287,7 +317,11 @@ class CsrSession:
         for peer, data in core.messages_to_send():
             outbox.put(sig.Send(to=peer, data=data))
         while (event := core.next_event()) is not None:
-            if isinstance(event, hsk.JoinRequest):
+            if isinstance(event, hsk.JoinRequest) and event.role == "csr":
+                pid = peer_id(event.key)
+                self._asking[pid] = event
+                self._emit(status.AssistantRequest(peer=pid, name=event.name, sas=event.sas))
+            elif isinstance(event, hsk.JoinRequest):
                 self._spawn(self._admit(event))
             elif isinstance(event, hsk.AttemptFailed):
                 log.info("join attempt failed: %s", event.error.message)
@@ -357,6 +391,13 @@ class CsrSession:
         services.attach_files(req.session_key, self.download_dir)
         self._members[pid] = _Member(link, req.name, req.role, services)
         person = self.roster.add(pid, req.name, req.role)
+        if req.role == "csr":
+            for line in self._history[-500:]:
+                link.send(
+                    ch.Chat(
+                        text=line.text, to=None, sender=line.sender, name=line.name, history=True
+                    )
+                )
         self._emit(
             status.Joined(
                 peer=pid,
@@ -397,6 +438,8 @@ class CsrSession:
             member.link.send(ch.Refused(code="unknown_recipient", message=exc.message))
             return
         relayed = ch.Chat(text=msg.text, to=msg.to, sender=pid, name=member.name)
+        if msg.to is None:
+            self._history.append(relayed)
         for rid in recipients:
             if rid == self.me:
                 self._emit(
@@ -483,7 +526,7 @@ class CustomerSession:
             on_message=self._on_message,
             on_lost=self._on_lost,
             on_channel=self._on_channel,
-            screen_codec=self.services.options.video_codec,
+            screen_codec=self.services.options.video_codec if self.role == "customer" else None,
         )
         self._link = link
         try:
@@ -499,7 +542,8 @@ class CustomerSession:
             await link.close()
             raise
         assert self.host is not None
-        self.services.attach(self.host, self._host_name, link, self._session_key)
+        if self.role == "customer":
+            self.services.attach(self.host, self._host_name, link, self._session_key)
         self._tick_task = asyncio.ensure_future(self._tick())
         self.announce()
 
@@ -604,7 +648,12 @@ class CustomerSession:
         self._announced = True
         self._emit(
             status.Joined(
-                peer=self.host, role="csr", name=self._host_name, sas=self._sas, me=self.me
+                peer=self.host,
+                role="csr",
+                name=self._host_name,
+                sas=self._sas,
+                me=self.me,
+                primary=True,
             )
         )
 
@@ -628,6 +677,12 @@ class CustomerSession:
             await self.leave()
         elif isinstance(command, cmds.EndCommand):
             await self.end()
+        elif self.role == "csr":
+            raise LocalProtocolError(
+                "an assistant CSR can chat and observe the session; taking over control "
+                "(transfer_control) is not available yet",
+                code="not_available",
+            )
         elif isinstance(command, cmds.AnswerCommand):
             self.services.answer(command.id, command.grant, command.dir)
         elif isinstance(command, cmds.RevokeCommand):
@@ -661,9 +716,8 @@ class CustomerSession:
         self._done.set_result(0)
 
     async def end(self, reason: str = "ended") -> None:
-        raise LocalProtocolError(
-            "a customer cannot end the session, only leave it", code="not_allowed"
-        )
+        who = "an assistant CSR" if self.role == "csr" else "a customer"
+        raise LocalProtocolError(f"{who} cannot end the session, only leave it", code="not_allowed")
 
     # -- channel
 
@@ -680,13 +734,21 @@ class CustomerSession:
 
     def _on_message(self, msg: ch.Message) -> None:
         self.announce()
-        if self.host is not None and self.services.on_main(self.host, msg):
+        if (
+            self.role == "customer"
+            and self.host is not None
+            and self.services.on_main(self.host, msg)
+        ):
             return
         if isinstance(msg, ch.Chat):
             sender = msg.sender or self.host or ""
             self._emit(
                 status.ChatReceived(
-                    from_=sender, name=msg.name or self._host_name, text=msg.text, to=msg.to
+                    from_=sender,
+                    name=msg.name or self._host_name,
+                    text=msg.text,
+                    to=msg.to,
+                    history=msg.history,
                 )
             )
         elif isinstance(msg, ch.Roster):

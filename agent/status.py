@@ -32,6 +32,8 @@ class SessionStarted(Status):
     signal: str
     me: str
     "The CSR's own peer id."
+    csr_code: str = ""
+    "The code an assistant CSR joins with (same room, its own secret); for CSRs' eyes only."
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,8 @@ class ChatReceived(Status):
     name: str
     text: str
     to: tuple[str, ...] | None
+    history: bool = False
+    "True for earlier lines replayed to an assistant who just joined."
 
 
 @dataclass(frozen=True)
@@ -197,3 +201,14 @@ class FileListing(Status):
     path: str
     entries: tuple[dict[str, Any], ...]
     truncated: bool
+
+
+@dataclass(frozen=True)
+class AssistantRequest(Status):
+    """Primary CSR: a CSR proved the CSR code and asks to join; ``admit`` or ``refuse``."""
+
+    event: ClassVar[str] = "assistant_request"
+    peer: str
+    name: str
+    sas: str
+    "Read it aloud with them: both sides show the same six digits."

@@ -305,3 +305,25 @@ def test_garbage_from_the_network_never_raises() -> None:
         j.receive(junk, 0.0)
     assert all(isinstance(e, AttemptFailed) and not e.counted for e in events(h))
     assert h.failures == 0
+
+
+def test_csr_code_admits_a_csr_and_the_customer_code_does_not() -> None:
+    csr_secret = "424242"
+    h = HostHandshake(CODE, Ed25519PrivateKey.generate(), "Carol", now=0.0, csr_secret=csr_secret)
+    csr_code = SessionCode(CODE.room, csr_secret)
+    (ok,) = run_join(
+        h, JoinerHandshake(csr_code, "csr", Ed25519PrivateKey.generate(), "Dan", now=0.0)
+    )
+    assert isinstance(ok, Admitted)
+    # knowing the customer's code never makes anyone a CSR
+    j = JoinerHandshake(CODE, "csr", Ed25519PrivateKey.generate(), "Eve", now=0.0)
+    (fail,) = run_join(h, j, "bbbbbbbbbbbb")
+    assert isinstance(fail, JoinFailed)
+    assert isinstance(fail.error, WrongCode)
+    # and the CSR code does not admit a customer
+    (fail2,) = run_join(h, joiner(csr_code), "cccccccccccc")
+    assert isinstance(fail2, JoinFailed)
+    assert isinstance(fail2.error, WrongCode)
+    # the customer code still works for customers
+    (ok2,) = run_join(h, joiner(), "dddddddddddd")
+    assert isinstance(ok2, Admitted)

@@ -37,6 +37,8 @@ class Chat:
     "Peer id of the author (set on relayed lines)."
     name: str | None = None
     "Display name of the author (set on relayed lines)."
+    history: bool = False
+    "A line from before the receiver joined (replayed to an assistant)."
 
 
 @dataclass(frozen=True)
@@ -192,6 +194,8 @@ def encode(msg: Message) -> str:
             body["from"] = msg.sender
         if msg.name is not None:
             body["name"] = msg.name
+        if msg.history:
+            body["history"] = True
     elif isinstance(msg, Roster):
         body["participants"] = [vars(p) for p in msg.participants]
     elif isinstance(msg, Monitors):
@@ -271,6 +275,7 @@ _TABLE: dict[str, Any] = {
         to=wire.get_str_list(o, "to", max_items=MAX_RECIPIENTS, pattern=PEER_ID_RE, optional=True),
         sender=wire.get_str(o, "from", pattern=PEER_ID_RE, optional=True),
         name=wire.get_str(o, "name", max_len=MAX_NAME_CHARS, optional=True),
+        history=o.get("history") is True,
     ),
     "roster": _roster,
     "bye": lambda o: Bye(),

@@ -137,6 +137,15 @@ class FileCommand:
     to: str | None = None
 
 
+@dataclass(frozen=True)
+class AdmitCommand:
+    """``{"cmd":"admit"|"refuse","peer":ID}`` (primary CSR): answer an assistant's request."""
+
+    cmd: ClassVar[str] = "admit"
+    peer: str
+    admit: bool
+
+
 Command: TypeAlias = (
     ChatCommand
     | LeaveCommand
@@ -150,6 +159,7 @@ Command: TypeAlias = (
     | SimpleCommand
     | MonitorCommand
     | FileCommand
+    | AdmitCommand
 )
 
 _CAP_RE = re.compile(r"[a-z_]{1,24}")
@@ -211,6 +221,8 @@ _TABLE: dict[str, Any] = {
     "leave": lambda o: LeaveCommand(),
     "end": lambda o: EndCommand(),
     "make_primary": lambda o: MakePrimaryCommand(peer=wire.get_str(o, "peer", pattern=PEER_ID_RE)),
+    "admit": lambda o: AdmitCommand(peer=wire.get_str(o, "peer", pattern=PEER_ID_RE), admit=True),
+    "refuse": lambda o: AdmitCommand(peer=wire.get_str(o, "peer", pattern=PEER_ID_RE), admit=False),
     "request": lambda o: RequestCommand(cap=wire.get_str(o, "cap", pattern=_CAP_RE), to=_to(o)),
     "grant": lambda o: AnswerCommand(
         id=wire.get_str(o, "id", pattern=_ID_RE),

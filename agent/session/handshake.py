@@ -53,6 +53,8 @@ CODE_TTL = 600.0
 "Seconds a code lives without a successful join."
 ATTEMPT_TTL = 30.0
 "Seconds the host keeps a half-finished attempt."
+DECISION_TTL = 120.0
+"Seconds an assistant CSR's join waits for the primary to admit or refuse it."
 JOIN_TIMEOUT = 20.0
 "Seconds a joiner waits for the whole handshake."
 MAX_PENDING = 8
@@ -229,10 +231,17 @@ class HostHandshake:
         *,
         now: float,
         roles: tuple[str, ...] = ("customer",),
+        csr_secret: str | None = None,
         max_failures: int = MAX_FAILURES,
         code_ttl: float = CODE_TTL,
     ) -> None:
+        """``csr_secret``, when given, is the separate secret of the CSR code (same room):
+        it admits role ``csr``; the customer code never does."""
         self.code = code
+        self._secrets = {"customer": code.secret}
+        if csr_secret is not None:
+            self._secrets["csr"] = csr_secret
+            roles = (*roles, "csr") if "csr" not in roles else roles
         self._identity = identity
         self._name = name
         self._roles = roles
@@ -249,7 +258,8 @@ class HostHandshake:
     # Precompute the next SPAKE2 start (a scalar multiplication) off the join's path.
     def _new_pake(self, role: str) -> tuple[str, SPAKE2_A, bytes]:
         id_a, id_b = _ids(self.code.room, role)
-        pake = SPAKE2_A(self.code.secret.encode(), idA=id_a, idB=id_b)
+        secret = self._secrets.get(role, self.code.secret)
+        pake = SPAKE2_A(secret.encode(), idA=id_a, idB=id_b)
         return role, pake, pake.start()
 
     def _take_pake(self, role: str) -> tuple[SPAKE2_A, bytes]:
@@ -386,7 +396,7 @@ class HostHandshake:
     def handle_timer(self, now: float) -> None:
         """Expire the code and stale attempts."""
         for peer, attempt in list(self._attempts.items()):
-            if now - attempt.started >= ATTEMPT_TTL:
+            if now - attempt.started >= self._ttl(attempt):
                 del self._attempts[peer]
         if self.state is CodeState.OPEN and now - self._last_used >= self._code_ttl:
             self._close(CodeState.EXPIRED)
@@ -395,8 +405,14 @@ class HostHandshake:
         """When ``handle_timer`` should next run."""
         if self.state is not CodeState.OPEN:
             return None
-        deadlines = [a.started + ATTEMPT_TTL for a in self._attempts.values()]
+        deadlines = [a.started + self._ttl(a) for a in self._attempts.values()]
         return min([self._last_used + self._code_ttl, *deadlines])
+
+    @staticmethod
+    def _ttl(attempt: _Attempt) -> float:
+        # A CSR waits for the primary to admit it; a customer never waits on a person.
+        waiting = attempt.state is AttemptState.AWAIT_DECISION and attempt.role == "csr"
+        return DECISION_TTL if waiting else ATTEMPT_TTL
 
     # -- output
 

@@ -1,0 +1,145 @@
+"""An assistant CSR joins with the CSR code, is admitted by the primary and sees the chat."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.procs import Proc
+
+
+@pytest.fixture
+def procs() -> Iterator[list[Proc]]:
+    started: list[Proc] = []
+    yield started
+    for p in started:
+        p.kill()
+
+
+def agent(procs: list[Proc], home: Path, *args: str, name: str) -> Proc:
+    p = Proc(["agent", *args], home=home, name=name)
+    procs.append(p)
+    return p
+
+
+def test_assistant_joins_with_the_csr_code_after_the_primary_admits(
+    procs: list[Proc], tmp_path: Path
+) -> None:
+    primary = agent(
+        procs,
+        tmp_path / "p",
+        "start",
+        "--headless",
+        "--json",
+        "--port",
+        "0",
+        "--name",
+        "Carol",
+        name="primary",
+    )
+    session = primary.expect("session")
+    assert session["csr_code"] and session["csr_code"] != session["code"]
+    signal = session["signal"]
+    cust = agent(
+        procs,
+        tmp_path / "c",
+        "join",
+        session["link"],
+        "--headless",
+        "--json",
+        "--name",
+        "Alice",
+        name="customer",
+    )
+    cust.expect("joined")
+    primary.expect("joined")
+    primary.send({"cmd": "chat", "text": "before the assistant came"})
+    cust.expect("chat")
+
+    # the customer's code never makes anyone a CSR
+    eve = agent(
+        procs,
+        tmp_path / "e",
+        "join",
+        session["code"],
+        "--signal",
+        signal,
+        "--as",
+        "assistant",
+        "--headless",
+        "--json",
+        name="eve",
+    )
+    assert eve.expect("error")["code"] == "wrong_code"
+    assert eve.wait() == 1
+    primary.expect("join_failed")
+
+    dan = agent(
+        procs,
+        tmp_path / "d",
+        "join",
+        session["csr_code"],
+        "--signal",
+        signal,
+        "--as",
+        "assistant",
+        "--headless",
+        "--json",
+        "--name",
+        "Dan",
+        name="assistant",
+    )
+    asked = primary.expect("assistant_request", timeout=20)
+    assert asked["name"] == "Dan" and len(asked["sas"]) == 6
+    primary.send({"cmd": "admit", "peer": asked["peer"]})
+    joined = dan.expect("joined", lambda e: e["role"] == "csr" and e["peer"] == session["me"])
+    assert joined["sas"] == asked["sas"]
+    history = dan.expect("chat")
+    assert history["text"] == "before the assistant came" and history["history"] is True
+    roster = primary.expect("roster", lambda e: len(e["participants"]) == 3)
+    assert {p["role"] for p in roster["participants"]} == {"csr", "customer"}
+    cust.expect("joined", lambda e: e["peer"] == asked["peer"])
+
+    dan.send({"cmd": "chat", "text": "Dan here, watching"})
+    assert primary.expect("chat", lambda e: e["from"] == asked["peer"])["name"] == "Dan"
+    assert cust.expect("chat", lambda e: e["text"] == "Dan here, watching")["name"] == "Dan"
+    dan.send({"cmd": "end"})
+    assert "cannot end" in dan.expect("error")["reason"]
+
+    primary.send({"cmd": "end"})
+    dan.expect("ended")
+    cust.expect("ended")
+    assert primary.wait() == 0
+    assert dan.wait() == 0
+    assert cust.wait() == 0
+
+
+def test_primary_refuses_an_assistant(procs: list[Proc], tmp_path: Path) -> None:
+    primary = agent(
+        procs, tmp_path / "p", "start", "--headless", "--json", "--port", "0", name="primary"
+    )
+    session = primary.expect("session")
+    dan = agent(
+        procs,
+        tmp_path / "d",
+        "join",
+        session["csr_code"],
+        "--signal",
+        session["signal"],
+        "--as",
+        "assistant",
+        "--headless",
+        "--json",
+        name="assistant",
+    )
+    asked = primary.expect("assistant_request", timeout=20)
+    primary.send({"cmd": "refuse", "peer": asked["peer"]})
+    err = dan.expect("error")
+    assert err["code"] == "refused" and "declined" in err["reason"]
+    assert dan.wait() == 1
+    primary.send({"cmd": "admit", "peer": asked["peer"]})
+    assert "waiting to join" in primary.expect("error")["reason"]
+    primary.send({"cmd": "end"})
+    assert primary.wait() == 0
