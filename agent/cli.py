@@ -216,7 +216,7 @@ async def _start(args: argparse.Namespace) -> int:
     done = asyncio.ensure_future(session.wait())
     await asyncio.wait({done, stopper}, return_when=asyncio.FIRST_COMPLETED)
     if not done.done():
-        await session.end("stopped")
+        await session.end("stopped", force=True)
     reader.cancel()
     stopper.cancel()
     if runner is not None:

@@ -28,6 +28,7 @@ from agent.net.peer import PeerLink
 from agent.net.signaling_client import SignalingClient, SignalingUnreachable
 from agent.protocol import channel as ch
 from agent.protocol import commands as cmds
+from agent.protocol import control as ctl
 from agent.protocol import signaling as sig
 from agent.protocol.code import JoinLink, SessionCode
 from agent.protocol.handshake import peer_id
@@ -99,6 +100,8 @@ class CsrSession:
         self._members: dict[str, _Member] = {}
         self._pending: dict[str, PeerLink] = {}
         self._early: dict[PeerLink, CsrServices] = {}
+        self.control_holder: str | None = None
+        "Who holds control of the primary customer's machine, as the customer said."
         self._asking: dict[str, hsk.JoinRequest] = {}
         "Assistant CSRs who proved the CSR code, waiting for the primary's answer."
         self._history: list[ch.Chat] = []
@@ -207,6 +210,8 @@ class CsrSession:
             self.make_primary(command.peer)
         elif isinstance(command, cmds.AdmitCommand):
             self.admit(command.peer, command.admit)
+        elif isinstance(command, cmds.TransferCommand):
+            self.transfer_control(command.to)
         elif isinstance(command, cmds.RequestCommand):
             self.services_for(command.to).request(command.cap)
         elif isinstance(command, cmds.InputCommand):
@@ -235,10 +240,18 @@ class CsrSession:
     async def leave(self) -> None:
         raise LocalProtocolError("you are the only CSR in this session: end it instead of leaving")
 
-    async def end(self, reason: str = "ended") -> None:
-        """End the session for everyone."""
+    async def end(self, reason: str = "ended", *, force: bool = False) -> None:
+        """End the session for everyone (not while an assistant holds control, unless
+        ``force``: the agent is being stopped)."""
         if self._done.done() or self._ending:
             return
+        holder = self.control_holder
+        if holder is not None and holder != self.me and holder in self._members and not force:
+            raise LocalProtocolError(
+                f"control is with {self._members[holder].name}: take it back "
+                f'({{"cmd":"transfer_control","to":"{self.me}"}}) before ending the session',
+                code="control_elsewhere",
+            )
         self._ending = True
         for member in self._members.values():
             member.link.send(ch.End())
@@ -416,9 +429,16 @@ class CsrSession:
         member = self._members.get(pid)
         if member is None:
             return
-        if member.services.on_main(msg):
+        if member.role == "customer" and member.services.on_main(msg):
+            if isinstance(msg, ch.ControlState):  # the assistants learn it through us
+                self.control_holder = msg.holder
+                for other in self._members.values():
+                    if other.role == "csr":
+                        other.link.send(msg)
             return
-        if isinstance(msg, ch.Chat):
+        if isinstance(msg, ch.Transfer) and member.role == "csr":
+            self._assistant_transfer(pid, msg.to)
+        elif isinstance(msg, ch.Chat):
             self._relay_chat(pid, member, msg)
         elif isinstance(msg, ch.Bye):
             self._drop(pid, "left")
@@ -450,8 +470,40 @@ class CsrSession:
 
     def _on_channel(self, pid: str, name: str, data: str | bytes) -> None:
         member = self._members.get(pid)
-        if member is not None:
-            member.services.on_channel(name, data)
+        if member is None:
+            return
+        if member.role == "csr" and name == "control":
+            # an assistant's input, untouched, to the customer, who judges it as theirs
+            if isinstance(data, str) and self.roster.primary is not None:
+                customer = self._members.get(self.roster.primary)
+                if customer is not None:
+                    customer.link.send_raw("control", ctl.encode_relayed(pid, data))
+            return
+        member.services.on_channel(name, data)
+
+    def transfer_control(self, to: str) -> None:
+        """Pass control to an assistant CSR, or take it back (``to`` = our own id)."""
+        if to != self.me:
+            member = self._members.get(to)
+            if member is None or member.role != "csr":
+                raise LocalProtocolError(f"{to} is not an assistant CSR in this session")
+        services = self.services_for(None)
+        if services.grants.get("control") != "granted":
+            raise LocalProtocolError(
+                "the customer has not granted control: request it first", code="no_grant"
+            )
+        services.link.send(ch.Transfer(to=to))
+
+    def _assistant_transfer(self, pid: str, to: str) -> None:
+        if self.control_holder != pid:
+            self._members[pid].link.send(
+                ch.Refused(code="not_holder", message="only the CSR holding control can pass it")
+            )
+            return
+        try:
+            self.transfer_control(to)
+        except LocalProtocolError as exc:
+            self._members[pid].link.send(ch.Refused(code=exc.code, message=exc.message))
 
     def _on_track(self, pid: str, track: Any) -> None:
         member = self._members.get(pid)
@@ -471,6 +523,9 @@ class CsrSession:
         if member is None:
             return
         self.roster.remove(pid)
+        if pid == self.control_holder and not self._ending:
+            with contextlib.suppress(LocalProtocolError):  # control comes back to us
+                self.transfer_control(self.me)
         self._spawn(member.services.close())
         self._spawn(member.link.close())
         self._emit(status.Left(peer=pid, reason=reason))
@@ -513,6 +568,8 @@ class CustomerSession:
         self._known: dict[str, ch.Participant] = {}
         self._done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._leaving = False
+        self._control: tuple[str | None, tuple[int, int]] | None = None
+        self._input_seq = 0
         self._session_key = b""
         self._tick_task: asyncio.Task[None] | None = None
         self.services = CustomerServices(emit, options or CustomerOptions())
@@ -678,11 +735,7 @@ class CustomerSession:
         elif isinstance(command, cmds.EndCommand):
             await self.end()
         elif self.role == "csr":
-            raise LocalProtocolError(
-                "an assistant CSR can chat and observe the session; taking over control "
-                "(transfer_control) is not available yet",
-                code="not_available",
-            )
+            self._assistant_command(command)
         elif isinstance(command, cmds.AnswerCommand):
             self.services.answer(command.id, command.grant, command.dir)
         elif isinstance(command, cmds.RevokeCommand):
@@ -721,6 +774,25 @@ class CustomerSession:
 
     # -- channel
 
+    def _assistant_command(self, command: cmds.Command) -> None:
+        """An assistant CSR: input while it holds control, and passing control on."""
+        assert self._link is not None
+        if isinstance(command, cmds.TransferCommand):
+            self._link.send(ch.Transfer(to=command.to))
+        elif isinstance(command, cmds.InputCommand):
+            if self._control is None or self._control[0] != self.me:
+                raise LocalProtocolError(
+                    "you do not hold control: the primary CSR transfers it to you",
+                    code="no_token",
+                )
+            self._input_seq += 1
+            event = CsrServices._event(command, self._control[1], self._input_seq)
+            self._link.send_raw("control", ctl.encode(event))
+        else:
+            raise LocalProtocolError(
+                f'"{command.cmd}" is for the primary CSR or the customer', code="not_allowed"
+            )
+
     async def _stop_services(self) -> None:
         if self._tick_task is not None:
             self._tick_task.cancel()
@@ -757,6 +829,9 @@ class CustomerSession:
             self._finish(status.Ended(reason="ended"), 0)
         elif isinstance(msg, ch.Refused):
             self._emit(status.Error(reason=msg.message, code=msg.code))
+        elif isinstance(msg, ch.ControlState) and self.role == "csr":
+            self._control = (msg.holder, msg.token)
+            self._emit(status.ControlChanged(holder=msg.holder, token=msg.token))
 
     def _on_roster(self, msg: ch.Roster) -> None:
         now = {p.id: p for p in msg.participants}
@@ -776,6 +851,7 @@ class CustomerSession:
             if pid not in now:
                 self._emit(status.Left(peer=pid))
         self._known = now
+        self.services.csrs = {p.id for p in msg.participants if p.role == "csr"}
         self._emit(status.RosterChanged(participants=tuple(vars(p) for p in msg.participants)))
 
     def _on_lost(self, why: str) -> None:

@@ -143,3 +143,107 @@ def test_primary_refuses_an_assistant(procs: list[Proc], tmp_path: Path) -> None
     assert "waiting to join" in primary.expect("error")["reason"]
     primary.send({"cmd": "end"})
     assert primary.wait() == 0
+
+
+def test_transfer_control_to_the_assistant_and_back(procs: list[Proc], tmp_path: Path) -> None:
+    import os
+
+    from tests.desktop import wait_pointer, xvfb
+
+    with xvfb(1280, 800) as display:
+        primary = agent(
+            procs,
+            tmp_path / "p",
+            "start",
+            "--headless",
+            "--json",
+            "--port",
+            "0",
+            "--name",
+            "Carol",
+            name="primary",
+        )
+        session = primary.expect("session")
+        saved = os.environ.get("DISPLAY")
+        os.environ["DISPLAY"] = display
+        try:
+            cust = agent(
+                procs,
+                tmp_path / "c",
+                "join",
+                session["link"],
+                "--headless",
+                "--json",
+                "--accept",
+                "control",
+                name="customer",
+            )
+        finally:
+            if saved is None:
+                os.environ.pop("DISPLAY")
+            else:
+                os.environ["DISPLAY"] = saved
+        cust.expect("joined")
+        primary.expect("joined")
+        dan = agent(
+            procs,
+            tmp_path / "d",
+            "join",
+            session["csr_code"],
+            "--signal",
+            session["signal"],
+            "--as",
+            "assistant",
+            "--headless",
+            "--json",
+            "--name",
+            "Dan",
+            name="assistant",
+        )
+        dan_id = primary.expect("assistant_request", timeout=20)["peer"]
+        primary.send({"cmd": "admit", "peer": dan_id})
+        dan.expect("joined")
+        cust.expect("joined", lambda e: e["peer"] == dan_id)
+
+        primary.send({"cmd": "request", "cap": "control"})
+        first = primary.expect("control", lambda e: e["holder"] == session["me"])
+        primary.send({"cmd": "click", "x": 0.25, "y": 0.5})
+        assert wait_pointer(display, (320, 400)) == (320, 400)
+
+        # the assistant cannot act before the transfer
+        dan.send({"cmd": "click", "x": 0.5, "y": 0.5})
+        assert "do not hold control" in dan.expect("error")["reason"]
+
+        primary.send({"cmd": "transfer_control", "to": dan_id})
+        moved = dan.expect("control", lambda e: e["holder"] == dan_id)
+        assert moved["token"] > first["token"]
+        cust.expect("control", lambda e: e["holder"] == dan_id)
+        dan.send({"cmd": "click", "x": 0.75, "y": 0.25})
+        assert wait_pointer(display, (960, 200)) == (960, 200)
+        # the CSR who gave control keeps observing but cannot act, nor end the session
+        primary.send({"cmd": "click", "x": 0.1, "y": 0.1})
+        primary.expect("error")
+        assert wait_pointer(display, (128, 80), timeout=1.0) == (960, 200)
+        primary.send({"cmd": "end"})
+        assert (
+            "control is with Dan"
+            in primary.expect("error", lambda e: "Dan" in e["reason"])["reason"]
+        )
+
+        # and back
+        dan.send({"cmd": "transfer_control", "to": session["me"]})
+        back = primary.expect(
+            "control", lambda e: e["holder"] == session["me"] and e["token"] > moved["token"]
+        )
+        assert back
+        dan.send({"cmd": "click", "x": 0.5, "y": 0.5})
+        dan.expect("error", lambda e: "do not hold control" in e["reason"])
+        primary.send({"cmd": "click", "x": 0.5, "y": 0.75})
+        assert wait_pointer(display, (640, 600)) == (640, 600)
+
+        primary.send({"cmd": "end"})
+        cust.expect("ended")
+        dan.expect("ended")
+        assert primary.wait() == 0
+        assert cust.wait() == 0
+        assert dan.wait() == 0

@@ -160,6 +160,14 @@ class SelectMonitor:
 
 
 @dataclass(frozen=True)
+class Transfer:
+    """Give control to CSR ``to`` (primary CSR to customer; an assistant asks the primary)."""
+
+    type: ClassVar[str] = "transfer"
+    to: str
+
+
+@dataclass(frozen=True)
 class Keyframe:
     """CSR to customer: send a full frame next (after loss, or for a new viewer)."""
 
@@ -180,6 +188,7 @@ Message: TypeAlias = (
     | Monitors
     | SelectMonitor
     | Keyframe
+    | Transfer
 )
 
 
@@ -301,6 +310,7 @@ _TABLE: dict[str, Any] = {
         index=wire.get_int(o, "index", lo=1, hi=MAX_MONITORS)
     ),
     "keyframe": lambda o: Keyframe(),
+    "transfer": lambda o: Transfer(to=wire.get_str(o, "to", pattern=PEER_ID_RE)),
     "refused": lambda o: Refused(
         code=wire.get_str(o, "code", pattern=_CODE_RE),
         message=wire.get_str(o, "message", max_len=500),

@@ -146,6 +146,14 @@ class AdmitCommand:
     admit: bool
 
 
+@dataclass(frozen=True)
+class TransferCommand:
+    """``{"cmd":"transfer_control","to":ID}``: pass control to another CSR (or back)."""
+
+    cmd: ClassVar[str] = "transfer_control"
+    to: str
+
+
 Command: TypeAlias = (
     ChatCommand
     | LeaveCommand
@@ -160,6 +168,7 @@ Command: TypeAlias = (
     | MonitorCommand
     | FileCommand
     | AdmitCommand
+    | TransferCommand
 )
 
 _CAP_RE = re.compile(r"[a-z_]{1,24}")
@@ -221,6 +230,7 @@ _TABLE: dict[str, Any] = {
     "leave": lambda o: LeaveCommand(),
     "end": lambda o: EndCommand(),
     "make_primary": lambda o: MakePrimaryCommand(peer=wire.get_str(o, "peer", pattern=PEER_ID_RE)),
+    "transfer_control": lambda o: TransferCommand(to=wire.get_str(o, "to", pattern=PEER_ID_RE)),
     "admit": lambda o: AdmitCommand(peer=wire.get_str(o, "peer", pattern=PEER_ID_RE), admit=True),
     "refuse": lambda o: AdmitCommand(peer=wire.get_str(o, "peer", pattern=PEER_ID_RE), admit=False),
     "request": lambda o: RequestCommand(cap=wire.get_str(o, "cap", pattern=_CAP_RE), to=_to(o)),

@@ -368,3 +368,31 @@ def _check_key(event: Key) -> None:
 def _check_text(event: Text) -> None:
     _envelope(event)
     _text(event.text)
+
+
+# --------------------------------------------------------------------------- relaying
+# An assistant CSR's input reaches the customer through the primary CSR's agent, which
+# the customer verified in the join: the primary wraps the assistant's event, untouched,
+# with the assistant's id. The customer's arbiter then judges it as the assistant's.
+
+RELAYED = "relayed"
+_PEER_RE = re.compile(r"[a-z2-7]{10}")
+
+
+def encode_relayed(sender: str, event: str) -> str:
+    """Wrap an encoded control event from ``sender`` (a peer id) for the customer."""
+    if not _PEER_RE.fullmatch(sender):
+        raise LocalProtocolError(f"not a peer id: {sender!r}")
+    return wire.dump({"type": RELAYED, "from": sender, "event": event})
+
+
+def decode_any(data: str | bytes) -> tuple[str | None, ControlEvent]:
+    """A control event, or a relayed one: ``(sender or None, event)``."""
+    obj = wire.parse_object(data, max_bytes=MAX_CONTROL_BYTES * 2, what="control message")
+    if obj.get("type") != RELAYED:
+        return None, decode(data)
+    if set(obj) != {"type", "from", "event"}:
+        raise DecodeError("relayed: takes type, from, event")
+    sender = wire.get_str(obj, "from", pattern=_PEER_RE)
+    inner = wire.get_str(obj, "event", max_len=MAX_CONTROL_BYTES)
+    return sender, decode(inner)

@@ -65,6 +65,8 @@ class CustomerServices:
         self._files: dict[str, Any] = {}
         "csr -> FileLink"
         self._share_dirs: dict[str, Path] = {}
+        self.csrs: set[str] = set()
+        "Peer ids of the session's CSRs (the primary and admitted assistants)."
         self._viewers: dict[str, PeerLink] = {}
         "csr -> link whose video sender carries the screen now"
 
@@ -88,8 +90,8 @@ class CustomerServices:
 
     def detach(self, csr: str) -> None:
         """A CSR left or was lost: its grants end at once, held keys are released."""
-        if self.arbiter.holder == csr:
-            self._stop_input(self.arbiter.holder_lost(csr))
+        if self.arbiter.holder is not None:  # relayed input cannot arrive without it either
+            self._stop_input(self.arbiter.holder_lost(self.arbiter.holder))
         self.consent.csr_left(csr)
         self._pump()
         self._links.pop(csr, None)
@@ -123,6 +125,11 @@ class CustomerServices:
             except RemoteProtocolError as exc:
                 link.send(ch.Refused(code=exc.code, message=exc.message))
             self._pump()
+        elif isinstance(msg, ch.Transfer):
+            try:
+                self._transfer(csr, msg.to)
+            except RemoteProtocolError as exc:
+                link.send(ch.Refused(code=exc.code, message=exc.message))
         elif isinstance(msg, ch.Keyframe):
             if self.screen is not None and csr in self._viewers:
                 self.screen.request_keyframe()
@@ -143,11 +150,37 @@ class CustomerServices:
 
     def _on_control(self, csr: str, data: str | bytes) -> None:
         try:
-            event = ctl.decode(data)
+            relayed_from, event = ctl.decode_any(data)
         except DecodeError as exc:
             log.warning("dropped a control event from %s: %s", csr, exc.message)
             return
-        self._inject(self.arbiter.receive(csr, event, time.monotonic()))
+        sender = csr
+        if relayed_from is not None:
+            # An assistant's input, relayed by the primary CSR we verified at the join;
+            # it counts only if that assistant is a CSR of this session.
+            if not self.is_csr(relayed_from):
+                log.warning("dropped input relayed for %s, who is not a CSR here", relayed_from)
+                return
+            sender = relayed_from
+        self._inject(self.arbiter.receive(sender, event, time.monotonic()))
+
+    def is_csr(self, pid: str) -> bool:
+        """Whether ``pid`` is a CSR of this session (set by the runtime from the roster)."""
+        return pid in self.csrs
+
+    def _transfer(self, host: str, to: str) -> None:
+        """The primary CSR passes control to ``to`` (an assistant, or back to itself).
+
+        Allowed only while the customer's control grant to the session stands; the
+        new holder gets a newer token, so the old holder's input in flight is dead.
+        """
+        if not self.consent.allows(host, "control"):
+            raise RemoteProtocolError("control is not granted", code="no_grant")
+        if to != host and not self.is_csr(to):
+            raise RemoteProtocolError(f"{to} is not a CSR in this session", code="no_such_peer")
+        self._token_seq += 1
+        self._stop_input(self.arbiter.transfer(to, (0, self._token_seq)))
+        self._announce_control()
 
     # -- the customer's own commands
 
@@ -232,7 +265,9 @@ class CustomerServices:
         if cap == "control":
             if granted:
                 self._grant_control(csr)
-            elif ended and self.arbiter.holder == csr:
+            elif ended and self.arbiter.holder is not None:
+                # the grant covers whoever holds control now (the primary may have
+                # passed it to an assistant): it ends for them too, at once
                 self._stop_input(self.arbiter.revoke())
                 self._announce_control()
         elif cap == "view":
