@@ -236,7 +236,9 @@ def test_transfer_control_to_the_assistant_and_back(procs: list[Proc], tmp_path:
             "control", lambda e: e["holder"] == session["me"] and e["token"] > moved["token"]
         )
         assert back
-        dan.expect("control", lambda e: e["holder"] == session["me"])
+        dan.expect(
+            "control", lambda e: e["holder"] == session["me"] and e["token"] > moved["token"]
+        )
         dan.send({"cmd": "click", "x": 0.5, "y": 0.5})
         dan.expect("error", lambda e: "do not hold control" in e["reason"])
         primary.send({"cmd": "click", "x": 0.5, "y": 0.75})
