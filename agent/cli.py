@@ -88,6 +88,14 @@ def _parser() -> argparse.ArgumentParser:
     ident = sub.add_parser("id", help="show (or name) this agent's identity")
     ident.add_argument("--name", help="set the display name")
 
+    for name, text in (
+        ("team", "the team roster of trusted CSR keys: add, list, remove, export, import"),
+        ("sessions", "list past sessions and their reports"),
+        ("report", "show one session's activity report"),
+    ):
+        passthrough = sub.add_parser(name, help=text, add_help=False)
+        passthrough.add_argument("rest", nargs=argparse.REMAINDER)
+
     bench = sub.add_parser("bench", help="measure performance against in-run baselines")
     bench.add_argument(
         "which",
@@ -102,6 +110,16 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``peerdesk`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("team", "sessions", "report"):
+        from agent import report, team
+
+        handler = {
+            "team": team.cmd_team,
+            "sessions": report.cmd_sessions,
+            "report": report.cmd_report,
+        }[argv[0]]
+        return handler(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "signal":
         from signaling.server import run

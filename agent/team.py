@@ -344,10 +344,9 @@ class Roster:
         path = path if path is not None else identity.home() / TEAM_FILE
         try:
             doc = _read_document(path)
+            members, _ = _parse_members(doc, str(path), allow_duplicates=False)
         except FileNotFoundError:
             return cls(path)
-        try:
-            members, _ = _parse_members(doc, str(path), allow_duplicates=False)
         except LocalProtocolError as exc:
             raise LocalProtocolError(
                 f"{exc.message}; the file was left untouched, fix or remove it",
