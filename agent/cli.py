@@ -23,7 +23,7 @@ from pathlib import Path
 from agent import __version__, identity, status
 from agent.errors import LocalProtocolError, PeerDeskError
 from agent.headless import console_emitter, json_emitter, read_commands
-from agent.protocol.code import check_signal_url, parse_code_or_link
+from agent.protocol.code import JoinLink, SessionCode, check_signal_url, parse_code_or_link
 from agent.services.customer import CustomerOptions
 from agent.session import handshake as hsk
 
@@ -60,7 +60,11 @@ def _parser() -> argparse.ArgumentParser:
         help=f"port of the embedded signaling server (default {DEFAULT_PORT}, else any free one)",
     )
     join = sub.add_parser("join", help="join a session with a code or link (customer)")
-    join.add_argument("code", metavar="CODE|LINK")
+    join.add_argument(
+        "code",
+        metavar="CODE|LINK|ROOM",
+        help="session code or link (ROOM: assistants on the team roster)",
+    )
     front(join)
     join.add_argument(
         "--accept",
@@ -276,7 +280,13 @@ async def _join(args: argparse.Namespace) -> int:
     from agent.runtime import CustomerSession
 
     emit = json_emitter() if args.json else console_emitter()
-    link = parse_code_or_link(args.code)
+    room_only = (
+        args.role == "assistant" and args.code.strip().isdigit() and len(args.code.strip()) == 6
+    )
+    if room_only:  # an assistant on the team roster joins by room id alone
+        link = JoinLink(SessionCode(args.code.strip(), ""), None)
+    else:
+        link = parse_code_or_link(args.code)
     if args.signal:
         url = check_signal_url(args.signal)
     elif link.signal:

@@ -134,6 +134,7 @@ class CsrSession:
             self.identity.name,
             now=time.monotonic(),
             csr_secret=self.csr_code.secret,
+            team=on_team,
         )
         self._outbox = _Outbox(self._client)
         self._spawn(self._signal_loop())
@@ -621,6 +622,7 @@ class CustomerSession:
                 self.identity.name,
                 now=time.monotonic(),
                 timeout=self._timeout,
+                team=on_team,
             )
         )
         try:
@@ -874,6 +876,17 @@ class CustomerSession:
         await self._stop_services()
         if self._link is not None:
             await self._link.close()
+
+
+def on_team(key: bytes) -> bool:
+    """Whether ``key`` is on this agent's team roster (read fresh: it may have changed)."""
+    from agent import team
+
+    try:
+        return team.Roster.load().is_member(key)
+    except PeerDeskError as exc:
+        log.warning("team roster unreadable: %s", exc.message)
+        return False
 
 
 def describe(exc: BaseException) -> status.Error:

@@ -250,3 +250,72 @@ def test_transfer_control_to_the_assistant_and_back(procs: list[Proc], tmp_path:
         assert primary.wait() == 0
         assert cust.wait() == 0
         assert dan.wait() == 0
+
+
+def test_team_member_joins_by_room_id_alone(procs: list[Proc], tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    def peerdesk(home: Path, *args: str) -> str:
+        return subprocess.run(
+            [sys.executable, "-m", "agent", *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={"PEERDESK_HOME": str(home), "PATH": "/usr/bin:/bin"},
+            check=True,
+        ).stdout
+
+    def key_of(home: Path) -> str:
+        return next(
+            line.split()[1] for line in peerdesk(home, "id").splitlines() if line.startswith("key:")
+        )
+
+    p_home, d_home, e_home = tmp_path / "p", tmp_path / "d", tmp_path / "e"
+    p_key, d_key = key_of(p_home), key_of(d_home)
+    key_of(e_home)
+    peerdesk(p_home, "team", "add", d_key, "Dan")
+    peerdesk(d_home, "team", "add", p_key, "Carol")
+
+    primary = agent(procs, p_home, "start", "--headless", "--json", "--port", "0", name="primary")
+    session = primary.expect("session")
+    # not on the team: refused, and told to ask for the CSR code
+    eve = agent(
+        procs,
+        e_home,
+        "join",
+        session["room"],
+        "--as",
+        "assistant",
+        "--signal",
+        session["signal"],
+        "--headless",
+        "--json",
+        name="eve",
+    )
+    err = eve.expect("error")
+    assert err["code"] == "not_on_team" and "CSR code" in err["reason"]
+    assert eve.wait() == 1
+
+    dan = agent(
+        procs,
+        d_home,
+        "join",
+        session["room"],
+        "--as",
+        "assistant",
+        "--signal",
+        session["signal"],
+        "--headless",
+        "--json",
+        "--name",
+        "Dan",
+        name="dan",
+    )
+    asked = primary.expect("assistant_request", timeout=20)
+    primary.send({"cmd": "admit", "peer": asked["peer"]})
+    assert dan.expect("joined")["peer"] == session["me"]
+    primary.send({"cmd": "end"})
+    dan.expect("ended")
+    assert primary.wait() == 0
+    assert dan.wait() == 0

@@ -327,3 +327,56 @@ def test_csr_code_admits_a_csr_and_the_customer_code_does_not() -> None:
     # the customer code still works for customers
     (ok2,) = run_join(h, joiner(), "dddddddddddd")
     assert isinstance(ok2, Admitted)
+
+
+def _pub(key: Ed25519PrivateKey) -> bytes:
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def test_team_members_join_by_room_id_alone() -> None:
+    host_key, dan_key, eve_key = (Ed25519PrivateKey.generate() for _ in range(3))
+    team = {_pub(host_key), _pub(dan_key)}
+    h = HostHandshake(CODE, host_key, "Carol", now=0.0, team=team.__contains__)
+    room_only = SessionCode(CODE.room, "")
+    dan = JoinerHandshake(room_only, "csr", dan_key, "Dan", now=0.0, team=team.__contains__)
+    (ok,) = run_join(h, dan)
+    assert isinstance(ok, Admitted)
+    assert ok.key == _pub(host_key) and ok.name == "Carol"
+    req = next(e for e in HOST_LOG if isinstance(e, JoinRequest))
+    assert req.role == "csr" and req.key == _pub(dan_key) and req.sas == ok.sas
+
+    # not on the host's roster: refused, never counted against the code
+    eve = JoinerHandshake(room_only, "csr", eve_key, "Eve", now=0.0, team=lambda k: True)
+    (fail,) = run_join(h, eve, "bbbbbbbbbbbb")
+    assert isinstance(fail, JoinFailed)
+    assert fail.error.code == "not_on_team"
+    assert h.failures == 0
+
+    # a host that is not on the joiner's roster (a server impersonating it): refused
+    fake_host = HostHandshake(CODE, eve_key, "Mallory", now=0.0, team=lambda k: True)
+    dan2 = JoinerHandshake(room_only, "csr", dan_key, "Dan", now=0.0, team=team.__contains__)
+    (fail2,) = run_join(fake_host, dan2, "cccccccccccc")
+    assert isinstance(fail2, JoinFailed)
+    assert fail2.error.code == "host_not_on_team"
+
+
+def test_team_join_cannot_be_hijacked_by_swapping_keys() -> None:
+    """A server that swaps the joiner's identity in the hello cannot prove it later."""
+    host_key, dan_key, eve_key = (Ed25519PrivateKey.generate() for _ in range(3))
+    team = {_pub(host_key), _pub(dan_key), _pub(eve_key)}
+    h = HostHandshake(CODE, host_key, "Carol", now=0.0, team=team.__contains__)
+    eve = JoinerHandshake(
+        SessionCode(CODE.room, ""), "csr", eve_key, "Eve", now=0.0, team=team.__contains__
+    )
+    eve.start()
+    eve.set_offer("v=0")
+    (hello,) = eve.messages_to_send()
+    msg = hs.decode(hello)
+    assert isinstance(msg, hs.TeamHello)
+    # the server claims Dan's key with Eve's ephemeral key
+    h.receive("aaaaaaaaaaaa", hs.encode(hs.TeamHello(eph=msg.eph, key=_pub(dan_key))), 0.0)
+    to_joiner(h, eve, "aaaaaaaaaaaa")
+    to_host(h, eve, "aaaaaaaaaaaa")
+    assert not [e for e in events(h) if isinstance(e, JoinRequest)]

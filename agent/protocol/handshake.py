@@ -33,6 +33,7 @@ MAX_NAME_CHARS = 64
 ROLES = ("customer", "csr")
 ROLE_RE = re.compile(r"customer|csr")
 REJECT_REASONS = (
+    "not_on_team",
     "wrong_code",
     "burned",
     "expired",
@@ -64,6 +65,29 @@ class Hello:
     pake: bytes
     "SPAKE2 message, 33 bytes."
     v: int = VERSION
+
+
+@dataclass(frozen=True)
+class TeamHello:
+    """A CSR on the team roster opens a join with no code: an ephemeral X25519 key and
+    its Ed25519 identity, which the host looks up on its roster."""
+
+    type: ClassVar[str] = "team_hello"
+    eph: bytes
+    "X25519 public key, 32 bytes, fresh for this join."
+    key: bytes
+    "Ed25519 public key, 32 bytes."
+
+
+@dataclass(frozen=True)
+class TeamKey:
+    """The host answers a ``team_hello``: its ephemeral key, identity, and a signature
+    over the transcript that the joiner checks against its own team roster."""
+
+    type: ClassVar[str] = "team_key"
+    eph: bytes
+    key: bytes
+    sig: bytes
 
 
 @dataclass(frozen=True)
@@ -104,7 +128,7 @@ class Reject:
     "Attempts left before the code burns, or -1 when it does not apply."
 
 
-Message: TypeAlias = Hello | Pake | Confirm | Accept | Reject
+Message: TypeAlias = Hello | TeamHello | TeamKey | Pake | Confirm | Accept | Reject
 
 
 @dataclass(frozen=True)
@@ -136,6 +160,15 @@ _TABLE: dict[str, Any] = {
         v=wire.get_int(o, "v", lo=1, hi=1),
     ),
     "pake": lambda o: Pake(pake=wire.get_bytes(o, "pake", min_len=33, max_len=33)),
+    "team_hello": lambda o: TeamHello(
+        eph=wire.get_bytes(o, "eph", min_len=32, max_len=32),
+        key=wire.get_bytes(o, "key", min_len=32, max_len=32),
+    ),
+    "team_key": lambda o: TeamKey(
+        eph=wire.get_bytes(o, "eph", min_len=32, max_len=32),
+        key=wire.get_bytes(o, "key", min_len=32, max_len=32),
+        sig=wire.get_bytes(o, "sig", min_len=64, max_len=64),
+    ),
     "confirm": lambda o: Confirm(
         mac=wire.get_bytes(o, "mac", min_len=32, max_len=32),
         sealed=wire.get_bytes(o, "sealed", min_len=17, max_len=MAX_SEALED_BYTES),

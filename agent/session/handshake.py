@@ -24,11 +24,13 @@ import enum
 import hashlib
 import hmac
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -218,6 +220,8 @@ class _Attempt:
     state: AttemptState
     started: float
     keys: _Keys
+    team_key: bytes | None = None
+    "For a join by team roster: the Ed25519 key the joiner's hello named."
 
 
 class HostHandshake:
@@ -232,12 +236,14 @@ class HostHandshake:
         now: float,
         roles: tuple[str, ...] = ("customer",),
         csr_secret: str | None = None,
+        team: Callable[[bytes], bool] | None = None,
         max_failures: int = MAX_FAILURES,
         code_ttl: float = CODE_TTL,
     ) -> None:
         """``csr_secret``, when given, is the separate secret of the CSR code (same room):
         it admits role ``csr``; the customer code never does."""
         self.code = code
+        self._team = team
         self._secrets = {"customer": code.secret}
         if csr_secret is not None:
             self._secrets["csr"] = csr_secret
@@ -285,6 +291,8 @@ class HostHandshake:
             return
         if isinstance(msg, hs.Hello):
             self._on_hello(peer, msg, now)
+        elif isinstance(msg, hs.TeamHello):
+            self._on_team_hello(peer, msg, now)
         elif isinstance(msg, hs.Confirm):
             self._on_confirm(peer, msg, now)
         else:
@@ -333,6 +341,34 @@ class HostHandshake:
         self._attempts[peer] = _Attempt(msg.role, AttemptState.AWAIT_CONFIRM, now, keys)
         self._out.append((peer, hs.encode(hs.Pake(pake=msg_a))))
 
+    def _on_team_hello(self, peer: str, msg: hs.TeamHello, now: float) -> None:
+        """A CSR with no code: admitted only if its key is on our team roster."""
+        if self._team is None or not self._team(msg.key):
+            self._fail(
+                peer,
+                JoinRefused("a CSR who is not on the team roster tried to join by room id"),
+                counted=False,
+                reason="not_on_team",
+            )
+            return
+        if peer in self._attempts or len(self._attempts) >= MAX_PENDING:
+            self._reject(peer, "busy")
+            return
+        eph = X25519PrivateKey.generate()
+        eph_pub = eph.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        try:
+            shared = eph.exchange(X25519PublicKey.from_public_bytes(msg.eph))
+        except ValueError:
+            self._fail(
+                peer, RemoteProtocolError("bad ephemeral key"), counted=False, reason="protocol"
+            )
+            return
+        me = _public_bytes(self._identity)
+        keys = _Keys.derive(shared, self.code.room, "team", eph_pub + me, msg.eph + msg.key)
+        self._attempts[peer] = _Attempt("csr", AttemptState.AWAIT_CONFIRM, now, keys, msg.key)
+        sig = self._identity.sign(_lp(b"peerdesk/1 team host", keys.transcript))
+        self._out.append((peer, hs.encode(hs.TeamKey(eph=eph_pub, key=me, sig=sig))))
+
     def _on_confirm(self, peer: str, msg: hs.Confirm, now: float) -> None:
         attempt = self._attempts.get(peer)
         if attempt is None or attempt.state is not AttemptState.AWAIT_CONFIRM:
@@ -353,6 +389,14 @@ class HostHandshake:
             intro = _open(keys.seal_joiner, keys.transcript, b"joiner", msg.sealed)
         except HandshakeTampered as exc:
             self._fail(peer, exc, counted=False, reason="tampered")
+            return
+        if attempt.team_key is not None and intro.key != attempt.team_key:
+            self._fail(
+                peer,
+                HandshakeTampered("the joiner's identity changed during the join"),
+                counted=False,
+                reason="tampered",
+            )
             return
         attempt.state = AttemptState.AWAIT_DECISION
         self._last_used = now
@@ -472,6 +516,7 @@ _REJECT_ERRORS: dict[str, tuple[type[PeerDeskError], str]] = {
     "refused": (JoinRefused, "refused"),
     "busy": (JoinRefused, "busy"),
     "role": (JoinRefused, "role_not_offered"),
+    "not_on_team": (JoinRefused, "not_on_team"),
 }
 
 _REJECT_TEXT = {
@@ -481,6 +526,8 @@ _REJECT_TEXT = {
     "refused": "the support representative declined the join",
     "busy": "the session is busy with other joins; try again in a moment",
     "role": "this code cannot be used to join in that role",
+    "not_on_team": "your key is not on this session's team roster: ask the primary CSR "
+    "for the CSR code",
     "protocol": "the host could not understand our join (version mismatch or tampering)",
     "tampered": "the host received an altered handshake: "
     "the signaling server or the network tampered with it",
@@ -499,9 +546,18 @@ class JoinerHandshake:
         *,
         now: float,
         timeout: float = JOIN_TIMEOUT,
+        team: Callable[[bytes], bool] | None = None,
     ) -> None:
+        """A ``code`` without a secret (room id only) joins as a CSR by team roster:
+        ``team(host_key)`` must then say the host is on our roster too."""
         if role not in hs.ROLES:
             raise ValueError(f"unknown role {role!r}")
+        self._team = team
+        self._eph: X25519PrivateKey | None = None
+        if not code.secret:
+            if role != "csr" or team is None:
+                raise ValueError("joining by room id alone is for CSRs with a team roster")
+            self._eph = X25519PrivateKey.generate()
         self.code = code
         self.role = role
         self._identity = identity
@@ -510,8 +566,9 @@ class JoinerHandshake:
         self.state = JoinerState.START
         id_a, id_b = _ids(code.room, role)
         self._pake = SPAKE2_B(code.secret.encode(), idA=id_a, idB=id_b)
-        self._msg_b = self._pake.start()
+        self._msg_b = self._pake.start() if self._eph is None else b""
         self._keys: _Keys | None = None
+        self._host_key: bytes | None = None
         self._offer: str | None = None
         self._out: deque[str] = deque()
         self._events: deque[JoinerEvent] = deque()
@@ -519,7 +576,12 @@ class JoinerHandshake:
     def start(self) -> None:
         """Queue the ``hello``."""
         if self.state is JoinerState.START:
-            self._out.append(hs.encode(hs.Hello(role=self.role, pake=self._msg_b)))
+            if self._eph is not None:
+                eph = self._eph.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+                hello: hs.Message = hs.TeamHello(eph=eph, key=_public_bytes(self._identity))
+            else:
+                hello = hs.Hello(role=self.role, pake=self._msg_b)
+            self._out.append(hs.encode(hello))
             self.state = JoinerState.SENT_HELLO
 
     def set_offer(self, sdp: str) -> None:
@@ -551,10 +613,52 @@ class JoinerHandshake:
             self._keys = _Keys.derive(key, self.code.room, self.role, msg.pake, self._msg_b)
             self.state = JoinerState.KEYED
             self._maybe_confirm()
+        elif isinstance(msg, hs.TeamKey) and self._eph is not None:
+            if self.state is JoinerState.SENT_HELLO:
+                self._on_team_key(msg)
+            else:
+                self._failed(RemoteProtocolError('the host sent "team_key" out of order'))
         elif isinstance(msg, hs.Accept) and self.state is JoinerState.SENT_CONFIRM:
             self._on_accept(msg)
         else:
             self._failed(RemoteProtocolError(f'the host sent "{msg.type}" out of order'))
+
+    def _on_team_key(self, msg: hs.TeamKey) -> None:
+        assert self._eph is not None
+        assert self._team is not None
+        if not self._team(msg.key):
+            self._failed(
+                JoinRefused(
+                    "the session's host is not on your team roster: ask them for the CSR "
+                    "code instead, or add their key with peerdesk team add",
+                    code="host_not_on_team",
+                )
+            )
+            return
+        try:
+            shared = self._eph.exchange(X25519PublicKey.from_public_bytes(msg.eph))
+        except ValueError:
+            self._failed(RemoteProtocolError("the host's ephemeral key is invalid"))
+            return
+        mine = self._eph.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        keys = _Keys.derive(
+            shared, self.code.room, "team", msg.eph + msg.key, mine + _public_bytes(self._identity)
+        )
+        try:
+            Ed25519PublicKey.from_public_bytes(msg.key).verify(
+                msg.sig, _lp(b"peerdesk/1 team host", keys.transcript)
+            )
+        except (InvalidSignature, ValueError):
+            self._failed(
+                HandshakeTampered(
+                    "the host's signature does not verify: the join was tampered with"
+                )
+            )
+            return
+        self._host_key = msg.key
+        self._keys = keys
+        self.state = JoinerState.KEYED
+        self._maybe_confirm()
 
     def _maybe_confirm(self) -> None:
         if self.state is not JoinerState.KEYED or self._offer is None or self._keys is None:
@@ -581,6 +685,9 @@ class JoinerHandshake:
             intro = _open(keys.seal_host, keys.transcript, b"host", msg.sealed)
         except HandshakeTampered as exc:
             self._failed(exc)
+            return
+        if self._host_key is not None and intro.key != self._host_key:
+            self._failed(HandshakeTampered("the host's identity changed during the join"))
             return
         self.state = JoinerState.DONE
         self._events.append(Admitted(intro.name, intro.key, keys.sas, intro.sdp, keys.session))
