@@ -256,10 +256,20 @@ class CsrSession:
         self._ending = True
         for member in self._members.values():
             member.link.send(ch.End())
-        await asyncio.sleep(0.05)  # let the End frames leave before the links close
+        await self._flush_links(1.0)  # the End frames leave before the links close
         await self._shutdown()
         self._emit(status.Ended(reason=reason))
         self._done.set_result(0)
+
+    async def _flush_links(self, within: float) -> None:
+        """Wait (bounded) until every link's queued messages went out, plus a short
+        grace for SCTP to put them on the wire: closing first would drop them."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline and any(  # noqa: ASYNC110 - aiortc has no "empty" event
+            m.link.buffered("main") for m in self._members.values()
+        ):
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)
 
     async def _shutdown(self) -> None:
         if self._client is not None and self.code is not None and self._outbox is not None:
