@@ -93,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     ident.add_argument("--name", help="set the display name")
 
     for name, text in (
+        ("log", "verify FILE: check a session log offline and say where it breaks"),
         ("team", "the team roster of trusted CSR keys: add, list, remove, export, import"),
         ("sessions", "list past sessions and their reports"),
         ("report", "show one session's activity report"),
@@ -105,7 +106,7 @@ def _parser() -> argparse.ArgumentParser:
         "which",
         nargs="*",
         default=["join"],
-        help="figures to measure: join, control, files, screen, all (default: join)",
+        help="figures to measure: join, control, files, screen, log, all (default: join)",
     )
     bench.add_argument("--runs", type=int, default=20)
     bench.add_argument("--record", metavar="FILE", help="append the figures to this Markdown file")
@@ -115,6 +116,10 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``peerdesk`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "log":  # log verify FILE | log export DB OUT
+        from agent import logverify
+
+        return logverify.main(argv[1:])
     if argv and argv[0] in ("team", "sessions", "report"):
         from agent import report, team
 

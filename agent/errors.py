@@ -82,3 +82,15 @@ class JoinRefused(RemoteProtocolError):
     """The host refused the join (full session, role not offered, declined by the CSR)."""
 
     code = "refused"
+
+
+class StoreError(LocalProtocolError):
+    """A session database cannot be opened, or holds a row that does not parse."""
+
+    code = "store"
+
+
+class UnreadableLog(LocalProtocolError):
+    """A file given to the log verifier is neither a session database nor a JSON-lines log."""
+
+    code = "unreadable"

@@ -80,7 +80,15 @@ def _screen(runs: int) -> list[str]:
     return rows(f)
 
 
-BENCHES = {"join": _join, "control": _control, "files": _files, "screen": _screen}
+def _log(runs: int) -> list[str]:
+    from bench.log import measure, report, rows
+
+    f = measure(10_000)
+    print("\n".join(report(f)))
+    return rows(f)
+
+
+BENCHES = {"join": _join, "control": _control, "files": _files, "screen": _screen, "log": _log}
 
 
 def main(which: list[str], *, runs: int = 20, record: str | None = None) -> int:
