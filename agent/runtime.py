@@ -34,6 +34,7 @@ from agent.protocol.code import JoinLink, SessionCode
 from agent.protocol.handshake import peer_id
 from agent.services.csr import CsrServices
 from agent.services.customer import CustomerOptions, CustomerServices, default_download_dir
+from agent.services.record import SessionRecord
 from agent.session import handshake as hsk
 from agent.session.roster import Roster
 
@@ -93,6 +94,7 @@ class CsrSession:
     ) -> None:
         self.identity = identity
         self.download_dir = download_dir or default_download_dir()
+        self.record: SessionRecord | None = None
         self.signal_url = signal_url
         self._emit = emit
         self.me = identity.peer_id
@@ -136,6 +138,18 @@ class CsrSession:
             csr_secret=self.csr_code.secret,
             team=on_team,
         )
+        try:
+            self.record = SessionRecord(self.identity, reply.room)
+            user_emit = self._emit
+            record = self.record
+
+            def emit(event: status.Status) -> None:
+                user_emit(event)
+                record.observe(event)
+
+            self._emit = emit
+        except (PeerDeskError, OSError) as exc:
+            log.warning("this session will not be recorded: %s", exc)
         self._outbox = _Outbox(self._client)
         self._spawn(self._signal_loop())
         self._spawn(self._tick())
@@ -163,6 +177,8 @@ class CsrSession:
         msg = ch.Chat(text=text, to=to, sender=self.me, name=self.identity.name)
         if to is None:
             self._history.append(msg)
+        if self.record is not None:
+            self.record.chat(self.identity.name, text, to)
         for pid in recipients:
             member = self._members.get(pid)
             if member is not None:
@@ -258,6 +274,17 @@ class CsrSession:
             member.link.send(ch.End())
         await self._flush_links(1.0)  # the End frames leave before the links close
         await self._shutdown()
+        if self.record is not None:
+            paths = await self.record.finish(reason)
+            if paths is not None:
+                self._emit(
+                    status.ReportWritten(
+                        id=self.record.session_id,
+                        log=str(self.record.path),
+                        json=str(paths[0]),
+                        html=str(paths[1]),
+                    )
+                )
         self._emit(status.Ended(reason=reason))
         self._done.set_result(0)
 

@@ -212,3 +212,14 @@ class AssistantRequest(Status):
     name: str
     sas: str
     "Read it aloud with them: both sides show the same six digits."
+
+
+@dataclass(frozen=True)
+class ReportWritten(Status):
+    """CSR, at the end: the signed session log and its activity report (JSON and HTML)."""
+
+    event: ClassVar[str] = "report"
+    id: str
+    log: str
+    json: str
+    html: str
