@@ -7,8 +7,8 @@ and ``peerdesk log verify`` checks the file offline. Replicating it to assistant
 and the customer (``agent.session.log`` already does it, tested over a faulty
 network) is the next step; until then entries only another participant may author
 (a customer's chat lines, consent answers and system information) are left out.
-Status values are mapped to entries in one place, ``observe``; a value that does not fit the log's strict schema is logged and left out,
-never allowed to stop the session.
+Status values are mapped to entries in one place, ``observe``; a value that does not
+fit the log's strict schema is logged and left out, never allowed to stop the session.
 """
 
 from __future__ import annotations
