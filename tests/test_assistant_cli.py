@@ -247,9 +247,18 @@ def test_transfer_control_to_the_assistant_and_back(procs: list[Proc], tmp_path:
         primary.send({"cmd": "end"})
         cust.expect("ended")
         dan.expect("ended")
+        written = primary.expect("report")
         assert primary.wait() == 0
         assert cust.wait() == 0
         assert dan.wait() == 0
+        # the record holds each change of hands, with tokens that only grow
+        import json
+
+        record = json.loads(Path(written["json"]).read_text())
+        holders = [c["holder"] for c in record["control"]]
+        assert holders == [session["me"], dan_id, session["me"]]
+        tokens = [tuple(c["token"]) for c in record["control"]]
+        assert tokens == sorted(tokens)
 
 
 def test_team_member_joins_by_room_id_alone(procs: list[Proc], tmp_path: Path) -> None:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from pathlib import Path
 
 import pytest
 
 from agent.errors import DecodeError, LocalProtocolError
+from agent.logverify import verify
 from agent.protocol import log as lw
 from agent.protocol.log import Entry
 from agent.session.log import (
@@ -23,6 +25,7 @@ from agent.session.log import (
     VoteRecord,
 )
 from agent.session.logstate import LogState
+from agent.store import LogStore
 from tests.logsim import ALICE, BOB, CAROL, DAVE, EVE, Net, Who, joined, session
 
 A, B, C = ALICE.id, BOB.id, CAROL.id
@@ -448,3 +451,23 @@ def test_policy_keeps_customers_to_themselves() -> None:
     assert state.allowed(EVE.id, "chat", chat(EVE, "hi")) is not None
     end = {"by": C, "reason": "bye"}
     assert state.allowed(C, "session_end", end) is not None  # a customer only leaves
+
+
+def test_a_solo_log_records_everything_before_replication_exists(tmp_path: Path) -> None:
+    """The primary alone holds the log: joins of voters must not hold anything back."""
+    path = tmp_path / "solo.sqlite"
+    with LogStore(path) as store:
+        alice = SessionLog(A, ALICE.key, {A}, A, store=store, solo=True)
+        alice.start("123456", "Alice", 0.0)
+        alice.propose("participant", joined(CAROL, "customer", True), 0.0)
+        alice.propose("participant", joined(BOB, "assistant"), 0.0)
+        alice.propose("chat", chat(ALICE, "hello"), 0.0)
+        assert [e.kind for e in alice.entries][1:] == ["participant", "participant", "chat"]
+        assert alice.committed_seq == 3 and alice.voters == {A, B, C}
+        assert alice.messages_to_send() == [] and alice.get_timer() is None
+    with LogStore(path) as store:  # a restart goes on in the same epoch: no election
+        again = SessionLog(A, ALICE.key, {A}, A, store=store, solo=True)
+        assert again.role is Role.SEQUENCER and again.epoch == 0
+        again.propose("chat", chat(ALICE, "after the restart"), 1.0)
+        assert again.committed_seq == 4
+    assert verify(path).ok

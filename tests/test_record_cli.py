@@ -90,3 +90,70 @@ def test_session_ends_with_a_verifiable_log_and_a_report(tmp_path: Path) -> None
     broken = peerdesk(home, "log", "verify", str(db))
     assert broken.returncode in (1, 2)
     assert "entry" in (broken.stdout + broken.stderr)
+
+
+def test_the_record_keeps_every_join_control_change_and_file(tmp_path: Path) -> None:
+    """With a customer in the session the log still commits (it is the primary's alone
+    for now), and control changes and files are in the report."""
+    home = tmp_path / "csr"
+    src = tmp_path / "notes.txt"
+    src.write_text("how to reset the router\n")
+    downloads = tmp_path / "dl"
+    downloads.mkdir()
+    csr = Proc(
+        ["agent", "start", "--headless", "--json", "--port", "0", "--name", "Carol"],
+        home=home,
+        name="csr",
+    )
+    cust = None
+    bob = None
+    try:
+        session = csr.expect("session")
+        cust = Proc(
+            [
+                "agent",
+                "join",
+                session["link"],
+                "--headless",
+                "--json",
+                "--name",
+                "Alice",
+                "--accept",
+                "files,sysinfo",
+                "--download-dir",
+                str(downloads),
+            ],
+            home=tmp_path / "cust",
+            name="customer",
+        )
+        cust.expect("joined")
+        csr.expect("joined")
+        bob = Proc(
+            ["agent", "join", session["link"], "--headless", "--json", "--name", "Bob"],
+            home=tmp_path / "bob",
+            name="bob",
+        )
+        bob.expect("joined")
+        csr.expect("joined", lambda e: e["name"] == "Bob")
+        csr.send({"cmd": "request", "cap": "files"})
+        csr.expect("consent", lambda e: e["state"] == "granted")
+        csr.send({"cmd": "send_file", "path": str(src)})
+        cust.expect("file", lambda e: e["state"] == "done")
+        csr.expect("file", lambda e: e["state"] == "done")
+        bob.send({"cmd": "leave"})
+        csr.expect("left")
+        csr.send({"cmd": "end"})
+        written = csr.expect("report")
+        assert csr.wait() == 0
+    finally:
+        for p in (csr, cust, bob):
+            if p is not None:
+                p.kill()
+    report = json.loads(Path(written["json"]).read_text())
+    people = {p["name"]: p for p in report["participants"]}
+    assert set(people) == {"Carol", "Alice", "Bob"}
+    assert people["Bob"]["how_left"] == "left"
+    assert [f["name"] for f in report["files"]] == ["notes.txt"]
+    assert report["files"][0]["state"] == "done"
+    verified = peerdesk(home, "log", "verify", written["log"])
+    assert verified.returncode == 0, verified.stdout

@@ -52,7 +52,7 @@ class SessionRecord:
         self._store = LogStore(self.path)
         now = time.monotonic()
         self.core = SessionLog(
-            self.me, me.key, voters={self.me}, sequencer=self.me, epoch=0, now=now
+            self.me, me.key, voters={self.me}, sequencer=self.me, epoch=0, now=now, solo=True
         )
         self.core.start(room, me.name, now)
         self._people: dict[str, tuple[str, str, bool]] = {}
@@ -125,9 +125,10 @@ class SessionRecord:
                 },
             )
         elif isinstance(event, status.ControlChanged):
-            self.write(
-                "control", {"holder": event.holder, "token": list(event.token), "by": self.me}
-            )
+            # the log's own token (of the entry this one replaces), which only grows
+            current = self.core.state.control
+            token = list(current.token) if current is not None else [0, 0]
+            self.write("control", {"holder": event.holder, "token": token, "by": self.me})
         elif isinstance(event, status.FileProgress) and event.state in ("done", "failed"):
             direction = "to_customer" if event.direction == "send" else "from_customer"
             self.write(
@@ -183,9 +184,10 @@ class SessionRecord:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            for request in self.core.persist_requests():
-                await asyncio.to_thread(self._store.apply, request)
-                self.core.persisted(request.id, time.monotonic())
+            while requests := self.core.persist_requests():
+                for request in requests:
+                    await asyncio.to_thread(self._store.apply, request)
+                    self.core.persisted(request.id, time.monotonic())
             while self.core.next_event() is not None:
                 pass
             self.core.messages_to_send()  # nobody else holds the log yet

@@ -213,6 +213,12 @@ class SessionLog:
     the voters are those the log names. ``store`` (optional) is loaded at once and
     written synchronously; without it, restore with ``entries``/``vote`` and run
     ``persist_requests()`` yourself.
+
+    ``solo``: this agent is the log's only holder for now (nothing is replicated):
+    entries commit once on its own disk, membership changes are never held back,
+    nothing is sent, and after a restart it goes on sequencing its epoch (safe only
+    because no one else holds entries of it). The log it writes is the same and
+    verifies the same; replication can start from it later.
     """
 
     def __init__(
@@ -233,6 +239,7 @@ class SessionLog:
         sync_retry: float = SYNC_RETRY,
         propose_retry: float = PROPOSE_RETRY,
         rng: random.Random | None = None,
+        solo: bool = False,
     ) -> None:
         if peer_id(lw.public_bytes(key)) != me:
             raise LocalProtocolError("the log's own id must be the peer id of its key")
@@ -253,6 +260,7 @@ class SessionLog:
         self._sync_retry = sync_retry
         self._propose_retry = propose_retry
         self._rng = rng or random.Random()  # noqa: S311 - timer jitter, not secrets
+        self._solo = solo
 
         self._epoch = max(epoch, self._state.epoch, vote.epoch if vote else 0)
         self._voted_for = vote.voted_for if vote and vote.epoch == self._epoch else None
@@ -263,7 +271,7 @@ class SessionLog:
             known = self._state.sequencer
         self.role = Role.FOLLOWER
         if known == me:
-            if self._log:
+            if self._log and not solo:
                 known = None  # never resume sequencing after a restart: stand again
             else:
                 self.role = Role.SEQUENCER
@@ -366,7 +374,8 @@ class SessionLog:
         """When ``handle_timer`` should next run."""
         deadlines = []
         if self.role is Role.SEQUENCER:
-            deadlines.append(self._heartbeat_at)
+            if not self._solo:
+                deadlines.append(self._heartbeat_at)
         elif self._can_stand():
             deadlines.append(self._election_at)
         if self._pending:
@@ -493,6 +502,8 @@ class SessionLog:
         self._queue_persist(entries=(entry,))
 
     def _config_blocked(self) -> bool:
+        if self._solo:
+            return False
         return self._commit < max(self._epoch_start, self._config_seq)
 
     def _write_own(self, kind: str, body: dict[str, Any], ts: float) -> None:
@@ -652,6 +663,8 @@ class SessionLog:
             self._out.append((peer, text))
 
     def _peers(self) -> set[str]:
+        if self._solo:
+            return set()
         peers = set(self._state.present()) if self._log else set(self._bootstrap)
         peers.discard(self.me)
         return peers
@@ -704,7 +717,7 @@ class SessionLog:
     # -- commit
 
     def _advance_sequencer_commit(self) -> None:
-        voters = self._state.voters()
+        voters = frozenset({self.me}) if self._solo else self._state.voters()
         if not voters:
             return
         matches = sorted(
@@ -749,7 +762,7 @@ class SessionLog:
         self._rearm(now)
 
     def _can_stand(self) -> bool:
-        if not self._log or self._state.ended:
+        if not self._log or self._state.ended or self._solo:
             return False
         return self._state.is_csr(self.me) and self.me in self._state.voters()
 
