@@ -88,7 +88,22 @@ def _log(runs: int) -> list[str]:
     return rows(f)
 
 
-BENCHES = {"join": _join, "control": _control, "files": _files, "screen": _screen, "log": _log}
+def _idle(runs: int) -> list[str]:
+    from bench.idle import measure, report, rows
+
+    f = measure(10.0)
+    print("\n".join(report(f)))
+    return rows(f)
+
+
+BENCHES = {
+    "join": _join,
+    "control": _control,
+    "files": _files,
+    "screen": _screen,
+    "log": _log,
+    "idle": _idle,
+}
 
 
 def main(which: list[str], *, runs: int = 20, record: str | None = None) -> int:

@@ -24,11 +24,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiortc.rtcrtpsender
-from aiortc import RTCPeerConnection, RTCRtpSender, RTCRtpTransceiver
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpSender, RTCRtpTransceiver
 from aiortc.codecs import h264, vpx
 
 from agent.capture.encoder import BITRATE_1080P, BITRATE_MAX, BITRATE_MIN, Codec
-from agent.capture.tracks import PacketTrack, ScreenTrack
+from agent.capture.tracks import PacketTrack, ScreenTrack, _released
 
 RTP_HISTORY = 2048
 "Sent packets kept for retransmission (aiortc: 128, less than one 1080p keyframe)."
@@ -133,7 +133,10 @@ def share(sender: RTCRtpSender, track: PacketTrack | ScreenTrack) -> None:
     on this sender instance (checked against aiortc 1.16).
     """
     pace(sender)
+    parked = sender.track
     sender.replaceTrack(track)
+    if isinstance(parked, ParkedTrack):
+        parked.release()  # the sender's pending recv returns and it moves to ``track``
     if isinstance(track, PacketTrack):
         _set(sender, "_send_keyframe", track.request_keyframe)
 
@@ -145,10 +148,42 @@ def unshare(sender: RTCRtpSender) -> None:
     good when its track ends, and a later ``share`` on that sender would send nothing.
     """
     track: Any = sender.track
-    sender.replaceTrack(None)
+    park(sender)
     vars(sender).pop("_send_keyframe", None)
-    if track is not None:
+    if track is not None and not isinstance(track, ParkedTrack):
         track.stop()
+
+
+class ParkedTrack(MediaStreamTrack):
+    """Keeps an idle sender waiting without polling.
+
+    With no track, aiortc 1.16's sender checks for one every 20 ms: 50 wake-ups a
+    second for every customer whose screen is not shared (measured: an idle customer
+    agent used 1.9 % of a core, 0.3 % once parked). A parked sender waits in
+    ``recv`` until ``share`` releases it with an empty packet, which sends nothing.
+    """
+
+    kind = "video"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._wake = asyncio.Event()
+
+    async def recv(self) -> Any:
+        await self._wake.wait()
+        return _released()
+
+    def release(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._wake.set()
+        super().stop()
+
+
+def park(sender: RTCRtpSender) -> None:
+    """Put a ``ParkedTrack`` on an idle sender (the screen line before a view grant)."""
+    sender.replaceTrack(ParkedTrack())
 
 
 def _set(obj: object, name: str, value: object) -> None:

@@ -73,10 +73,11 @@ class PeerLink:
         self._keepalive: asyncio.Task[None] | None = None
         self.video_sender: Any = None
         if screen_codec is not None:  # the customer: a sendonly screen line, idle until shared
-            from agent.capture.rtc import add_screen_transceiver
+            from agent.capture.rtc import add_screen_transceiver, park
 
             codec: Literal["vp8", "h264"] = "h264" if screen_codec == "h264" else "vp8"
             self.video_sender = add_screen_transceiver(self.pc, codec).sender
+            park(self.video_sender)
         if on_track is not None:
             self.pc.on("track", on_track)
         self.channel.on("open", self._on_open)
