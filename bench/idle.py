@@ -95,7 +95,8 @@ def report(f: dict[str, Any]) -> list[str]:
 def rows(f: dict[str, Any]) -> list[str]:
     b = f["baseline"]
     return [
-        f"| idle CPU, CSR / customer agent | {f['csr']['cpu']:.2f} % / {f['customer']['cpu']:.2f} % "
+        f"| idle CPU, CSR / customer agent | {f['csr']['cpu']:.2f} % / "
+        f"{f['customer']['cpu']:.2f} % "
         f"| idle asyncio loop {b['cpu']:.2f} % | - | {f['seconds']:.0f} s |",
         f"| idle RSS, CSR / customer agent | {f['csr']['rss_mb']:.0f} MB / "
         f"{f['customer']['rss_mb']:.0f} MB | idle asyncio loop {b['rss_mb']:.0f} MB "
