@@ -70,6 +70,26 @@ def _describe(event: status.Status) -> str:
         return f"! the code is {event.reason}: nobody else can join with it"
     if isinstance(event, status.Error):
         return f"! {event.reason}"
+    if isinstance(event, status.ConsentRequest):
+        return (
+            f"? {event.name} asks for {event.cap.replace('_', ' ')}: "
+            f"/grant {event.id} or /deny {event.id}"
+        )
+    if isinstance(event, status.ConsentChanged):
+        return f"* {event.cap.replace('_', ' ')}: {event.state}"
+    if isinstance(event, status.ControlChanged):
+        return f"* control: {event.holder or 'nobody'}"
+    if isinstance(event, status.AssistantRequest):
+        return (
+            f"? {event.name} [{event.peer}] asks to join as assistant (check code "
+            f"{event.sas[:3]} {event.sas[3:]}): /admit {event.peer} or /refuse {event.peer}"
+        )
+    if isinstance(event, status.FileProgress) and event.state in ("offered", "requested"):
+        return f"? file {event.name} ({event.size} bytes): /accept {event.id} or /reject {event.id}"
+    if isinstance(event, status.FileProgress) and event.state in ("done", "failed"):
+        return f"* file {event.name}: {event.state} {event.path or event.reason}"
+    if isinstance(event, status.ReportWritten):
+        return f"* session record: {event.html}"
     if isinstance(event, status.RosterChanged):
         names = ", ".join(
             f"{p['name']}{' (primary)' if p['primary'] else ''}" for p in event.participants
@@ -84,11 +104,32 @@ def _parse_console(line: str) -> cmds.Command:
         return cmds.LeaveCommand()
     if text == "/end":
         return cmds.EndCommand()
+    if text.startswith("{"):
+        return cmds.parse_command(text)
+    verb, _, arg = text.partition(" ")
+    shortcuts = {
+        "/grant": ("grant", "id"),
+        "/deny": ("deny", "id"),
+        "/revoke": ("revoke", "cap"),
+        "/admit": ("admit", "peer"),
+        "/refuse": ("refuse", "peer"),
+        "/request": ("request", "cap"),
+        "/accept": ("accept_file", "id"),
+        "/reject": ("reject_file", "id"),
+        "/transfer": ("transfer_control", "to"),
+    }
+    if verb in shortcuts and arg.strip():
+        name, field = shortcuts[verb]
+        return cmds.parse_command(json.dumps({"cmd": name, field: arg.strip()}))
     if text.startswith("/to "):
         _, pid, rest = [*text.split(" ", 2), "", ""][:3]
         return cmds.parse_command(json.dumps({"cmd": "chat", "text": rest, "to": [pid]}))
     if text.startswith("/"):
-        raise DecodeError("commands: /leave, /end, /to ID text; anything else is chat")
+        raise DecodeError(
+            "commands: /leave, /end, /to ID text, /request CAP, /grant ID, /deny ID, "
+            "/revoke CAP|all, /admit ID, /refuse ID, /transfer ID, /accept ID, /reject ID, "
+            "or a JSON command; anything else is chat"
+        )
     return cmds.ChatCommand(text=text)
 
 
