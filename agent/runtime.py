@@ -474,7 +474,9 @@ class CsrSession:
                     if other.role == "csr":
                         other.link.send(msg)
             return
-        if isinstance(msg, ch.Transfer) and member.role == "csr":
+        if isinstance(msg, ch.Sdp):
+            self._relay_sdp(pid, member, msg)
+        elif isinstance(msg, ch.Transfer) and member.role == "csr":
             self._assistant_transfer(pid, msg.to)
         elif isinstance(msg, ch.Chat):
             self._relay_chat(pid, member, msg)
@@ -518,6 +520,20 @@ class CsrSession:
                     customer.link.send_raw("control", ctl.encode_relayed(pid, data))
             return
         member.services.on_channel(name, data)
+
+    def _relay_sdp(self, pid: str, member: _Member, msg: ch.Sdp) -> None:
+        """Introduce an assistant and the primary customer: pass their SDP, naming the
+        sender. Only between those two roles; anything else is refused."""
+        other = self._members.get(msg.peer)
+        primary = self.roster.primary
+        allowed = other is not None and (
+            (member.role == "csr" and msg.peer == primary)
+            or (pid == primary and other.role == "csr")
+        )
+        if other is None or not allowed:
+            member.link.send(ch.Refused(code="not_allowed", message="no such introduction"))
+            return
+        other.link.send(ch.Sdp(peer=pid, kind=msg.kind, sdp=msg.sdp))
 
     def transfer_control(self, to: str) -> None:
         """Pass control to an assistant CSR, or take it back (``to`` = our own id)."""
@@ -606,6 +622,9 @@ class CustomerSession:
         self._known: dict[str, ch.Participant] = {}
         self._done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._leaving = False
+        self.direct: dict[str, PeerLink] = {}
+        "Direct links between an assistant and the customer, by the other end's id."
+        self._direct_tasks: set[asyncio.Task[None]] = set()
         self._control: tuple[str | None, tuple[int, int]] | None = None
         self._input_seq = 0
         self._session_key = b""
@@ -801,6 +820,8 @@ class CustomerSession:
             return
         self._leaving = True
         await self._stop_services()
+        for direct in list(self.direct.values()):
+            await direct.close()
         self._link.send(ch.Bye())
         await asyncio.sleep(0.05)
         await self._link.close()
@@ -826,7 +847,9 @@ class CustomerSession:
                 )
             self._input_seq += 1
             event = CsrServices._event(command, self._control[1], self._input_seq)
-            self._link.send_raw("control", ctl.encode(event))
+            direct = next(iter(self.direct.values()), None)
+            if direct is None or not direct.send_raw("control", ctl.encode(event)):
+                self._link.send_raw("control", ctl.encode(event))  # relayed by the primary
         else:
             raise LocalProtocolError(
                 f'"{command.cmd}" is for the primary CSR or the customer', code="not_allowed"
@@ -845,6 +868,9 @@ class CustomerSession:
 
     def _on_message(self, msg: ch.Message) -> None:
         self.announce()
+        if isinstance(msg, ch.Sdp):
+            self._spawn_direct(self._on_sdp(msg))
+            return
         if (
             self.role == "customer"
             and self.host is not None
@@ -872,6 +898,59 @@ class CustomerSession:
             self._control = (msg.holder, msg.token)
             self._emit(status.ControlChanged(holder=msg.holder, token=msg.token))
 
+    # -- direct links between an assistant and the customer, introduced by the primary
+
+    def _spawn_direct(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._direct_tasks.add(task)
+        task.add_done_callback(self._direct_tasks.discard)
+
+    async def _on_sdp(self, msg: ch.Sdp) -> None:
+        try:
+            if msg.kind == "offer" and self.role == "customer" and msg.peer in self.services.csrs:
+                link = self._direct_link(msg.peer)
+                answer = await link.answer(msg.sdp)
+                assert self._link is not None
+                self._link.send(ch.Sdp(peer=msg.peer, kind="answer", sdp=answer))
+            elif msg.kind == "answer" and self.role == "csr" and msg.peer in self.direct:
+                await self.direct[msg.peer].complete(msg.sdp)
+            else:
+                return
+            link = self.direct[msg.peer]
+            await asyncio.wait_for(asyncio.shield(link.opened), CHANNEL_OPEN_TIMEOUT)
+            self._emit(status.DirectLink(peer=msg.peer))
+        except (PeerDeskError, TimeoutError) as exc:
+            log.info("no direct link with %s: %s", msg.peer, exc)
+            gone = self.direct.pop(msg.peer, None)
+            if gone is not None:
+                await gone.close()
+
+    def _direct_link(self, peer: str) -> PeerLink:
+        old = self.direct.pop(peer, None)
+        if old is not None:
+            self._spawn_direct(old.close())
+
+        def on_lost(why: str) -> None:
+            if self.direct.get(peer) is link:
+                del self.direct[peer]
+
+        link = PeerLink(
+            on_message=lambda m: None,
+            on_lost=on_lost,
+            on_channel=lambda name, data: (
+                self.services.on_channel(peer, name, data) if self.role == "customer" else None
+            ),
+        )
+        self.direct[peer] = link
+        return link
+
+    async def _offer_direct(self, customer: str) -> None:
+        """An assistant asks the primary to introduce it to the customer."""
+        link = self._direct_link(customer)
+        offer = await link.offer()
+        if self._link is not None:
+            self._link.send(ch.Sdp(peer=customer, kind="offer", sdp=offer))
+
     def _on_roster(self, msg: ch.Roster) -> None:
         now = {p.id: p for p in msg.participants}
         for pid, person in now.items():
@@ -891,6 +970,10 @@ class CustomerSession:
                 self._emit(status.Left(peer=pid))
         self._known = now
         self.services.csrs = {p.id for p in msg.participants if p.role == "csr"}
+        if self.role == "csr":  # an assistant: a direct link to the primary customer
+            customer = next((p.id for p in msg.participants if p.primary), None)
+            if customer is not None and customer not in self.direct:
+                self._spawn_direct(self._offer_direct(customer))
         self._emit(status.RosterChanged(participants=tuple(vars(p) for p in msg.participants)))
 
     def _on_lost(self, why: str) -> None:
@@ -911,6 +994,9 @@ class CustomerSession:
 
     async def _close_all(self) -> None:
         await self._stop_services()
+        for link in list(self.direct.values()):
+            await link.close()
+        self.direct.clear()
         if self._link is not None:
             await self._link.close()
 

@@ -223,3 +223,12 @@ class ReportWritten(Status):
     log: str
     json: str
     html: str
+
+
+@dataclass(frozen=True)
+class DirectLink(Status):
+    """An assistant CSR and the customer now have their own link (introduced by the
+    primary CSR): the assistant's input goes straight to the customer."""
+
+    event: ClassVar[str] = "direct"
+    peer: str

@@ -205,6 +205,11 @@ def test_transfer_control_to_the_assistant_and_back(procs: list[Proc], tmp_path:
         dan.expect("joined")
         cust.expect("joined", lambda e: e["peer"] == dan_id)
 
+        # the primary introduces the assistant and the customer: a direct link
+        cust_id = dan.expect("joined", lambda e: e["role"] == "customer")["peer"]
+        assert dan.expect("direct")["peer"] == cust_id
+        assert cust.expect("direct")["peer"] == dan_id
+
         primary.send({"cmd": "request", "cap": "control"})
         first = primary.expect("control", lambda e: e["holder"] == session["me"])
         primary.send({"cmd": "click", "x": 0.25, "y": 0.5})

@@ -168,6 +168,19 @@ class Transfer:
 
 
 @dataclass(frozen=True)
+class Sdp:
+    """An SDP for a direct link between an assistant CSR and the customer, relayed by
+    the primary CSR's agent, which both verified at their joins: it names ``peer``
+    (the other end) truthfully, so each side knows whose DTLS fingerprint it takes."""
+
+    type: ClassVar[str] = "sdp"
+    peer: str
+    kind: str
+    "``offer`` or ``answer``."
+    sdp: str
+
+
+@dataclass(frozen=True)
 class Keyframe:
     """CSR to customer: send a full frame next (after loss, or for a new viewer)."""
 
@@ -189,6 +202,7 @@ Message: TypeAlias = (
     | SelectMonitor
     | Keyframe
     | Transfer
+    | Sdp
 )
 
 
@@ -310,6 +324,11 @@ _TABLE: dict[str, Any] = {
         index=wire.get_int(o, "index", lo=1, hi=MAX_MONITORS)
     ),
     "keyframe": lambda o: Keyframe(),
+    "sdp": lambda o: Sdp(
+        peer=wire.get_str(o, "peer", pattern=PEER_ID_RE),
+        kind=wire.get_str(o, "kind", pattern=re.compile(r"offer|answer")),
+        sdp=wire.get_str(o, "sdp", max_len=24 * 1024, allow_empty=False),
+    ),
     "transfer": lambda o: Transfer(to=wire.get_str(o, "to", pattern=PEER_ID_RE)),
     "refused": lambda o: Refused(
         code=wire.get_str(o, "code", pattern=_CODE_RE),
