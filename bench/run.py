@@ -96,6 +96,14 @@ def _idle(runs: int) -> list[str]:
     return rows(f)
 
 
+def _transfer(runs: int) -> list[str]:
+    from bench.transfer import measure, report, rows
+
+    f = asyncio.run(measure(max(runs, 40)))
+    print("\n".join(report(f)))
+    return rows(f)
+
+
 BENCHES = {
     "join": _join,
     "control": _control,
@@ -103,6 +111,7 @@ BENCHES = {
     "screen": _screen,
     "log": _log,
     "idle": _idle,
+    "transfer": _transfer,
 }
 
 
