@@ -623,6 +623,10 @@ class CustomerSession:
         self._done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._leaving = False
         self.direct: dict[str, PeerLink] = {}
+        self.acting: CsrServices | None = None
+        "An assistant that took over: its services towards the customer."
+        self._host_lost_at: float | None = None
+        self._vote_wait: asyncio.Future[bool] | None = None
         "Direct links between an assistant and the customer, by the other end's id."
         self._direct_tasks: set[asyncio.Task[None]] = set()
         self._control: tuple[str | None, tuple[int, int]] | None = None
@@ -779,6 +783,9 @@ class CustomerSession:
 
     def chat(self, text: str, to: tuple[str, ...] | None = None) -> None:
         assert self._link is not None
+        if self.acting is not None:  # we lead now: our lines are ours, not relayed
+            self._link.send(ch.Chat(text=text, to=None, sender=self.me, name=self.identity.name))
+            return
         self._link.send(ch.Chat(text=text, to=to))
 
     def make_primary(self, pid: str) -> None:
@@ -792,6 +799,8 @@ class CustomerSession:
             await self.leave()
         elif isinstance(command, cmds.EndCommand):
             await self.end()
+        elif self.role == "csr" and self.acting is not None:
+            await self._lead_command(command)
         elif self.role == "csr":
             self._assistant_command(command)
         elif isinstance(command, cmds.AnswerCommand):
@@ -829,10 +838,30 @@ class CustomerSession:
         self._done.set_result(0)
 
     async def end(self, reason: str = "ended") -> None:
+        if self.acting is not None and self._link is not None:  # we lead since a take-over
+            self._link.send(ch.End())
+            await asyncio.sleep(0.2)
+            self._finish(status.Ended(reason=reason), 0)
+            return
         who = "an assistant CSR" if self.role == "csr" else "a customer"
         raise LocalProtocolError(f"{who} cannot end the session, only leave it", code="not_allowed")
 
     # -- channel
+
+    async def _lead_command(self, command: cmds.Command) -> None:
+        """An assistant that took over serves the customer as the primary did."""
+        acting = self.acting
+        assert acting is not None
+        if isinstance(command, cmds.RequestCommand):
+            acting.request(command.cap)
+        elif isinstance(command, cmds.InputCommand):
+            acting.input(command)
+        elif isinstance(command, cmds.SimpleCommand) and command.name == "sysinfo":
+            acting.request("sysinfo")
+        else:
+            raise LocalProtocolError(
+                f'"{command.cmd}" is not available after a take-over yet', code="not_available"
+            )
 
     def _assistant_command(self, command: cmds.Command) -> None:
         """An assistant CSR: input while it holds control, and passing control on."""
@@ -933,9 +962,11 @@ class CustomerSession:
         def on_lost(why: str) -> None:
             if self.direct.get(peer) is link:
                 del self.direct[peer]
+            if peer == self.host and self._link is link:
+                self._on_lost(why)  # the direct link became the session's link
 
         link = PeerLink(
-            on_message=lambda m: None,
+            on_message=lambda m: self._on_direct_message(peer, m),
             on_lost=on_lost,
             on_channel=lambda name, data: (
                 self.services.on_channel(peer, name, data) if self.role == "customer" else None
@@ -944,12 +975,77 @@ class CustomerSession:
         self.direct[peer] = link
         return link
 
+    # -- failover over the direct link
+
+    def _on_direct_message(self, peer: str, msg: ch.Message) -> None:
+        if isinstance(msg, ch.Takeover) and self.role == "customer":
+            self._vote(peer)
+        elif isinstance(msg, ch.TakeoverVote) and self._vote_wait is not None:
+            if not self._vote_wait.done():
+                self._vote_wait.set_result(msg.granted)
+        elif peer == self.host:
+            if self.acting is not None and self.acting.on_main(msg):
+                return
+            self._on_message(msg)
+
+    def _vote(self, assistant: str) -> None:
+        """Grant a take-over only if we lost the primary too, and only to a CSR."""
+        link = self.direct.get(assistant)
+        if link is None:
+            return
+        granted = self._host_lost_at is not None and assistant in self.services.csrs
+        link.send(ch.TakeoverVote(granted=granted))
+        if not granted:
+            return
+        lost, lost_at = self.host, self._host_lost_at
+        assert lost is not None
+        assert lost_at is not None
+        self.host = assistant
+        self._host_name = self._known[assistant].name if assistant in self._known else assistant
+        self._link = link
+        self._host_lost_at = None
+        self.services.attach(assistant, self._host_name, link, self._session_key)
+        after = int((time.monotonic() - lost_at) * 1000)
+        self._emit(status.Failover(primary=assistant, lost=lost, after_ms=after))
+
+    async def _take_over(self, lost: str, lost_at: float) -> None:
+        """The primary is gone: ask the customer for its vote, then lead."""
+        customer, link = next(iter(self.direct.items()))
+        loop = asyncio.get_running_loop()
+        self._vote_wait = loop.create_future()
+        for _ in range(12):  # the customer may notice the loss a little after us
+            link.send(ch.Takeover())
+            try:
+                granted = await asyncio.wait_for(asyncio.shield(self._vote_wait), 0.25)
+            except TimeoutError:
+                continue
+            if granted:
+                break
+            self._vote_wait = loop.create_future()
+            await asyncio.sleep(0.25)
+        else:
+            granted = False
+        if not granted:
+            self._finish(status.Ended(reason="lost the primary CSR; no take-over"), 1)
+            return
+        self.host = customer
+        self._link = link
+        self.acting = CsrServices(self.me, customer, link, self._emit)
+        self._control = None
+        after = int((time.monotonic() - lost_at) * 1000)
+        self._emit(status.Failover(primary=self.me, lost=lost, after_ms=after))
+
     async def _offer_direct(self, customer: str) -> None:
         """An assistant asks the primary to introduce it to the customer."""
         link = self._direct_link(customer)
         offer = await link.offer()
         if self._link is not None:
             self._link.send(ch.Sdp(peer=customer, kind="offer", sdp=offer))
+
+    async def _give_up_after(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        if self._host_lost_at is not None:
+            self._finish(status.Ended(reason="lost the CSR and nobody took over"), 1)
 
     def _on_roster(self, msg: ch.Roster) -> None:
         now = {p.id: p for p in msg.participants}
@@ -978,6 +1074,17 @@ class CustomerSession:
 
     def _on_lost(self, why: str) -> None:
         if self._leaving:
+            return
+        if self.direct and self.host is not None and self.host not in self.direct:
+            # the primary is gone but we hold a direct link: the session may go on
+            lost, now = self.host, time.monotonic()
+            self._emit(status.Left(peer=lost, reason="lost"))
+            if self.role == "customer":
+                self.services.detach(lost)  # grants end, held keys released, at once
+                self._host_lost_at = now
+                self._spawn_direct(self._give_up_after(5.0))
+            else:
+                self._spawn_direct(self._take_over(lost, now))
             return
         if self.host is not None and not self._done.done():
             self._emit(status.Left(peer=self.host, reason="lost"))

@@ -232,3 +232,15 @@ class DirectLink(Status):
 
     event: ClassVar[str] = "direct"
     peer: str
+
+
+@dataclass(frozen=True)
+class Failover(Status):
+    """The primary CSR was lost; ``primary`` leads the session now (with the customer's
+    vote). Control is released until the customer grants it again."""
+
+    event: ClassVar[str] = "failover"
+    primary: str
+    lost: str
+    after_ms: int
+    "From losing the old primary to the new one leading."

@@ -333,3 +333,103 @@ def test_team_member_joins_by_room_id_alone(procs: list[Proc], tmp_path: Path) -
     dan.expect("ended")
     assert primary.wait() == 0
     assert dan.wait() == 0
+
+
+def test_kill_the_primary_and_the_assistant_carries_on(procs: list[Proc], tmp_path: Path) -> None:
+    """kill -9 the primary mid-chat: the assistant takes over with the customer's vote
+    over their direct link; control is released until granted again."""
+    import os
+
+    from tests.desktop import wait_pointer, xvfb
+
+    with xvfb(1280, 800) as display:
+        primary = agent(
+            procs,
+            tmp_path / "p",
+            "start",
+            "--headless",
+            "--json",
+            "--port",
+            "0",
+            "--name",
+            "Carol",
+            name="primary",
+        )
+        session = primary.expect("session")
+        saved = os.environ.get("DISPLAY")
+        os.environ["DISPLAY"] = display
+        try:
+            cust = agent(
+                procs,
+                tmp_path / "c",
+                "join",
+                session["link"],
+                "--headless",
+                "--json",
+                "--name",
+                "Alice",
+                name="customer",
+            )
+        finally:
+            if saved is None:
+                os.environ.pop("DISPLAY")
+            else:
+                os.environ["DISPLAY"] = saved
+        cust.expect("joined")
+        primary.expect("joined")
+        dan = agent(
+            procs,
+            tmp_path / "d",
+            "join",
+            session["csr_code"],
+            "--signal",
+            session["signal"],
+            "--as",
+            "assistant",
+            "--headless",
+            "--json",
+            "--name",
+            "Dan",
+            name="assistant",
+        )
+        dan_id = primary.expect("assistant_request", timeout=20)["peer"]
+        primary.send({"cmd": "admit", "peer": dan_id})
+        cust_id = dan.expect("joined", lambda e: e["role"] == "customer")["peer"]
+        dan.expect("direct")
+        cust.expect("direct")
+
+        # control granted to the primary, then the primary dies mid-chat
+        primary.send({"cmd": "request", "cap": "control"})
+        prompt = cust.expect("request")
+        cust.send({"cmd": "grant", "id": prompt["id"]})
+        primary.expect("control", lambda e: e["holder"] == session["me"])
+        primary.send({"cmd": "chat", "text": "one moment please"})
+        cust.expect("chat", lambda e: e["text"] == "one moment please")
+        primary.proc.kill()
+
+        took = dan.expect("failover", timeout=10)
+        assert took["primary"] == dan_id and took["lost"] == session["me"]
+        seen = cust.expect("failover", timeout=10)
+        assert seen["primary"] == dan_id
+        assert took["after_ms"] < 4000, took
+        # control was released: the assistant asks again, the customer grants again
+        dan.send({"cmd": "click", "x": 0.5, "y": 0.5})
+        dan.expect("error")
+        dan.send({"cmd": "request", "cap": "control"})
+        again = cust.expect("request", lambda e: e["from"] == dan_id)
+        cust.send({"cmd": "grant", "id": again["id"]})
+        dan.expect("control", lambda e: e["holder"] == dan_id)
+        dan.send({"cmd": "click", "x": 0.25, "y": 0.5})
+        assert wait_pointer(display, (320, 400)) == (320, 400)
+
+        # the conversation goes on between the assistant and the customer
+        dan.send({"cmd": "chat", "text": "Dan here, I have taken over"})
+        line = cust.expect("chat", lambda e: e["text"] == "Dan here, I have taken over")
+        assert line["from"] == dan_id and line["name"] == "Dan"
+        cust.send({"cmd": "chat", "text": "thanks Dan"})
+        assert dan.expect("chat", lambda e: e["text"] == "thanks Dan")["from"] == cust_id
+
+        dan.send({"cmd": "end"})
+        cust.expect("ended")
+        assert dan.wait() == 0
+        assert cust.wait() == 0

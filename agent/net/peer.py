@@ -24,10 +24,11 @@ from agent.protocol import channel as ch
 log = logging.getLogger(__name__)
 ice.install()
 
-PING_INTERVAL = 1.0
+PING_INTERVAL = 0.3
 "Seconds between keepalives on an idle channel."
-LOST_AFTER = 6.0
-"Seconds of silence after which a peer is considered lost."
+LOST_AFTER = 2.0
+"Seconds of silence after which a peer is considered lost: what a take-over waits
+before it starts (a killed agent's connection does not say goodbye)."
 
 
 def rtc_configuration() -> RTCConfiguration:

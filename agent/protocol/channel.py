@@ -181,6 +181,21 @@ class Sdp:
 
 
 @dataclass(frozen=True)
+class Takeover:
+    """Assistant to customer, on their direct link: the primary CSR is gone; may I lead?"""
+
+    type: ClassVar[str] = "takeover"
+
+
+@dataclass(frozen=True)
+class TakeoverVote:
+    """Customer to assistant: yes only if the customer lost the primary too."""
+
+    type: ClassVar[str] = "takeover_vote"
+    granted: bool
+
+
+@dataclass(frozen=True)
 class Keyframe:
     """CSR to customer: send a full frame next (after loss, or for a new viewer)."""
 
@@ -203,6 +218,8 @@ Message: TypeAlias = (
     | Keyframe
     | Transfer
     | Sdp
+    | Takeover
+    | TakeoverVote
 )
 
 
@@ -324,6 +341,8 @@ _TABLE: dict[str, Any] = {
         index=wire.get_int(o, "index", lo=1, hi=MAX_MONITORS)
     ),
     "keyframe": lambda o: Keyframe(),
+    "takeover": lambda o: Takeover(),
+    "takeover_vote": lambda o: TakeoverVote(granted=o.get("granted") is True),
     "sdp": lambda o: Sdp(
         peer=wire.get_str(o, "peer", pattern=PEER_ID_RE),
         kind=wire.get_str(o, "kind", pattern=re.compile(r"offer|answer")),
