@@ -27,8 +27,8 @@ ice.install()
 PING_INTERVAL = 0.3
 "Seconds between keepalives on an idle channel."
 LOST_AFTER = 2.0
-"Seconds of silence after which a peer is considered lost: what a take-over waits
-before it starts (a killed agent's connection does not say goodbye)."
+"""Seconds of silence after which a peer is considered lost: what a take-over waits
+before it starts (a killed agent's connection does not say goodbye)."""
 
 
 def rtc_configuration() -> RTCConfiguration:
