@@ -102,6 +102,8 @@ class CsrSession:
         self._members: dict[str, _Member] = {}
         self._pending: dict[str, PeerLink] = {}
         self._early: dict[PeerLink, CsrServices] = {}
+        self._byes: set[str] = set()
+        self._all_byes = asyncio.Event()
         self.control_holder: str | None = None
         "Who holds control of the primary customer's machine, as the customer said."
         self._asking: dict[str, hsk.JoinRequest] = {}
@@ -270,9 +272,17 @@ class CsrSession:
                 code="control_elsewhere",
             )
         self._ending = True
+        self._byes = {
+            pid for pid, m in self._members.items() if m.link.channel.readyState == "open"
+        }
+        self._all_byes.clear()
         for member in self._members.values():
             member.link.send(ch.End())
-        await self._flush_links(1.0)  # the End frames leave before the links close
+        if self._byes:
+            # each agent answers End with Bye: then it has the End, and closing is safe
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_byes.wait(), 1.5)
+        await self._flush_links(0.5)
         await self._shutdown()
         if self.record is not None:
             paths = await self.record.finish(reason)
@@ -480,6 +490,10 @@ class CsrSession:
             self._assistant_transfer(pid, msg.to)
         elif isinstance(msg, ch.Chat):
             self._relay_chat(pid, member, msg)
+        elif isinstance(msg, ch.Bye) and self._ending:
+            self._byes.discard(pid)
+            if not self._byes:
+                self._all_byes.set()
         elif isinstance(msg, ch.Bye):
             self._drop(pid, "left")
         elif isinstance(msg, ch.End):
@@ -920,6 +934,8 @@ class CustomerSession:
         elif isinstance(msg, ch.Roster):
             self._on_roster(msg)
         elif isinstance(msg, ch.End):
+            if self._link is not None:
+                self._link.send(ch.Bye())  # tells the CSR we have it: it may close now
             self._finish(status.Ended(reason="ended"), 0)
         elif isinstance(msg, ch.Refused):
             self._emit(status.Error(reason=msg.message, code=msg.code))

@@ -330,9 +330,9 @@ def test_team_member_joins_by_room_id_alone(procs: list[Proc], tmp_path: Path) -
     primary.send({"cmd": "admit", "peer": asked["peer"]})
     assert dan.expect("joined")["peer"] == session["me"]
     primary.send({"cmd": "end"})
-    dan.expect("ended")
+    ended = dan.expect("ended")
     assert primary.wait() == 0
-    assert dan.wait() == 0
+    assert dan.wait() == 0, (ended, dan.events, "".join(dan.stderr[-20:]))
 
 
 def test_kill_the_primary_and_the_assistant_carries_on(procs: list[Proc], tmp_path: Path) -> None:
