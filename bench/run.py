@@ -104,6 +104,14 @@ def _transfer(runs: int) -> list[str]:
     return rows(f)
 
 
+def _failover(runs: int) -> list[str]:
+    from bench.failover import measure, report, rows
+
+    f = measure(max(10, min(runs, 50)))
+    print("\n".join(report(f)))
+    return rows(f)
+
+
 BENCHES = {
     "join": _join,
     "control": _control,
@@ -112,6 +120,7 @@ BENCHES = {
     "log": _log,
     "idle": _idle,
     "transfer": _transfer,
+    "failover": _failover,
 }
 
 
