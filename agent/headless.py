@@ -88,6 +88,13 @@ def _describe(event: status.Status) -> str:
         return f"? file {event.name} ({event.size} bytes): /accept {event.id} or /reject {event.id}"
     if isinstance(event, status.FileProgress) and event.state in ("done", "failed"):
         return f"* file {event.name}: {event.state} {event.path or event.reason}"
+    if isinstance(event, status.Failover):
+        return (
+            f"! the primary CSR {event.lost} was lost; {event.primary} leads the session now "
+            f"({event.after_ms} ms). Control was released: request it again."
+        )
+    if isinstance(event, status.DirectLink):
+        return f"* direct link with {event.peer}"
     if isinstance(event, status.ReportWritten):
         return f"* session record: {event.html}"
     if isinstance(event, status.RosterChanged):
