@@ -25,26 +25,25 @@ class Controllable(Protocol):
     async def command(self, command: cmds.Command) -> None: ...
 
 
-def json_emitter(out: TextIO | None = None) -> Callable[[status.Status], None]:
-    """An ``emit`` callback that writes JSON lines."""
-
+def _line_emitter(
+    render: Callable[[status.Status], str], out: TextIO | None
+) -> Callable[[status.Status], None]:
     def emit(event: status.Status) -> None:
         stream = out or sys.stdout
-        stream.write(json.dumps(event.to_json(), ensure_ascii=False) + "\n")
+        stream.write(render(event) + "\n")
         stream.flush()
 
     return emit
+
+
+def json_emitter(out: TextIO | None = None) -> Callable[[status.Status], None]:
+    """An ``emit`` callback that writes JSON lines."""
+    return _line_emitter(lambda e: json.dumps(e.to_json(), ensure_ascii=False), out)
 
 
 def console_emitter(out: TextIO | None = None) -> Callable[[status.Status], None]:
     """An ``emit`` callback that writes lines for a person."""
-
-    def emit(event: status.Status) -> None:
-        stream = out or sys.stdout
-        stream.write(_describe(event) + "\n")
-        stream.flush()
-
-    return emit
+    return _line_emitter(_describe, out)
 
 
 def _describe(event: status.Status) -> str:

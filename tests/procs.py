@@ -19,8 +19,17 @@ Event = dict[str, Any]
 class Proc:
     """One child process speaking JSON lines; every wait is bounded."""
 
-    def __init__(self, args: list[str], *, home: Path | None = None, name: str = "") -> None:
-        env = dict(os.environ)
+    def __init__(
+        self,
+        args: list[str],
+        *,
+        home: Path | None = None,
+        name: str = "",
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """``env`` adds to this process's environment (``DISPLAY`` for a customer's desktop)."""
+        extra = env or {}
+        env = {**os.environ, **extra}
         if home is not None:
             env["PEERDESK_HOME"] = str(home)
         env["PYTHONUNBUFFERED"] = "1"

@@ -18,8 +18,10 @@ def procs() -> Iterator[list[Proc]]:
         p.kill()
 
 
-def agent(procs: list[Proc], home: Path, *args: str, name: str) -> Proc:
-    p = Proc(["agent", *args], home=home, name=name)
+def agent(
+    procs: list[Proc], home: Path, *args: str, name: str, env: dict[str, str] | None = None
+) -> Proc:
+    p = Proc(["agent", *args], home=home, name=name, env=env)
     procs.append(p)
     return p
 
@@ -146,7 +148,6 @@ def test_primary_refuses_an_assistant(procs: list[Proc], tmp_path: Path) -> None
 
 
 def test_transfer_control_to_the_assistant_and_back(procs: list[Proc], tmp_path: Path) -> None:
-    import os
 
     from tests.desktop import wait_pointer, xvfb
 
@@ -164,25 +165,18 @@ def test_transfer_control_to_the_assistant_and_back(procs: list[Proc], tmp_path:
             name="primary",
         )
         session = primary.expect("session")
-        saved = os.environ.get("DISPLAY")
-        os.environ["DISPLAY"] = display
-        try:
-            cust = agent(
-                procs,
-                tmp_path / "c",
-                "join",
-                session["link"],
-                "--headless",
-                "--json",
-                "--accept",
-                "control",
-                name="customer",
-            )
-        finally:
-            if saved is None:
-                os.environ.pop("DISPLAY")
-            else:
-                os.environ["DISPLAY"] = saved
+        cust = agent(
+            procs,
+            tmp_path / "c",
+            "join",
+            session["link"],
+            "--headless",
+            "--json",
+            "--accept",
+            "control",
+            name="customer",
+            env={"DISPLAY": display},
+        )
         cust.expect("joined")
         primary.expect("joined")
         dan = agent(
@@ -338,7 +332,6 @@ def test_team_member_joins_by_room_id_alone(procs: list[Proc], tmp_path: Path) -
 def test_kill_the_primary_and_the_assistant_carries_on(procs: list[Proc], tmp_path: Path) -> None:
     """kill -9 the primary mid-chat: the assistant takes over with the customer's vote
     over their direct link; control is released until granted again."""
-    import os
 
     from tests.desktop import wait_pointer, xvfb
 
@@ -356,25 +349,18 @@ def test_kill_the_primary_and_the_assistant_carries_on(procs: list[Proc], tmp_pa
             name="primary",
         )
         session = primary.expect("session")
-        saved = os.environ.get("DISPLAY")
-        os.environ["DISPLAY"] = display
-        try:
-            cust = agent(
-                procs,
-                tmp_path / "c",
-                "join",
-                session["link"],
-                "--headless",
-                "--json",
-                "--name",
-                "Alice",
-                name="customer",
-            )
-        finally:
-            if saved is None:
-                os.environ.pop("DISPLAY")
-            else:
-                os.environ["DISPLAY"] = saved
+        cust = agent(
+            procs,
+            tmp_path / "c",
+            "join",
+            session["link"],
+            "--headless",
+            "--json",
+            "--name",
+            "Alice",
+            name="customer",
+            env={"DISPLAY": display},
+        )
         cust.expect("joined")
         primary.expect("joined")
         dan = agent(

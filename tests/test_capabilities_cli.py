@@ -34,19 +34,12 @@ def session(procs: list[Proc], tmp_path: Path, display: str, *join_args: str) ->
     )
     procs.append(csr)
     code = csr.expect("session")
-    saved = os.environ.get("DISPLAY")
-    os.environ["DISPLAY"] = display  # the customer's desktop
-    try:
-        cust = Proc(
-            ["agent", "join", code["link"], "--headless", "--json", "--name", "Alice", *join_args],
-            home=tmp_path / "cust",
-            name="customer",
-        )
-    finally:
-        if saved is None:
-            os.environ.pop("DISPLAY", None)
-        else:
-            os.environ["DISPLAY"] = saved
+    cust = Proc(
+        ["agent", "join", code["link"], "--headless", "--json", "--name", "Alice", *join_args],
+        home=tmp_path / "cust",
+        name="customer",
+        env={"DISPLAY": display},  # the customer's desktop
+    )
     procs.append(cust)
     cust.expect("joined")
     csr.expect("joined")

@@ -7,7 +7,6 @@ raw control events are sent straight down the data channel, as a modified agent 
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -25,17 +24,10 @@ from tests.desktop import pointer, xvfb
 
 
 @pytest.fixture
-def display() -> Iterator[str]:
+def display(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     with xvfb(1280, 800) as name:
-        saved = os.environ.get("DISPLAY")
-        os.environ["DISPLAY"] = name
-        try:
-            yield name
-        finally:
-            if saved is None:
-                os.environ.pop("DISPLAY", None)
-            else:
-                os.environ["DISPLAY"] = saved
+        monkeypatch.setenv("DISPLAY", name)  # the in-process customer's desktop
+        yield name
 
 
 async def until(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]

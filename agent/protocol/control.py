@@ -38,6 +38,7 @@ from typing import Any, ClassVar, TypeAlias
 
 from agent.errors import DecodeError, LocalProtocolError, UnknownMessage
 from agent.protocol import wire
+from agent.protocol.handshake import PEER_ID_RE
 
 CHANNEL_LABEL = "control"
 "Label of the negotiated data channel that carries this wire."
@@ -376,12 +377,11 @@ def _check_text(event: Text) -> None:
 # with the assistant's id. The customer's arbiter then judges it as the assistant's.
 
 RELAYED = "relayed"
-_PEER_RE = re.compile(r"[a-z2-7]{10}")
 
 
 def encode_relayed(sender: str, event: str) -> str:
     """Wrap an encoded control event from ``sender`` (a peer id) for the customer."""
-    if not _PEER_RE.fullmatch(sender):
+    if not PEER_ID_RE.fullmatch(sender):
         raise LocalProtocolError(f"not a peer id: {sender!r}")
     return wire.dump({"type": RELAYED, "from": sender, "event": event})
 
@@ -393,6 +393,6 @@ def decode_any(data: str | bytes) -> tuple[str | None, ControlEvent]:
         return None, decode(data)
     if set(obj) != {"type", "from", "event"}:
         raise DecodeError("relayed: takes type, from, event")
-    sender = wire.get_str(obj, "from", pattern=_PEER_RE)
+    sender = wire.get_str(obj, "from", pattern=PEER_ID_RE)
     inner = wire.get_str(obj, "event", max_len=MAX_CONTROL_BYTES)
     return sender, decode(inner)
