@@ -32,6 +32,7 @@ from agent.protocol import control as ctl
 from agent.protocol import signaling as sig
 from agent.protocol.code import JoinLink, SessionCode
 from agent.protocol.handshake import peer_id
+from agent.protocol.wire import b64, b64d
 from agent.services.csr import CsrServices
 from agent.services.customer import CustomerOptions, CustomerServices, default_download_dir
 from agent.services.record import SessionRecord
@@ -141,7 +142,9 @@ class CsrSession:
             team=on_team,
         )
         try:
-            self.record = SessionRecord(self.identity, reply.room)
+            self.record = SessionRecord(
+                self.identity, reply.room, send=self._send_log, emit=self._emit
+            )
             user_emit = self._emit
             record = self.record
 
@@ -186,6 +189,12 @@ class CsrSession:
             if member is not None:
                 member.link.send(msg)
 
+    def note(self, text: str) -> None:
+        """A note in the session log, sealed so that only the CSRs can read it."""
+        if self.record is None:
+            raise LocalProtocolError("this session is not recorded", code="no_record")
+        self.record.note(text)
+
     def make_primary(self, pid: str) -> None:
         self.roster.make_primary(pid)
         self._roster_changed()
@@ -221,6 +230,8 @@ class CsrSession:
         """Carry out one command (headless, console, tray and dashboard all come here)."""
         if isinstance(command, cmds.ChatCommand):
             self.chat(command.text, command.to)
+        elif isinstance(command, cmds.NoteCommand):
+            self.note(command.text)
         elif isinstance(command, cmds.EndCommand):
             await self.end()
         elif isinstance(command, cmds.LeaveCommand):
@@ -272,6 +283,9 @@ class CsrSession:
                 code="control_elsewhere",
             )
         self._ending = True
+        if self.record is not None:  # everyone's copy of the log gets the end first
+            self.record.write("session_end", {"by": self.me, "reason": reason[:200]})
+            await self.record.settle(1.0)
         self._byes = {
             pid for pid, m in self._members.items() if m.link.channel.readyState == "open"
         }
@@ -285,7 +299,7 @@ class CsrSession:
         await self._flush_links(0.5)
         await self._shutdown()
         if self.record is not None:
-            paths = await self.record.finish(reason)
+            paths = await self.record.finish(reason, end=True)
             if paths is not None:
                 self._emit(
                     status.ReportWritten(
@@ -453,6 +467,8 @@ class CsrSession:
         self._members[pid] = _Member(link, req.name, req.role, services)
         person = self.roster.add(pid, req.name, req.role)
         if req.role == "csr":
+            if self.record is not None and self.record.note_key is not None:
+                link.send(ch.NoteKey(key=b64(self.record.note_key)))
             for line in self._history[-500:]:
                 link.send(
                     ch.Chat(
@@ -526,6 +542,10 @@ class CsrSession:
         member = self._members.get(pid)
         if member is None:
             return
+        if name == "log":
+            if self.record is not None and self._holds_log(pid):
+                self.record.receive(pid, data)
+            return
         if member.role == "csr" and name == "control":
             # an assistant's input, untouched, to the customer, who judges it as theirs
             if isinstance(data, str) and self.roster.primary is not None:
@@ -534,6 +554,16 @@ class CsrSession:
                     customer.link.send_raw("control", ctl.encode_relayed(pid, data))
             return
         member.services.on_channel(name, data)
+
+    def _holds_log(self, pid: str) -> bool:
+        """Assistants and the primary customer hold the session log (and vote)."""
+        member = self._members.get(pid)
+        return member is not None and (member.role == "csr" or pid == self.roster.primary)
+
+    def _send_log(self, peer: str, text: str) -> None:
+        member = self._members.get(peer)
+        if member is not None and self._holds_log(peer):
+            member.link.send_raw("log", text)
 
     def _relay_sdp(self, pid: str, member: _Member, msg: ch.Sdp) -> None:
         """Introduce an assistant and the primary customer: pass their SDP, naming the
@@ -628,7 +658,7 @@ class CustomerSession:
         self.signal_url = signal_url
         self.role = role
         self.me = identity.peer_id
-        self._emit = emit
+        self._user_emit = emit
         self._timeout = timeout
         self._link: PeerLink | None = None
         self.host: str | None = None
@@ -640,15 +670,16 @@ class CustomerSession:
         self.acting: CsrServices | None = None
         "An assistant that took over: its services towards the customer."
         self._host_lost_at: float | None = None
-        self._vote_wait: asyncio.Future[bool] | None = None
-        "Direct links between an assistant and the customer, by the other end's id."
+        self.record: SessionRecord | None = None
+        "This agent's copy of the session log (assistants and the primary customer)."
         self._direct_tasks: set[asyncio.Task[None]] = set()
         self._control: tuple[str | None, tuple[int, int]] | None = None
         self._input_seq = 0
         self._session_key = b""
         self._tick_task: asyncio.Task[None] | None = None
-        self.services = CustomerServices(emit, options or CustomerOptions())
+        self.services = CustomerServices(self._emit, options or CustomerOptions())
         self._closing: asyncio.Future[None] | None = None
+        self._finishing = False
         self._announced = False
         self._sas = ""
 
@@ -656,7 +687,7 @@ class CustomerSession:
         """Run the join; raises a ``PeerDeskError`` that says why it failed."""
         link = PeerLink(
             on_message=self._on_message,
-            on_lost=self._on_lost,
+            on_lost=lambda why: self._link_lost(link, why),
             on_channel=self._on_channel,
             screen_codec=self.services.options.video_codec if self.role == "customer" else None,
         )
@@ -676,8 +707,49 @@ class CustomerSession:
         assert self.host is not None
         if self.role == "customer":
             self.services.attach(self.host, self._host_name, link, self._session_key)
+        else:
+            self._start_record()
         self._tick_task = asyncio.ensure_future(self._tick())
         self.announce()
+
+    # -- the session log (an assistant's and the primary customer's copy)
+
+    def _emit(self, event: status.Status) -> None:
+        self._user_emit(event)
+        if self.record is not None:
+            self.record.observe(event)
+
+    def _start_record(self) -> None:
+        if self.record is not None or self.host is None:
+            return
+        try:
+            self.record = SessionRecord(
+                self.identity,
+                self.code.room,
+                send=self._send_log,
+                emit=self._emit,
+                primary=self.host,
+                role=self.role,
+                on_epoch=self._on_epoch,
+            )
+        except PeerDeskError as exc:
+            log.warning("no copy of the session log here: %s", exc.message)
+            return
+        if self.role == "customer":
+            self.services.record = self.record
+        self.record.sync()
+
+    def _send_log(self, peer: str, text: str) -> None:
+        link = self.direct.get(peer) or (self._link if peer == self.host else None)
+        if link is not None:
+            link.send_raw("log", text)
+
+    def _on_epoch(self, epoch: int, sequencer: str) -> None:
+        """The log has a new sequencer: after a take-over, the session follows it."""
+        if sequencer == self.me and self.role == "csr" and self._host_lost_at is not None:
+            self._took_over()
+        elif self.role == "customer" and sequencer != self.host and sequencer in self.direct:
+            self._follow(sequencer)
 
     async def _tick(self) -> None:
         while True:
@@ -797,6 +869,8 @@ class CustomerSession:
 
     def chat(self, text: str, to: tuple[str, ...] | None = None) -> None:
         assert self._link is not None
+        if self.record is not None:
+            self.record.chat(self.identity.name, text, to)
         if self.acting is not None:  # we lead now: our lines are ours, not relayed
             self._link.send(ch.Chat(text=text, to=None, sender=self.me, name=self.identity.name))
             return
@@ -813,6 +887,10 @@ class CustomerSession:
             await self.leave()
         elif isinstance(command, cmds.EndCommand):
             await self.end()
+        elif isinstance(command, cmds.NoteCommand) and self.role == "csr":
+            if self.record is None:
+                raise LocalProtocolError("this agent keeps no session log", code="no_record")
+            self.record.note(command.text)
         elif self.role == "csr" and self.acting is not None:
             await self._lead_command(command)
         elif self.role == "csr":
@@ -849,10 +927,15 @@ class CustomerSession:
         await asyncio.sleep(0.05)
         await self._link.close()
         self._emit(status.Left(peer=self.me, reason="left"))
+        await self._write_report("left")
         self._done.set_result(0)
 
     async def end(self, reason: str = "ended") -> None:
         if self.acting is not None and self._link is not None:  # we lead since a take-over
+            self._leaving = True  # the customer closing its end is no loss now
+            if self.record is not None:  # the customer's copy gets the end first
+                self.record.write("session_end", {"by": self.me, "reason": reason[:200]})
+                await self.record.settle(1.0)
             self._link.send(ch.End())
             await asyncio.sleep(0.2)
             self._finish(status.Ended(reason=reason), 0)
@@ -906,8 +989,13 @@ class CustomerSession:
         await self.services.close()
 
     def _on_channel(self, name: str, data: str | bytes) -> None:
-        if self.host is not None:
-            self.services.on_channel(self.host, name, data)
+        if self.host is None:
+            return
+        if name == "log":
+            if self.record is not None:
+                self.record.receive(self.host, data)
+            return
+        self.services.on_channel(self.host, name, data)
 
     def _on_message(self, msg: ch.Message) -> None:
         self.announce()
@@ -942,6 +1030,8 @@ class CustomerSession:
         elif isinstance(msg, ch.ControlState) and self.role == "csr":
             self._control = (msg.holder, msg.token)
             self._emit(status.ControlChanged(holder=msg.holder, token=msg.token))
+        elif isinstance(msg, ch.NoteKey) and self.role == "csr" and self.record is not None:
+            self.record.note_key = b64d(msg.key)
 
     # -- direct links between an assistant and the customer, introduced by the primary
 
@@ -979,77 +1069,71 @@ class CustomerSession:
             if self.direct.get(peer) is link:
                 del self.direct[peer]
             if peer == self.host and self._link is link:
-                self._on_lost(why)  # the direct link became the session's link
+                self._link_lost(link, why)  # the direct link became the session's link
+
+        def on_channel(name: str, data: str | bytes) -> None:
+            if name == "log":
+                if self.record is not None:
+                    self.record.receive(peer, data)
+            elif self.role == "customer":
+                self.services.on_channel(peer, name, data)
 
         link = PeerLink(
             on_message=lambda m: self._on_direct_message(peer, m),
             on_lost=on_lost,
-            on_channel=lambda name, data: (
-                self.services.on_channel(peer, name, data) if self.role == "customer" else None
-            ),
+            on_channel=on_channel,
         )
         self.direct[peer] = link
         return link
 
-    # -- failover over the direct link
+    # -- failover: a take-over is the session log's next epoch
 
     def _on_direct_message(self, peer: str, msg: ch.Message) -> None:
-        if isinstance(msg, ch.Takeover) and self.role == "customer":
-            self._vote(peer)
-        elif isinstance(msg, ch.TakeoverVote) and self._vote_wait is not None:
-            if not self._vote_wait.done():
-                self._vote_wait.set_result(msg.granted)
-        elif peer == self.host:
+        if peer == self.host:
             if self.acting is not None and self.acting.on_main(msg):
                 return
             self._on_message(msg)
 
-    def _vote(self, assistant: str) -> None:
-        """Grant a take-over only if we lost the primary too, and only to a CSR."""
-        link = self.direct.get(assistant)
-        if link is None:
-            return
-        granted = self._host_lost_at is not None and assistant in self.services.csrs
-        link.send(ch.TakeoverVote(granted=granted))
-        if not granted:
-            return
-        lost, lost_at = self.host, self._host_lost_at
-        assert lost is not None
-        assert lost_at is not None
+    def _follow(self, assistant: str) -> None:
+        """The customer: the assistant won the epoch (with our vote, so we lost the
+        primary too); it is our CSR from now on."""
+        lost, old = self.host, self._link
+        link = self.direct[assistant]
+        if lost is not None and lost != assistant:
+            self.services.detach(lost)  # grants end, held keys released (if not done yet)
         self.host = assistant
         self._host_name = self._known[assistant].name if assistant in self._known else assistant
         self._link = link
-        self._host_lost_at = None
+        lost_at, self._host_lost_at = self._host_lost_at, None
+        if old is not None and old is not link:
+            self._spawn_direct(old.close())
         self.services.attach(assistant, self._host_name, link, self._session_key)
-        after = int((time.monotonic() - lost_at) * 1000)
-        self._emit(status.Failover(primary=assistant, lost=lost, after_ms=after))
+        after = int((time.monotonic() - lost_at) * 1000) if lost_at is not None else 0
+        self._emit(status.Failover(primary=assistant, lost=lost or "", after_ms=after))
 
-    async def _take_over(self, lost: str, lost_at: float) -> None:
-        """The primary is gone: ask the customer for its vote, then lead."""
+    def _took_over(self) -> None:
+        """An assistant that won the epoch: it serves the customer as the primary did."""
+        lost, lost_at = self.host, self._host_lost_at
         customer, link = next(iter(self.direct.items()))
-        loop = asyncio.get_running_loop()
-        self._vote_wait = loop.create_future()
-        for _ in range(12):  # the customer may notice the loss a little after us
-            link.send(ch.Takeover())
-            try:
-                granted = await asyncio.wait_for(asyncio.shield(self._vote_wait), 0.25)
-            except TimeoutError:
-                continue
-            if granted:
-                break
-            self._vote_wait = loop.create_future()
-            await asyncio.sleep(0.25)
-        else:
-            granted = False
-        if not granted:
-            self._finish(status.Ended(reason="lost the primary CSR; no take-over"), 1)
-            return
+        self._host_lost_at = None
         self.host = customer
         self._link = link
         self.acting = CsrServices(self.me, customer, link, self._emit)
         self._control = None
-        after = int((time.monotonic() - lost_at) * 1000)
-        self._emit(status.Failover(primary=self.me, lost=lost, after_ms=after))
+        after = int((time.monotonic() - lost_at) * 1000) if lost_at is not None else 0
+        self._emit(status.Failover(primary=self.me, lost=lost or "", after_ms=after))
+
+    async def _take_over(self) -> None:
+        """The primary is gone: stand for the log's next epoch until the customer's
+        agent (which must have lost the primary too) votes for us, or give up."""
+        for _ in range(16):
+            if self.acting is not None or self._done.done():
+                return
+            if self.record is None or not self.record.take_over():
+                break
+            await asyncio.sleep(0.25)
+        if self.acting is None:
+            self._finish(status.Ended(reason="lost the primary CSR; no take-over"), 1)
 
     async def _offer_direct(self, customer: str) -> None:
         """An assistant asks the primary to introduce it to the customer."""
@@ -1082,46 +1166,70 @@ class CustomerSession:
                 self._emit(status.Left(peer=pid))
         self._known = now
         self.services.csrs = {p.id for p in msg.participants if p.role == "csr"}
+        if self.role == "customer" and any(p.primary and p.id == self.me for p in now.values()):
+            self._start_record()  # the primary customer holds the log and votes
         if self.role == "csr":  # an assistant: a direct link to the primary customer
             customer = next((p.id for p in msg.participants if p.primary), None)
             if customer is not None and customer not in self.direct:
                 self._spawn_direct(self._offer_direct(customer))
         self._emit(status.RosterChanged(participants=tuple(vars(p) for p in msg.participants)))
 
-    def _on_lost(self, why: str) -> None:
-        if self._leaving:
-            return
+    def _link_lost(self, link: PeerLink, why: str) -> None:
+        if self._leaving or link is not self._link:
+            return  # a link we already left behind (after a take-over)
         if self.direct and self.host is not None and self.host not in self.direct:
             # the primary is gone but we hold a direct link: the session may go on
-            lost, now = self.host, time.monotonic()
+            lost = self.host
+            self._host_lost_at = time.monotonic()
             self._emit(status.Left(peer=lost, reason="lost"))
             if self.role == "customer":
                 self.services.detach(lost)  # grants end, held keys released, at once
-                self._host_lost_at = now
                 self._spawn_direct(self._give_up_after(5.0))
             else:
-                self._spawn_direct(self._take_over(lost, now))
+                self._spawn_direct(self._take_over())
             return
         if self.host is not None and not self._done.done():
             self._emit(status.Left(peer=self.host, reason="lost"))
         self._finish(status.Ended(reason=f"lost the connection to the CSR ({why})"), 1)
 
     def _finish(self, event: status.Status, code: int) -> None:
-        if self._done.done():
+        if self._done.done() or self._finishing:
             return
+        self._finishing = True
         if self.host is not None:  # grants end and held keys are released first
             self.services.detach(self.host)
         self._emit(event)
-        self._done.set_result(code)
-        self._closing = asyncio.ensure_future(self._close_all())
+        self._closing = asyncio.ensure_future(self._close_all(code))
 
-    async def _close_all(self) -> None:
-        await self._stop_services()
-        for link in list(self.direct.values()):
-            await link.close()
-        self.direct.clear()
-        if self._link is not None:
-            await self._link.close()
+    async def _close_all(self, code: int) -> None:
+        try:
+            await self._write_report("ended")
+            await self._stop_services()
+            for link in list(self.direct.values()):
+                await link.close()
+            self.direct.clear()
+            if self._link is not None:
+                await self._link.close()
+        finally:
+            if not self._done.done():
+                self._done.set_result(code)
+
+    async def _write_report(self, reason: str) -> None:
+        """Our copy of the log becomes our activity report too."""
+        record, self.record = self.record, None
+        self.services.record = None
+        if record is None:
+            return
+        paths = await record.finish(reason, end=self.acting is not None)
+        if paths is not None:
+            self._emit(
+                status.ReportWritten(
+                    id=record.session_id,
+                    log=str(record.path),
+                    json=str(paths[0]),
+                    html=str(paths[1]),
+                )
+            )
 
 
 def on_team(key: bytes) -> bool:

@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from agent.protocol.log import Entry
+from agent.store.logstore import LogStore
 from tests.procs import Proc
+
+
+def peerdesk(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PEERDESK_HOME": str(home), "PATH": "/usr/bin:/bin"},
+    )
+
+
+def entries(path: Path) -> list[Entry]:
+    with LogStore(path) as store:
+        return store.load()
 
 
 @pytest.fixture
@@ -247,9 +267,13 @@ def test_transfer_control_to_the_assistant_and_back(procs: list[Proc], tmp_path:
         cust.expect("ended")
         dan.expect("ended")
         written = primary.expect("report")
+        copies = [Path(p.expect("report")["log"]) for p in (dan, cust)]
         assert primary.wait() == 0
         assert cust.wait() == 0
         assert dan.wait() == 0
+        # the log was replicated: the assistant's and the customer's copies are the primary's
+        mine = [e.digest for e in entries(Path(written["log"]))]
+        assert all([e.digest for e in entries(copy)] == mine for copy in copies)
         # the record holds each change of hands, with tokens that only grow
         import json
 
@@ -415,7 +439,48 @@ def test_kill_the_primary_and_the_assistant_carries_on(procs: list[Proc], tmp_pa
         cust.send({"cmd": "chat", "text": "thanks Dan"})
         assert dan.expect("chat", lambda e: e["text"] == "thanks Dan")["from"] == cust_id
 
+        dan.send({"cmd": "note", "text": "primary lost; took over, customer re-granted"})
         dan.send({"cmd": "end"})
         cust.expect("ended")
+        dan_copy = Path(dan.expect("report")["log"])
+        cust_copy = Path(cust.expect("report")["log"])
         assert dan.wait() == 0
         assert cust.wait() == 0
+
+    # both surviving copies verify, and they agree on every entry
+    for copy, home in ((dan_copy, tmp_path / "d"), (cust_copy, tmp_path / "c")):
+        verified = peerdesk(home, "log", "verify", str(copy))
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+    survivors = entries(dan_copy)
+    assert [e.digest for e in survivors] == [e.digest for e in entries(cust_copy)]
+    kinds = [(e.kind, e.author) for e in survivors]
+    assert kinds[0] == ("session_start", session["me"])
+    assert kinds[-1] == ("session_end", dan_id)
+    # the take-over is an epoch of the log, won with the customer's vote
+    (epoch,) = [e for e in survivors if e.kind == "epoch"]
+    assert epoch.author == dan_id and sorted(epoch.body["votes"]) == sorted([dan_id, cust_id])
+    lost = [e for e in survivors if e.kind == "participant" and e.body["action"] == "lost"]
+    assert [e.body["peer"] for e in lost] == [session["me"]]
+    # everyone writes what is theirs: the customer its consent answers and chat lines
+    chats = [(e.author, e.body["text"]) for e in survivors if e.kind == "chat"]
+    assert (session["me"], "one moment please") in chats
+    assert (cust_id, "thanks Dan") in chats
+    assert (dan_id, "Dan here, I have taken over") in chats
+    consents = [e for e in survivors if e.kind == "consent"]
+    assert consents and all(e.author == cust_id for e in consents)
+    # the killed primary's copy (read after kill -9; it may lack its last entries, which
+    # it sends before its own disk has them) agrees with the survivors' wherever both
+    # hold an entry of the primary's epoch
+    before = [e.digest for e in survivors if e.epoch == 0]
+    primary_copy = [e.digest for e in entries(next((tmp_path / "p" / "sessions").glob("*.sqlite")))]
+    common = min(len(before), len(primary_copy))
+    assert common >= 4 and primary_copy[:common] == before[:common]
+    # the note is sealed for the CSRs: the customer's copy holds it unreadable
+    (note,) = [e for e in survivors if e.kind == "note"]
+    assert "sealed" in note.body and "took over" not in json.dumps(note.body)
+    dan_report = json.loads(dan_copy.with_suffix(".json").read_text())
+    cust_report = json.loads(cust_copy.with_suffix(".json").read_text())
+    assert [n["text"] for n in dan_report["notes"]] == [
+        "primary lost; took over, customer re-granted"
+    ]
+    assert [n["text"] for n in cust_report["notes"]] == [None]

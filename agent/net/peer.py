@@ -36,8 +36,9 @@ def rtc_configuration() -> RTCConfiguration:
     return RTCConfiguration(iceServers=[])
 
 
-CHANNELS = {"main": 0, "control": 1, "files": 2}
-"Negotiated data channels, all ordered and reliable: the session wire, input, file bytes."
+CHANNELS = {"main": 0, "control": 1, "files": 2, "log": 3}
+"""Negotiated data channels, all ordered and reliable: the session wire, input, file bytes,
+the replicated session log (``agent.session.log`` messages)."""
 
 
 class PeerLink:

@@ -181,18 +181,13 @@ class Sdp:
 
 
 @dataclass(frozen=True)
-class Takeover:
-    """Assistant to customer, on their direct link: the primary CSR is gone; may I lead?"""
+class NoteKey:
+    """Primary CSR to an admitted assistant (never to a customer): the key that seals
+    the session's notes in the log, which the customer's agent holds a copy of."""
 
-    type: ClassVar[str] = "takeover"
-
-
-@dataclass(frozen=True)
-class TakeoverVote:
-    """Customer to assistant: yes only if the customer lost the primary too."""
-
-    type: ClassVar[str] = "takeover_vote"
-    granted: bool
+    type: ClassVar[str] = "note_key"
+    key: str
+    "32 bytes, unpadded base64url."
 
 
 @dataclass(frozen=True)
@@ -218,8 +213,7 @@ Message: TypeAlias = (
     | Keyframe
     | Transfer
     | Sdp
-    | Takeover
-    | TakeoverVote
+    | NoteKey
 )
 
 
@@ -341,8 +335,7 @@ _TABLE: dict[str, Any] = {
         index=wire.get_int(o, "index", lo=1, hi=MAX_MONITORS)
     ),
     "keyframe": lambda o: Keyframe(),
-    "takeover": lambda o: Takeover(),
-    "takeover_vote": lambda o: TakeoverVote(granted=o.get("granted") is True),
+    "note_key": lambda o: NoteKey(key=wire.b64(wire.get_bytes(o, "key", min_len=32, max_len=32))),
     "sdp": lambda o: Sdp(
         peer=wire.get_str(o, "peer", pattern=PEER_ID_RE),
         kind=wire.get_str(o, "kind", pattern=re.compile(r"offer|answer")),

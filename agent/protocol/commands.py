@@ -14,6 +14,7 @@ from agent.errors import DecodeError, UnknownMessage
 from agent.protocol import wire
 from agent.protocol.channel import MAX_CHAT_CHARS, MAX_RECIPIENTS
 from agent.protocol.handshake import PEER_ID_RE
+from agent.protocol.log import MAX_NOTE_CHARS
 
 MAX_COMMAND_BYTES = 64 * 1024
 
@@ -25,6 +26,14 @@ class ChatCommand:
     cmd: ClassVar[str] = "chat"
     text: str
     to: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class NoteCommand:
+    """``{"cmd":"note","text":...}`` (CSR): a note in the session log, sealed for the CSRs."""
+
+    cmd: ClassVar[str] = "note"
+    text: str
 
 
 @dataclass(frozen=True)
@@ -156,6 +165,7 @@ class TransferCommand:
 
 Command: TypeAlias = (
     ChatCommand
+    | NoteCommand
     | LeaveCommand
     | EndCommand
     | MakePrimaryCommand
@@ -226,6 +236,9 @@ _TABLE: dict[str, Any] = {
     "chat": lambda o: ChatCommand(
         text=wire.get_str(o, "text", max_len=MAX_CHAT_CHARS, allow_empty=False),
         to=wire.get_str_list(o, "to", max_items=MAX_RECIPIENTS, pattern=PEER_ID_RE, optional=True),
+    ),
+    "note": lambda o: NoteCommand(
+        text=wire.get_str(o, "text", max_len=MAX_NOTE_CHARS, allow_empty=False)
     ),
     "leave": lambda o: LeaveCommand(),
     "end": lambda o: EndCommand(),

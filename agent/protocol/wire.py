@@ -111,6 +111,11 @@ def b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
+def b64d(text: str) -> bytes:
+    """Decode unpadded base64url that a decoder here already checked."""
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
 def get_str_list(
     obj: Mapping[str, Any],
     name: str,

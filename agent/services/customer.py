@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent import status
 from agent.errors import DecodeError, LocalProtocolError, PeerDeskError, RemoteProtocolError
@@ -25,6 +25,9 @@ from agent.protocol import channel as ch
 from agent.protocol import control as ctl
 from agent.session.consent import Change, Consent, State
 from agent.session.control import ControlArbiter
+
+if TYPE_CHECKING:
+    from agent.services.record import SessionRecord
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,8 @@ class CustomerServices:
         "Peer ids of the session's CSRs (the primary and admitted assistants)."
         self._viewers: dict[str, PeerLink] = {}
         "csr -> link whose video sender carries the screen now"
+        self.record: SessionRecord | None = None
+        "This agent's copy of the session log (the primary customer holds one)."
 
     # -- links
 
@@ -249,6 +254,8 @@ class CustomerServices:
                 id=change.id, cap=cap, state=change.state.value, peer=csr, reason=change.reason
             )
         )
+        if self.record is not None:
+            self.record.consent(change.id, cap, change.state.value, csr)
         link = self._links.get(csr)
         if link is not None:
             link.send(
@@ -385,6 +392,8 @@ class CustomerServices:
 
         data = await asyncio.to_thread(collect)
         link.send(ch.SysInfo(data=data))
+        if self.record is not None:
+            self.record.sysinfo(data)
 
     def _stop_input(self, releases: list[Any]) -> None:
         """Drop queued input at once, then release what is held."""

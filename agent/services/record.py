@@ -1,32 +1,49 @@
-"""The session's record: what happens goes into the signed session log, and at the end
-into an activity report.
+"""The session's record: the replicated, signed session log on this agent, and the
+activity report it becomes.
 
-Today the primary CSR's agent is the log's only voter and sequencer: every entry is
-signed, hash-chained and made durable in SQLite (``agent.store``) before it counts,
-and ``peerdesk log verify`` checks the file offline. Replicating it to assistants
-and the customer (``agent.session.log`` already does it, tested over a faulty
-network) is the next step; until then entries only another participant may author
-(a customer's chat lines, consent answers and system information) are left out.
-Status values are mapped to entries in one place, ``observe``; a value that does not
-fit the log's strict schema is logged and left out, never allowed to stop the session.
+Every agent that holds the log has one ``SessionRecord``: the primary CSR (which
+sequences it from ``session_start``), each admitted assistant CSR and the primary
+customer (which follow it and vote). The glue is thin: ``agent.session.log`` decides,
+this module feeds it the ``log`` channel's messages (``receive``), hands what it
+sends to ``send(peer, text)`` (the runtime knows which link reaches whom), performs
+its disk writes in order off the event loop (``agent.store``: an entry is durable
+before it is acknowledged), runs its timer, and turns its events into calls on the
+runtime (``on_epoch``) and into status values.
+
+What happens is written by whoever may author it (``agent.session.logstate``):
+CSRs write participants, control changes, file records, their own chat lines and
+notes; the customer's agent writes its consent answers, the system information it
+sent and its own chat lines. Status values are mapped to entries in one place,
+``observe``; a value that does not fit the log's strict schema is logged and left out,
+never allowed to stop the session.
+
+Notes are sealed (ChaCha20-Poly1305) with a key only CSRs have: the customer's agent
+keeps and replicates them without being able to read them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import logging
+import secrets
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from agent import status
 from agent.errors import PeerDeskError
 from agent.identity import Identity
-from agent.session.log import SessionLog
+from agent.protocol import log as lw
+from agent.session.log import Committed, EpochChanged, Refused, SessionLog, Truncated
 from agent.store.logstore import LogStore, session_db_path
 
 log = logging.getLogger(__name__)
+
+Send = Callable[[str, str], None]
+"Send a log message (JSON text) to a peer's ``log`` channel; dropped if no link reaches it."
 
 
 def _plain(value: Any) -> Any:
@@ -41,92 +58,155 @@ def _plain(value: Any) -> Any:
 
 
 class SessionRecord:
-    """The primary CSR's log of one session, and its reports."""
+    """This agent's copy of one session's log, its part in replicating it, and its reports.
 
-    def __init__(self, me: Identity, room: str) -> None:
+    ``primary``: the primary CSR's peer id when this agent follows (an assistant or
+    the customer); None when this agent is the primary and starts the log.
+    """
+
+    def __init__(
+        self,
+        me: Identity,
+        room: str,
+        *,
+        send: Send,
+        emit: Callable[[status.Status], None],
+        primary: str | None = None,
+        role: str = "csr",
+        on_epoch: Callable[[int, str], None] | None = None,
+    ) -> None:
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S")
-        self.session_id = f"{stamp}-{room}"
+        suffix = "" if primary is None else f"-{'assistant' if role == 'csr' else role}"
+        self.session_id = f"{stamp}-{room}{suffix}"
         self.me = me.peer_id
+        self.role = role
+        self._send = send
+        self._emit = emit
+        self._on_epoch = on_epoch
+        self.note_key: bytes | None = secrets.token_bytes(32) if primary is None else None
+        "The key that seals notes: made by the primary, given to assistants, never to customers."
         self.path = session_db_path(self.session_id)
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._store = LogStore(self.path)
+        self._store: LogStore | None = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._store = LogStore(self.path)
+        except (PeerDeskError, OSError) as exc:
+            # Replication and take-over still work from memory; only the record is lost.
+            log.warning("the session log cannot be kept on disk: %s", exc)
+            emit(
+                status.Error(
+                    reason=f"this session's log is kept in memory only: {exc}", code="no_record"
+                )
+            )
         now = time.monotonic()
         self.core = SessionLog(
-            self.me, me.key, voters={self.me}, sequencer=self.me, epoch=0, now=now, solo=True
+            self.me,
+            me.key,
+            voters={primary or self.me},
+            sequencer=primary or self.me,
+            epoch=0,
+            now=now,
+            auto_elect=False,
         )
-        self.core.start(room, me.name, now)
+        if primary is None:
+            self.core.start(room, me.name, now)
         self._people: dict[str, tuple[str, str, bool]] = {}
         self._wake = asyncio.Event()
-        self._writer = asyncio.ensure_future(self._persist_loop())
+        self._committed = asyncio.Event()
+        self._closed = False
+        self._tasks = [
+            asyncio.ensure_future(self._persist_loop()),
+            asyncio.ensure_future(self._timer_loop()),
+        ]
         self._wake.set()
+
+    # -- the network
+
+    def receive(self, peer: str, data: str | bytes) -> None:
+        """A message from ``peer``'s ``log`` channel (``peer`` as its join proved it)."""
+        if self._closed:
+            return
+        self.core.receive(peer, data, time.monotonic())
+        self._pump()
+
+    def sync(self) -> None:
+        """Ask the sequencer for the log so far (a joiner, once its link is open)."""
+        if not self._closed:
+            self.core.request_sync(time.monotonic())
+            self._pump()
+
+    def take_over(self) -> bool:
+        """The primary is gone: stand for sequencer of the next epoch (the voters
+        grant it only if they lost the primary too). False when this agent cannot."""
+        if self._closed:
+            return False
+        try:
+            self.core.start_election(time.monotonic())
+        except PeerDeskError as exc:
+            log.info("cannot stand for the session log: %s", exc.message)
+            return False
+        self._pump()
+        return True
+
+    @property
+    def leads(self) -> bool:
+        """Whether this agent sequences the log now."""
+        return self.core.sequencer == self.me
 
     # -- writing
 
     def write(self, kind: str, body: dict[str, Any]) -> None:
+        """Append (as sequencer) or propose an entry; what the policy refuses is logged."""
+        if self._closed:
+            return
         try:
             self.core.propose(kind, _plain(body), time.monotonic())
         except PeerDeskError as exc:
-            # Entries another participant must author (a customer's chat, consent and
-            # system information) wait for the log to be replicated to them.
-            quiet = exc.code in ("not_allowed", "wrong_author")
+            quiet = exc.code in ("not_allowed", "wrong_author", "session_ended")
             (log.debug if quiet else log.warning)(
                 "left out of the session log (%s): %s", kind, exc.message
             )
             return
-        self._wake.set()
+        self._pump()
+
+    def chat(self, name: str, text: str, to: tuple[str, ...] | None) -> None:
+        """Our own chat line."""
+        self.write(
+            "chat", {"from": self.me, "name": name, "text": text, "to": list(to) if to else None}
+        )
+
+    def note(self, text: str) -> None:
+        """A CSR's note, sealed for the CSRs."""
+        if self.note_key is None:
+            raise PeerDeskError("only a CSR of this session can write notes", code="not_allowed")
+        try:
+            sealed = lw.seal_note(self.note_key, text)
+        except ValueError as exc:
+            raise PeerDeskError(str(exc), code="bad_note") from None
+        self.write("note", {"sealed": sealed, "by": self.me})
 
     def observe(self, event: status.Status) -> None:
-        """Record what a status value says happened."""
-        if isinstance(event, status.Joined):
-            role = "customer" if event.role == "customer" else "assistant"
+        """Record what a status value of this agent says happened (CSR side)."""
+        if self.role != "csr":
+            return
+        if isinstance(event, status.Joined) and event.peer != self.me:
+            if event.role == "customer":
+                role = "customer"
+            else:  # the primary CSR, as an assistant sees it, or an admitted assistant
+                role = "csr" if event.primary else "assistant"
             self._people[event.peer] = (event.name, role, event.primary)
-            self.write(
-                "participant",
-                {
-                    "peer": event.peer,
-                    "name": event.name,
-                    "role": role,
-                    "primary": event.primary,
-                    "action": "joined",
-                },
-            )
+            if self.leads:  # followers learn participants from the log itself
+                self._participant(event.peer, event.name, role, event.primary, "joined")
         elif isinstance(event, status.Left) and event.peer in self._people:
             name, role, primary = self._people[event.peer]
             action = "left" if event.reason == "left" else "lost"
-            self.write(
-                "participant",
-                {
-                    "peer": event.peer,
-                    "name": name,
-                    "role": role,
-                    "primary": primary,
-                    "action": action,
-                },
-            )
-        elif isinstance(event, status.ChatReceived) and not event.history:
-            self.write(
-                "chat",
-                {
-                    "from": event.from_,
-                    "name": event.name,
-                    "text": event.text,
-                    "to": list(event.to) if event.to else None,
-                },
-            )
-        elif isinstance(event, status.ConsentChanged):
-            self.write(
-                "consent",
-                {
-                    "id": event.id,
-                    "cap": event.cap,
-                    "state": event.state,
-                    "csr": self.me,
-                    "customer": event.peer,
-                },
-            )
-        elif isinstance(event, status.ControlChanged):
+            if self.leads or action == "lost":
+                self._participant(event.peer, name, role, primary, action)
+        elif isinstance(event, status.ControlChanged) and self.leads:
             # the log's own token (of the entry this one replaces), which only grows
             current = self.core.state.control
+            if current is not None and current.holder == event.holder:
+                return
             token = list(current.token) if current is not None else [0, 0]
             self.write("control", {"holder": event.holder, "token": token, "by": self.me})
         elif isinstance(event, status.FileProgress) and event.state in ("done", "failed"):
@@ -143,32 +223,73 @@ class SessionRecord:
                     "state": event.state,
                 },
             )
-        elif isinstance(event, status.SysInfoReceived):
-            self.write("sysinfo", {"customer": event.peer, "data": event.data})
 
-    def chat(self, name: str, text: str, to: tuple[str, ...] | None) -> None:
+    def _participant(self, peer: str, name: str, role: str, primary: bool, action: str) -> None:
         self.write(
-            "chat", {"from": self.me, "name": name, "text": text, "to": list(to) if to else None}
+            "participant",
+            {"peer": peer, "name": name, "role": role, "primary": primary, "action": action},
         )
+
+    def consent(self, id: str, cap: str, state: str, csr: str) -> None:
+        """The customer's answer (customer side)."""
+        self.write(
+            "consent", {"id": id, "cap": cap, "state": state, "csr": csr, "customer": self.me}
+        )
+
+    def sysinfo(self, data: Mapping[str, Any]) -> None:
+        """What the customer's agent sent as system information (customer side)."""
+        self.write("sysinfo", {"customer": self.me, "data": dict(data)})
 
     # -- the end
 
-    async def finish(self, reason: str) -> tuple[Path, Path] | None:
-        """Close the log with ``session_end`` and write the JSON and HTML reports."""
+    async def settle(self, within: float = 1.0) -> None:
+        """Wait (bounded) until every entry we hold is committed."""
+        deadline = time.monotonic() + within
+        while self.core.committed_seq < len(self.core.entries) - 1:
+            self._committed.clear()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._committed.wait(), left)
+
+    async def finish(self, reason: str, *, end: bool) -> tuple[Path, Path] | None:
+        """Close the log (with ``session_end`` when ``end``), write the JSON and HTML
+        reports and stop; returns their paths."""
         from agent import report
 
-        self.write("session_end", {"by": self.me, "reason": reason[:200]})
+        if end and not self.core.state.ended:
+            self.write("session_end", {"by": self.me, "reason": reason[:200]})
+            await self.settle(1.0)
         await self._flush()
-        self._writer.cancel()
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
         entries = [e.to_obj() for e in self.core.entries]
+        if self._store is None:
+            return None
         await asyncio.to_thread(self._store.close)
+        key = self.note_key
+        opener = None if key is None else (lambda e: lw.open_note(key, e["body"]["sealed"]))
         try:
             return await asyncio.to_thread(
-                report.write_reports, entries, self.path.parent, session_id=self.session_id
+                report.write_reports,
+                entries,
+                self.path.parent,
+                session_id=self.session_id,
+                open_note=opener,
             )
         except (PeerDeskError, OSError) as exc:
             log.warning("could not write the session report: %s", exc)
             return None
+
+    async def close(self) -> None:
+        """Stop without a report (the session failed before it began)."""
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        if self._store is not None:
+            await asyncio.to_thread(self._store.close)
 
     async def _flush(self, within: float = 5.0) -> None:
         deadline = time.monotonic() + within
@@ -179,6 +300,35 @@ class SessionRecord:
                 return
             await asyncio.sleep(0.01)
 
+    # -- the glue loop
+
+    def _pump(self) -> None:
+        for peer, text in self.core.messages_to_send():
+            self._send(peer, text)
+        while (event := self.core.next_event()) is not None:
+            if isinstance(event, Committed):
+                self._committed.set()
+            elif isinstance(event, EpochChanged):
+                if self._on_epoch is not None:
+                    self._on_epoch(event.epoch, event.sequencer)
+            elif isinstance(event, Refused):
+                self._refused(event)
+            elif isinstance(event, Truncated):
+                log.info("session log: dropped a diverged tail from seq %d", event.from_seq)
+        self._wake.set()
+
+    def _refused(self, event: Refused) -> None:
+        if event.peer is None:  # our own proposal: the policy said no
+            log.debug("left out of the session log: %s", event.detail)
+            return
+        log.warning("session log: refused from %s: %s (%s)", event.peer, event.detail, event.reason)
+        self._emit(
+            status.Error(
+                reason=f"the session log refused an entry from {event.peer}: {event.detail}",
+                code="log_refused",
+            )
+        )
+
     async def _persist_loop(self) -> None:
         """Entries reach the disk off the event loop, in order, before they count."""
         while True:
@@ -186,8 +336,26 @@ class SessionRecord:
             self._wake.clear()
             while requests := self.core.persist_requests():
                 for request in requests:
-                    await asyncio.to_thread(self._store.apply, request)
+                    if self._store is not None:
+                        try:
+                            await asyncio.to_thread(self._store.apply, request)
+                        except (PeerDeskError, OSError) as exc:
+                            log.error("the session log could not be written: %s", exc)
+                            self._emit(
+                                status.Error(
+                                    reason=f"the session log could not be written: {exc}",
+                                    code="no_record",
+                                )
+                            )
+                            self._store = None
                     self.core.persisted(request.id, time.monotonic())
-            while self.core.next_event() is not None:
-                pass
-            self.core.messages_to_send()  # nobody else holds the log yet
+                    self._pump()
+
+    async def _timer_loop(self) -> None:
+        """Heartbeats and retries, when the core says."""
+        while True:
+            deadline = self.core.get_timer()
+            delay = 0.2 if deadline is None else min(max(deadline - time.monotonic(), 0.0), 0.2)
+            await asyncio.sleep(delay)
+            self.core.handle_timer(time.monotonic())
+            self._pump()

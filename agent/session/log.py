@@ -219,6 +219,12 @@ class SessionLog:
     nothing is sent, and after a restart it goes on sequencing its epoch (safe only
     because no one else holds entries of it). The log it writes is the same and
     verifies the same; replication can start from it later.
+
+    ``auto_elect``: stand for election on the core's own timer after ``election_timeout``
+    of silence from the sequencer (Raft's way). The runtime passes False and calls
+    ``start_election`` itself when its link to the primary is lost, so a busy primary
+    that is merely slow for a second is never deposed; voters still check that they
+    lost the sequencer too (pre-vote).
     """
 
     def __init__(
@@ -240,6 +246,7 @@ class SessionLog:
         propose_retry: float = PROPOSE_RETRY,
         rng: random.Random | None = None,
         solo: bool = False,
+        auto_elect: bool = True,
     ) -> None:
         if peer_id(lw.public_bytes(key)) != me:
             raise LocalProtocolError("the log's own id must be the peer id of its key")
@@ -261,6 +268,7 @@ class SessionLog:
         self._propose_retry = propose_retry
         self._rng = rng or random.Random()  # noqa: S311 - timer jitter, not secrets
         self._solo = solo
+        self._auto_elect = auto_elect
 
         self._epoch = max(epoch, self._state.epoch, vote.epoch if vote else 0)
         self._voted_for = vote.voted_for if vote and vote.epoch == self._epoch else None
@@ -376,7 +384,7 @@ class SessionLog:
         if self.role is Role.SEQUENCER:
             if not self._solo:
                 deadlines.append(self._heartbeat_at)
-        elif self._can_stand():
+        elif self._auto_elect and self._can_stand():
             deadlines.append(self._election_at)
         if self._pending:
             deadlines.append(min(p.sent for p in self._pending.values()) + self._propose_retry)
@@ -442,7 +450,7 @@ class SessionLog:
             if now >= self._heartbeat_at:
                 self._send_heartbeat()
                 self._heartbeat_at = now + self._heartbeat
-        elif self._can_stand() and now >= self._election_at:
+        elif self._auto_elect and self._can_stand() and now >= self._election_at:
             self._campaign(now, transfer=False)
         for pending in self._pending.values():
             if now >= pending.sent + self._propose_retry:
