@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -668,7 +669,12 @@ class CustomerSession:
         self._leaving = False
         self.direct: dict[str, PeerLink] = {}
         self.acting: CsrServices | None = None
-        "An assistant that took over: its services towards the customer."
+        """An assistant's services towards the primary customer over their direct link
+        (view, system information; everything once it leads)."""
+        self.leading = False
+        "An assistant that took over after the primary was lost."
+        self._direct_track: Any = None
+        self._early_offer: ch.Sdp | None = None
         self._host_lost_at: float | None = None
         self.record: SessionRecord | None = None
         "This agent's copy of the session log (assistants and the primary customer)."
@@ -871,7 +877,7 @@ class CustomerSession:
         assert self._link is not None
         if self.record is not None:
             self.record.chat(self.identity.name, text, to)
-        if self.acting is not None:  # we lead now: our lines are ours, not relayed
+        if self.leading:  # we lead now: our lines are ours, not relayed
             self._link.send(ch.Chat(text=text, to=None, sender=self.me, name=self.identity.name))
             return
         self._link.send(ch.Chat(text=text, to=to))
@@ -891,9 +897,9 @@ class CustomerSession:
             if self.record is None:
                 raise LocalProtocolError("this agent keeps no session log", code="no_record")
             self.record.note(command.text)
-        elif self.role == "csr" and self.acting is not None:
+        elif self.role == "csr" and self.leading:
             await self._lead_command(command)
-        elif self.role == "csr":
+        elif self.role == "csr" and not await self._view_command(command):
             self._assistant_command(command)
         elif isinstance(command, cmds.AnswerCommand):
             self.services.answer(command.id, command.grant, command.dir)
@@ -931,7 +937,7 @@ class CustomerSession:
         self._done.set_result(0)
 
     async def end(self, reason: str = "ended") -> None:
-        if self.acting is not None and self._link is not None:  # we lead since a take-over
+        if self.leading and self._link is not None:  # we lead since a take-over
             self._leaving = True  # the customer closing its end is no loss now
             if self.record is not None:  # the customer's copy gets the end first
                 self.record.write("session_end", {"by": self.me, "reason": reason[:200]})
@@ -953,12 +959,35 @@ class CustomerSession:
             acting.request(command.cap)
         elif isinstance(command, cmds.InputCommand):
             acting.input(command)
-        elif isinstance(command, cmds.SimpleCommand) and command.name == "sysinfo":
-            acting.request("sysinfo")
-        else:
+        elif not await self._view_command(command):
             raise LocalProtocolError(
                 f'"{command.cmd}" is not available after a take-over yet', code="not_available"
             )
+
+    async def _view_command(self, command: cmds.Command) -> bool:
+        """What an assistant asks of the customer itself, over their direct link: the
+        screen and system information (the customer grants them to it by name)."""
+        acting = self.acting
+        if acting is None:
+            if isinstance(command, cmds.RequestCommand | cmds.SnapshotCommand | cmds.SimpleCommand):
+                raise LocalProtocolError(
+                    "no direct link with the customer yet", code="no_direct_link"
+                )
+            return False
+        if isinstance(command, cmds.RequestCommand) and command.cap in ("view", "sysinfo"):
+            acting.request(command.cap)
+        elif isinstance(command, cmds.SnapshotCommand):
+            self._emit(await acting.snapshot(command.path))
+        elif isinstance(command, cmds.SimpleCommand):
+            if command.name == "keyframe":
+                acting.keyframe()
+            else:
+                acting.request("sysinfo" if command.name == "sysinfo" else "view")
+        elif isinstance(command, cmds.MonitorCommand):
+            acting.select_monitor(command.index)
+        else:
+            return False
+        return True
 
     def _assistant_command(self, command: cmds.Command) -> None:
         """An assistant CSR: input while it holds control, and passing control on."""
@@ -984,6 +1013,8 @@ class CustomerSession:
     async def _stop_services(self) -> None:
         if self._tick_task is not None:
             self._tick_task.cancel()
+        if self.acting is not None:
+            await self.acting.close()
         if self.host is not None:
             self.services.detach(self.host)
         await self.services.close()
@@ -1041,24 +1072,48 @@ class CustomerSession:
         task.add_done_callback(self._direct_tasks.discard)
 
     async def _on_sdp(self, msg: ch.Sdp) -> None:
+        if msg.kind == "offer" and self.role == "csr" and msg.peer not in self._known:
+            self._early_offer = msg  # the customer's offer came before our roster
+            return
         try:
-            if msg.kind == "offer" and self.role == "customer" and msg.peer in self.services.csrs:
+            if msg.kind == "offer" and self.role == "csr" and self._is_primary_customer(msg.peer):
                 link = self._direct_link(msg.peer)
                 answer = await link.answer(msg.sdp)
                 assert self._link is not None
                 self._link.send(ch.Sdp(peer=msg.peer, kind="answer", sdp=answer))
-            elif msg.kind == "answer" and self.role == "csr" and msg.peer in self.direct:
+            elif msg.kind == "answer" and self.role == "customer" and msg.peer in self.direct:
                 await self.direct[msg.peer].complete(msg.sdp)
             else:
                 return
             link = self.direct[msg.peer]
             await asyncio.wait_for(asyncio.shield(link.opened), CHANNEL_OPEN_TIMEOUT)
-            self._emit(status.DirectLink(peer=msg.peer))
+            self._direct_opened(msg.peer, link)
         except (PeerDeskError, TimeoutError) as exc:
             log.info("no direct link with %s: %s", msg.peer, exc)
             gone = self.direct.pop(msg.peer, None)
             if gone is not None:
                 await gone.close()
+
+    def _is_primary_customer(self, peer: str) -> bool:
+        person = self._known.get(peer)
+        return person is not None and person.role == "customer" and person.primary
+
+    def _direct_opened(self, peer: str, link: PeerLink) -> None:
+        if self.role == "customer":  # the assistant may ask us for the screen itself
+            name = self._known[peer].name if peer in self._known else peer
+            self.services.attach(peer, name, link, secrets.token_bytes(32))
+        else:
+            self.acting = CsrServices(self.me, peer, link, self._emit)
+            if self._direct_track is not None:
+                self.acting.on_track(self._direct_track)
+                self._direct_track = None
+        self._emit(status.DirectLink(peer=peer))
+
+    def _on_direct_track(self, track: Any) -> None:
+        if self.acting is not None:
+            self.acting.on_track(track)
+        else:  # the track comes with the answer, before the channels open
+            self._direct_track = track
 
     def _direct_link(self, peer: str) -> PeerLink:
         old = self.direct.pop(peer, None)
@@ -1078,10 +1133,13 @@ class CustomerSession:
             elif self.role == "customer":
                 self.services.on_channel(peer, name, data)
 
+        customer = self.role == "customer"
         link = PeerLink(
             on_message=lambda m: self._on_direct_message(peer, m),
             on_lost=on_lost,
             on_channel=on_channel,
+            screen_codec=self.services.options.video_codec if customer else None,
+            on_track=None if customer else self._on_direct_track,
         )
         self.direct[peer] = link
         return link
@@ -1089,9 +1147,15 @@ class CustomerSession:
     # -- failover: a take-over is the session log's next epoch
 
     def _on_direct_message(self, peer: str, msg: ch.Message) -> None:
-        if peer == self.host:
-            if self.acting is not None and self.acting.on_main(msg):
+        if self.role == "customer":
+            if self.services.on_main(peer, msg):  # the assistant's own requests
                 return
+        elif self.acting is not None:
+            if isinstance(msg, ch.ControlState):
+                self._control = (msg.holder, msg.token)
+            if self.acting.on_main(msg):
+                return
+        if peer == self.host:
             self._on_message(msg)
 
     def _follow(self, assistant: str) -> None:
@@ -1107,7 +1171,8 @@ class CustomerSession:
         lost_at, self._host_lost_at = self._host_lost_at, None
         if old is not None and old is not link:
             self._spawn_direct(old.close())
-        self.services.attach(assistant, self._host_name, link, self._session_key)
+        if not self.services.attached(assistant):  # it is, since the direct link opened
+            self.services.attach(assistant, self._host_name, link, secrets.token_bytes(32))
         after = int((time.monotonic() - lost_at) * 1000) if lost_at is not None else 0
         self._emit(status.Failover(primary=assistant, lost=lost or "", after_ms=after))
 
@@ -1118,7 +1183,10 @@ class CustomerSession:
         self._host_lost_at = None
         self.host = customer
         self._link = link
-        self.acting = CsrServices(self.me, customer, link, self._emit)
+        self.leading = True
+        if self.acting is None:
+            self.acting = CsrServices(self.me, customer, link, self._emit)
+        self.acting.token = None
         self._control = None
         after = int((time.monotonic() - lost_at) * 1000) if lost_at is not None else 0
         self._emit(status.Failover(primary=self.me, lost=lost or "", after_ms=after))
@@ -1127,20 +1195,21 @@ class CustomerSession:
         """The primary is gone: stand for the log's next epoch until the customer's
         agent (which must have lost the primary too) votes for us, or give up."""
         for _ in range(16):
-            if self.acting is not None or self._done.done():
+            if self.leading or self._done.done():
                 return
             if self.record is None or not self.record.take_over():
                 break
             await asyncio.sleep(0.25)
-        if self.acting is None:
+        if not self.leading:
             self._finish(status.Ended(reason="lost the primary CSR; no take-over"), 1)
 
-    async def _offer_direct(self, customer: str) -> None:
-        """An assistant asks the primary to introduce it to the customer."""
-        link = self._direct_link(customer)
+    async def _offer_direct(self, assistant: str) -> None:
+        """The primary customer asks the primary CSR to introduce it to an assistant
+        (the customer offers: its offer carries the screen line, as on its main link)."""
+        link = self._direct_link(assistant)
         offer = await link.offer()
         if self._link is not None:
-            self._link.send(ch.Sdp(peer=customer, kind="offer", sdp=offer))
+            self._link.send(ch.Sdp(peer=assistant, kind="offer", sdp=offer))
 
     async def _give_up_after(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
@@ -1164,14 +1233,21 @@ class CustomerSession:
         for pid in self._known:
             if pid not in now:
                 self._emit(status.Left(peer=pid))
+                gone = self.direct.pop(pid, None) if pid != self.host else None
+                if gone is not None:  # an assistant left: its direct link and grants end
+                    if self.role == "customer":
+                        self.services.detach(pid, release=False)
+                    self._spawn_direct(gone.close())
         self._known = now
         self.services.csrs = {p.id for p in msg.participants if p.role == "csr"}
         if self.role == "customer" and any(p.primary and p.id == self.me for p in now.values()):
             self._start_record()  # the primary customer holds the log and votes
-        if self.role == "csr":  # an assistant: a direct link to the primary customer
-            customer = next((p.id for p in msg.participants if p.primary), None)
-            if customer is not None and customer not in self.direct:
-                self._spawn_direct(self._offer_direct(customer))
+            for person in msg.participants:  # a direct link to each assistant
+                if person.role == "csr" and person.id != self.host and person.id not in self.direct:
+                    self._spawn_direct(self._offer_direct(person.id))
+        early, self._early_offer = self._early_offer, None
+        if early is not None and self._is_primary_customer(early.peer):
+            self._spawn_direct(self._on_sdp(early))
         self._emit(status.RosterChanged(participants=tuple(vars(p) for p in msg.participants)))
 
     def _link_lost(self, link: PeerLink, why: str) -> None:
@@ -1220,7 +1296,7 @@ class CustomerSession:
         self.services.record = None
         if record is None:
             return
-        paths = await record.finish(reason, end=self.acting is not None)
+        paths = await record.finish(reason, end=self.leading)
         if paths is not None:
             self._emit(
                 status.ReportWritten(

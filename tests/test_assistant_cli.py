@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +24,21 @@ def peerdesk(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
         timeout=30,
         env={"PEERDESK_HOME": str(home), "PATH": "/usr/bin:/bin"},
     )
+
+
+def shows(csr: Proc, path: Path, rgb: tuple[int, int, int], tries: int = 20) -> bool:
+    """Whether the CSR's snapshot shows ``rgb`` (within codec loss)."""
+    from PIL import Image
+
+    got: tuple[int, ...] = ()
+    for _ in range(tries):
+        csr.send({"cmd": "snapshot", "path": str(path)})
+        csr.expect("snapshot", timeout=20)
+        got = Image.open(path).convert("RGB").getpixel((200, 200))  # not under the pointer
+        if all(abs(a - b) <= 24 for a, b in zip(got, rgb, strict=True)):
+            return True
+        time.sleep(0.25)
+    raise AssertionError(f"the snapshot shows {got}, not {rgb}")
 
 
 def entries(path: Path) -> list[Entry]:
@@ -357,6 +373,7 @@ def test_kill_the_primary_and_the_assistant_carries_on(procs: list[Proc], tmp_pa
     """kill -9 the primary mid-chat: the assistant takes over with the customer's vote
     over their direct link; control is released until granted again."""
 
+    from agent.capture.xvfb import Canvas
     from tests.desktop import wait_pointer, xvfb
 
     with xvfb(1280, 800) as display:
@@ -408,6 +425,17 @@ def test_kill_the_primary_and_the_assistant_carries_on(procs: list[Proc], tmp_pa
         dan.expect("direct")
         cust.expect("direct")
 
+        # the assistant sees the screen over its direct link, granted to it by name
+        canvas = Canvas(display)
+        canvas.fill(0, 0, 1280, 800, (30, 180, 40))
+        canvas.sync()
+        dan.send({"cmd": "request", "cap": "view"})
+        asked = cust.expect("request", lambda e: e["cap"] == "view")
+        assert asked["from"] == dan_id and asked["name"] == "Dan"
+        cust.send({"cmd": "grant", "id": asked["id"]})
+        dan.expect("consent", lambda e: e["cap"] == "view" and e["state"] == "granted")
+        assert shows(dan, tmp_path / "before.png", (30, 180, 40))
+
         # control granted to the primary, then the primary dies mid-chat
         primary.send({"cmd": "request", "cap": "control"})
         prompt = cust.expect("request")
@@ -428,9 +456,17 @@ def test_kill_the_primary_and_the_assistant_carries_on(procs: list[Proc], tmp_pa
         dan.send({"cmd": "request", "cap": "control"})
         again = cust.expect("request", lambda e: e["from"] == dan_id)
         cust.send({"cmd": "grant", "id": again["id"]})
-        dan.expect("control", lambda e: e["holder"] == dan_id)
+        regained = dan.expect("control", lambda e: e["holder"] == dan_id)
+        assert regained["token"][0] == 1  # tokens of the new epoch outrank every older one
         dan.send({"cmd": "click", "x": 0.25, "y": 0.5})
         assert wait_pointer(display, (320, 400)) == (320, 400)
+
+        # the screen goes on too: the view was granted to the assistant itself
+        canvas.fill(0, 0, 1280, 800, (40, 60, 220))
+        canvas.sync()
+        dan.send({"cmd": "keyframe"})
+        assert shows(dan, tmp_path / "after.png", (40, 60, 220))
+        canvas.close()
 
         # the conversation goes on between the assistant and the customer
         dan.send({"cmd": "chat", "text": "Dan here, I have taken over"})

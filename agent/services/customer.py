@@ -60,6 +60,7 @@ class CustomerServices:
         self._links: dict[str, PeerLink] = {}
         self._names: dict[str, str] = {}
         self._token_seq = 0
+        self._token_epoch = 0
         self._injector: Any = None
         self._monitor_index = options.monitor
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -86,6 +87,9 @@ class CustomerServices:
             csr, link, session_key, self.download_dir, _CustomerFilePolicy(self, csr), self._emit
         )
 
+    def attached(self, csr: str) -> bool:
+        return csr in self._links
+
     @property
     def download_dir(self) -> Path:
         return self.options.download_dir or default_download_dir()
@@ -93,10 +97,16 @@ class CustomerServices:
     def share_dir(self, csr: str) -> Path:
         return self._share_dirs.get(csr) or self.options.share_dir or self.download_dir
 
-    def detach(self, csr: str) -> None:
-        """A CSR left or was lost: its grants end at once, held keys are released."""
-        if self.arbiter.holder is not None:  # relayed input cannot arrive without it either
-            self._stop_input(self.arbiter.holder_lost(self.arbiter.holder))
+    def detach(self, csr: str, *, release: bool = True) -> None:
+        """A CSR left or was lost: its grants end at once, held keys are released.
+
+        ``release``: this CSR's link also carried others' input (the primary relays
+        the assistants'), so whoever holds control loses it too. Without it, only
+        control held by ``csr`` itself ends.
+        """
+        holder = self.arbiter.holder
+        if holder is not None and (release or holder == csr):
+            self._stop_input(self.arbiter.holder_lost(holder))
         self.consent.csr_left(csr)
         self._pump()
         self._links.pop(csr, None)
@@ -183,8 +193,7 @@ class CustomerServices:
             raise RemoteProtocolError("control is not granted", code="no_grant")
         if to != host and not self.is_csr(to):
             raise RemoteProtocolError(f"{to} is not a CSR in this session", code="no_such_peer")
-        self._token_seq += 1
-        self._stop_input(self.arbiter.transfer(to, (0, self._token_seq)))
+        self._stop_input(self.arbiter.transfer(to, self._next_token()))
         self._announce_control()
 
     # -- the customer's own commands
@@ -320,14 +329,25 @@ class CustomerServices:
                 self._emit(status.Error(reason=exc.message, code=exc.code))
                 self.consent.revoke("control")
                 return
-        self._token_seq += 1
-        self._inject(self.arbiter.transfer(csr, (0, self._token_seq)))
+        self._inject(self.arbiter.transfer(csr, self._next_token()))
         self.arbiter.grant()
         self._announce_control()
 
+    def _epoch(self) -> int:
+        return self.record.core.epoch if self.record is not None else 0
+
+    def _next_token(self) -> tuple[int, int]:
+        """A control token (epoch, seq): the session log's epoch, so every token issued
+        after a take-over is newer than any issued before it, and a counter within it."""
+        epoch = self._epoch()
+        if epoch != self._token_epoch:
+            self._token_epoch, self._token_seq = epoch, 0
+        self._token_seq += 1
+        return (epoch, self._token_seq)
+
     def _announce_control(self) -> None:
         holder = self.arbiter.holder
-        token = self.arbiter.token or (0, self._token_seq)
+        token = self.arbiter.token or (self._epoch(), self._token_seq)
         self._emit(status.ControlChanged(holder=holder, token=token))
         for link in self._links.values():
             link.send(ch.ControlState(holder=holder, token=token))
