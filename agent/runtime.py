@@ -899,7 +899,7 @@ class CustomerSession:
             self.record.note(command.text)
         elif self.role == "csr" and self.leading:
             await self._lead_command(command)
-        elif self.role == "csr" and not await self._view_command(command):
+        elif self.role == "csr" and not await self._direct_command(command):
             self._assistant_command(command)
         elif isinstance(command, cmds.AnswerCommand):
             self.services.answer(command.id, command.grant, command.dir)
@@ -959,23 +959,30 @@ class CustomerSession:
             acting.request(command.cap)
         elif isinstance(command, cmds.InputCommand):
             acting.input(command)
-        elif not await self._view_command(command):
+        elif not await self._direct_command(command):
             raise LocalProtocolError(
                 f'"{command.cmd}" is not available after a take-over yet', code="not_available"
             )
 
-    async def _view_command(self, command: cmds.Command) -> bool:
+    def _dest(self, dest: str | None) -> Path:
+        return Path(dest).expanduser() if dest else self.services.download_dir
+
+    async def _direct_command(self, command: cmds.Command) -> bool:
         """What an assistant asks of the customer itself, over their direct link: the
-        screen and system information (the customer grants them to it by name)."""
+        screen, files and system information, which the customer grants it by name
+        (control comes from the primary, by transfer)."""
         acting = self.acting
         if acting is None:
-            if isinstance(command, cmds.RequestCommand | cmds.SnapshotCommand | cmds.SimpleCommand):
+            if isinstance(
+                command,
+                cmds.RequestCommand | cmds.SnapshotCommand | cmds.SimpleCommand | cmds.FileCommand,
+            ):
                 raise LocalProtocolError(
                     "no direct link with the customer yet", code="no_direct_link"
                 )
             return False
-        if isinstance(command, cmds.RequestCommand) and command.cap in ("view", "sysinfo"):
-            acting.request(command.cap)
+        if isinstance(command, cmds.RequestCommand) and command.cap != "control":
+            acting.request(command.cap)  # control comes from the primary, by transfer
         elif isinstance(command, cmds.SnapshotCommand):
             self._emit(await acting.snapshot(command.path))
         elif isinstance(command, cmds.SimpleCommand):
@@ -985,6 +992,12 @@ class CustomerSession:
                 acting.request("sysinfo" if command.name == "sysinfo" else "view")
         elif isinstance(command, cmds.MonitorCommand):
             acting.select_monitor(command.index)
+        elif isinstance(command, cmds.FileCommand) and command.kind == "send_file":
+            await acting.send_file(command.path)
+        elif isinstance(command, cmds.FileCommand) and command.kind == "browse":
+            acting.browse(command.path)
+        elif isinstance(command, cmds.FileCommand) and command.kind == "fetch":
+            acting.fetch(command.path, self._dest(command.dest))
         else:
             return False
         return True
@@ -1101,7 +1114,9 @@ class CustomerSession:
     def _direct_opened(self, peer: str, link: PeerLink) -> None:
         if self.role == "customer":  # the assistant may ask us for the screen itself
             name = self._known[peer].name if peer in self._known else peer
-            self.services.attach(peer, name, link, secrets.token_bytes(32))
+            key = secrets.token_bytes(32)
+            self.services.attach(peer, name, link, key)
+            link.send(ch.DirectKey(key=b64(key)))
         else:
             self.acting = CsrServices(self.me, peer, link, self._emit)
             if self._direct_track is not None:
@@ -1132,6 +1147,8 @@ class CustomerSession:
                     self.record.receive(peer, data)
             elif self.role == "customer":
                 self.services.on_channel(peer, name, data)
+            elif self.acting is not None:
+                self.acting.on_channel(name, data)
 
         customer = self.role == "customer"
         link = PeerLink(
@@ -1153,6 +1170,9 @@ class CustomerSession:
         elif self.acting is not None:
             if isinstance(msg, ch.ControlState):
                 self._control = (msg.holder, msg.token)
+            if isinstance(msg, ch.DirectKey) and self.acting.files is None:
+                self.acting.attach_files(b64d(msg.key), self.services.download_dir)
+                return
             if self.acting.on_main(msg):
                 return
         if peer == self.host:

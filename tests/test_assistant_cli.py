@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -376,6 +378,7 @@ def test_kill_the_primary_and_the_assistant_carries_on(procs: list[Proc], tmp_pa
     from agent.capture.xvfb import Canvas
     from tests.desktop import wait_pointer, xvfb
 
+    (tmp_path / "downloads").mkdir()
     with xvfb(1280, 800) as display:
         primary = agent(
             procs,
@@ -399,6 +402,8 @@ def test_kill_the_primary_and_the_assistant_carries_on(procs: list[Proc], tmp_pa
             "--json",
             "--name",
             "Alice",
+            "--download-dir",
+            str(tmp_path / "downloads"),
             name="customer",
             env={"DISPLAY": display},
         )
@@ -468,6 +473,23 @@ def test_kill_the_primary_and_the_assistant_carries_on(procs: list[Proc], tmp_pa
         assert shows(dan, tmp_path / "after.png", (40, 60, 220))
         canvas.close()
 
+        # and files, keyed between the assistant and the customer alone
+        src = tmp_path / "fix.bin"
+        src.write_bytes(os.urandom(3 * 1024 * 1024 + 7))
+        dan.send({"cmd": "request", "cap": "files"})
+        asked = cust.expect("request", lambda e: e["cap"] == "files")
+        cust.send({"cmd": "grant", "id": asked["id"]})
+        dan.expect("consent", lambda e: e["cap"] == "files" and e["state"] == "granted")
+        dan.send({"cmd": "send_file", "path": str(src)})
+        offered = cust.expect("file", lambda e: e["state"] == "offered")
+        cust.send({"cmd": "accept_file", "id": offered["id"]})
+        got = cust.expect("file", lambda e: e["state"] in ("done", "failed"), timeout=60)
+        digest = hashlib.sha256(src.read_bytes()).hexdigest()
+        assert got["state"] == "done" and got["sha256"] == digest
+        assert (
+            hashlib.sha256((tmp_path / "downloads" / "fix.bin").read_bytes()).hexdigest() == digest
+        )
+
         # the conversation goes on between the assistant and the customer
         dan.send({"cmd": "chat", "text": "Dan here, I have taken over"})
         line = cust.expect("chat", lambda e: e["text"] == "Dan here, I have taken over")
@@ -502,6 +524,10 @@ def test_kill_the_primary_and_the_assistant_carries_on(procs: list[Proc], tmp_pa
     assert (session["me"], "one moment please") in chats
     assert (cust_id, "thanks Dan") in chats
     assert (dan_id, "Dan here, I have taken over") in chats
+    files = [e for e in survivors if e.kind == "file"]
+    assert [(e.author, e.body["name"], e.body["sha256"]) for e in files] == [
+        (dan_id, "fix.bin", digest)
+    ]
     consents = [e for e in survivors if e.kind == "consent"]
     assert consents and all(e.author == cust_id for e in consents)
     # the killed primary's copy (read after kill -9; it may lack its last entries, which

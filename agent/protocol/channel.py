@@ -191,6 +191,16 @@ class NoteKey:
 
 
 @dataclass(frozen=True)
+class DirectKey:
+    """Customer to an assistant CSR, on their direct link once it is open: the key for
+    file transfers' fast path between them (the primary never sees it)."""
+
+    type: ClassVar[str] = "direct_key"
+    key: str
+    "32 bytes, unpadded base64url."
+
+
+@dataclass(frozen=True)
 class Keyframe:
     """CSR to customer: send a full frame next (after loss, or for a new viewer)."""
 
@@ -214,6 +224,7 @@ Message: TypeAlias = (
     | Transfer
     | Sdp
     | NoteKey
+    | DirectKey
 )
 
 
@@ -335,6 +346,9 @@ _TABLE: dict[str, Any] = {
         index=wire.get_int(o, "index", lo=1, hi=MAX_MONITORS)
     ),
     "keyframe": lambda o: Keyframe(),
+    "direct_key": lambda o: DirectKey(
+        key=wire.b64(wire.get_bytes(o, "key", min_len=32, max_len=32))
+    ),
     "note_key": lambda o: NoteKey(key=wire.b64(wire.get_bytes(o, "key", min_len=32, max_len=32))),
     "sdp": lambda o: Sdp(
         peer=wire.get_str(o, "peer", pattern=PEER_ID_RE),
