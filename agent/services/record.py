@@ -42,6 +42,9 @@ from agent.store.logstore import LogStore, session_db_path
 
 log = logging.getLogger(__name__)
 
+MAX_DEFERRED = 1000
+"Entries a joiner keeps waiting until its copy of the log names it."
+
 Send = Callable[[str, str], None]
 "Send a log message (JSON text) to a peer's ``log`` channel; dropped if no link reaches it."
 
@@ -111,6 +114,7 @@ class SessionRecord:
         if primary is None:
             self.core.start(room, me.name, now)
         self._people: dict[str, tuple[str, str, bool]] = {}
+        self._deferred: list[tuple[str, dict[str, Any]]] = []
         self._wake = asyncio.Event()
         self._committed = asyncio.Event()
         self._closed = False
@@ -156,8 +160,18 @@ class SessionRecord:
     # -- writing
 
     def write(self, kind: str, body: dict[str, Any]) -> None:
-        """Append (as sequencer) or propose an entry; what the policy refuses is logged."""
+        """Append (as sequencer) or propose an entry; what the policy refuses is logged.
+
+        A joiner's first lines may come before its copy of the log names it as a
+        participant: they wait (in order, at most ``MAX_DEFERRED``) until it does.
+        """
         if self._closed:
+            return
+        if not self._ready():
+            if len(self._deferred) < MAX_DEFERRED:
+                self._deferred.append((kind, body))
+            else:
+                log.warning("left out of the session log (%s): the log has not reached us", kind)
             return
         try:
             self.core.propose(kind, _plain(body), time.monotonic())
@@ -302,7 +316,15 @@ class SessionRecord:
 
     # -- the glue loop
 
+    def _ready(self) -> bool:
+        person = self.core.state.people.get(self.me)
+        return bool(self.core.entries) and person is not None and person.present
+
     def _pump(self) -> None:
+        if self._deferred and self._ready():
+            waiting, self._deferred = self._deferred, []
+            for kind, body in waiting:
+                self.write(kind, body)
         for peer, text in self.core.messages_to_send():
             self._send(peer, text)
         while (event := self.core.next_event()) is not None:
