@@ -673,7 +673,6 @@ class CustomerSession:
         (view, system information; everything once it leads)."""
         self.leading = False
         "An assistant that took over after the primary was lost."
-        self._direct_track: Any = None
         self._early_offer: ch.Sdp | None = None
         self._host_lost_at: float | None = None
         self.record: SessionRecord | None = None
@@ -1117,18 +1116,11 @@ class CustomerSession:
             key = secrets.token_bytes(32)
             self.services.attach(peer, name, link, key)
             link.send(ch.DirectKey(key=b64(key)))
-        else:
-            self.acting = CsrServices(self.me, peer, link, self._emit)
-            if self._direct_track is not None:
-                self.acting.on_track(self._direct_track)
-                self._direct_track = None
         self._emit(status.DirectLink(peer=peer))
 
     def _on_direct_track(self, track: Any) -> None:
         if self.acting is not None:
             self.acting.on_track(track)
-        else:  # the track comes with the answer, before the channels open
-            self._direct_track = track
 
     def _direct_link(self, peer: str) -> PeerLink:
         old = self.direct.pop(peer, None)
@@ -1159,6 +1151,10 @@ class CustomerSession:
             on_track=None if customer else self._on_direct_track,
         )
         self.direct[peer] = link
+        if not customer:  # ready before the link opens: the customer's first messages
+            if self.acting is not None and not self.leading:
+                self._spawn_direct(self.acting.close())
+            self.acting = CsrServices(self.me, peer, link, self._emit)
         return link
 
     # -- failover: a take-over is the session log's next epoch

@@ -58,22 +58,27 @@ class CsrServices:
         """Publish a local file to the customer and offer it (``files`` must be granted)."""
         self._need_any("files", "files_advanced")
         local = await asyncio.to_thread(_existing_file, path)
+        files = self._files()
         self.published[local.name] = local
-        assert self.files is not None
-        tid: str = await self.files.send(local)
+        tid: str = await files.send(local)
         return tid
 
     def browse(self, path: str) -> str:
         self._need("files_advanced")
-        assert self.files is not None
-        tid: str = self.files.browse(path)
+        tid: str = self._files().browse(path)
         return tid
 
     def fetch(self, path: str, dest: Path) -> str:
         self._need("files_advanced")
-        assert self.files is not None
-        tid: str = self.files.fetch("browse", path, dest)
+        tid: str = self._files().fetch("browse", path, dest)
         return tid
+
+    def _files(self) -> Any:
+        if self.files is None:
+            raise LocalProtocolError(
+                "file transfer with this customer is not set up yet", code="not_available"
+            )
+        return self.files
 
     def _need_any(self, *caps: str) -> None:
         if not any(self.grants.get(cap) == "granted" for cap in caps):

@@ -42,6 +42,13 @@ from agent.store.logstore import LogStore, session_db_path
 
 log = logging.getLogger(__name__)
 
+HEARTBEAT = 0.5
+"""Seconds between the sequencer's heartbeats when nothing is written (commits are
+announced at once). Loss of the primary is noticed by the links' own keepalives."""
+SILENCE = 1.5
+"""Seconds without a heartbeat after which a voter agrees the sequencer is gone (it
+votes in a take-over only then); the runtime stands after 2 s of link silence."""
+
 MAX_DEFERRED = 1000
 "Entries a joiner keeps waiting until its copy of the log names it."
 
@@ -110,6 +117,8 @@ class SessionRecord:
             epoch=0,
             now=now,
             auto_elect=False,
+            heartbeat=HEARTBEAT,
+            election_timeout=(SILENCE, SILENCE),
         )
         if primary is None:
             self.core.start(room, me.name, now)
@@ -117,6 +126,8 @@ class SessionRecord:
         self._deferred: list[tuple[str, dict[str, Any]]] = []
         self._wake = asyncio.Event()
         self._committed = asyncio.Event()
+        self._rearm = asyncio.Event()
+        self._armed: float | None = None
         self._closed = False
         self._tasks = [
             asyncio.ensure_future(self._persist_loop()),
@@ -338,6 +349,9 @@ class SessionRecord:
             elif isinstance(event, Truncated):
                 log.info("session log: dropped a diverged tail from seq %d", event.from_seq)
         self._wake.set()
+        if self.core.get_timer() != self._armed:
+            self._armed = self.core.get_timer()
+            self._rearm.set()
 
     def _refused(self, event: Refused) -> None:
         if event.peer is None:  # our own proposal: the policy said no
@@ -374,10 +388,12 @@ class SessionRecord:
                     self._pump()
 
     async def _timer_loop(self) -> None:
-        """Heartbeats and retries, when the core says."""
+        """Heartbeats and retries, when the core says (and not more often: idle CPU)."""
         while True:
             deadline = self.core.get_timer()
-            delay = 0.2 if deadline is None else min(max(deadline - time.monotonic(), 0.0), 0.2)
-            await asyncio.sleep(delay)
+            delay = 5.0 if deadline is None else max(deadline - time.monotonic(), 0.0)
+            self._rearm.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._rearm.wait(), delay)
             self.core.handle_timer(time.monotonic())
             self._pump()
