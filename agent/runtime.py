@@ -197,7 +197,21 @@ class CsrSession:
         self.record.note(text)
 
     def make_primary(self, pid: str) -> None:
+        """Make a secondary customer the primary one (the old primary becomes secondary,
+        and the new one holds the session log and votes in its place)."""
         self.roster.make_primary(pid)
+        member = self._members.get(pid)
+        if self.record is not None and member is not None:
+            self.record.write(
+                "participant",
+                {
+                    "peer": pid,
+                    "name": member.name,
+                    "role": "customer",
+                    "primary": True,
+                    "action": "promoted",
+                },
+            )
         self._roster_changed()
 
     def admit(self, pid: str, admit: bool) -> None:

@@ -140,3 +140,65 @@ async def test_forged_log_messages_are_refused_and_the_session_goes_on(
     assert not {"I never said this", "x", "forged note", "replayed", "appended by a customer"} & {
         t for t in texts if isinstance(t, str)
     }
+
+
+@pytest.mark.timeout(60)
+async def test_a_new_primary_customer_takes_the_old_ones_place_in_the_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PEERDESK_HOME", str(tmp_path))
+    runner, port = await start_server("127.0.0.1", 0)
+    url = f"ws://127.0.0.1:{port}"
+    events: list[status.Status] = []
+    csr = CsrSession(Identity(Ed25519PrivateKey.generate(), "Carol"), url, events.append)
+    customers: list[CustomerSession] = []
+    try:
+        code = await csr.start()
+        for name in ("Alice", "Bob"):
+            customer = CustomerSession(
+                Identity(Ed25519PrivateKey.generate(), name),
+                JoinLink(code, url),
+                url,
+                events.append,
+            )
+            await customer.join()
+            customers.append(customer)
+        alice, bob = customers
+        await until(lambda: alice.record is not None and bob.record is None)
+        assert csr.record is not None
+        csr.make_primary(bob.me)
+        await until(lambda: bob.record is not None and bool(bob.record.core.entries))
+        bob.chat("I am the one with the broken printer")
+        assert csr.record is not None
+        record = csr.record
+
+        def committed(text: str) -> bool:
+            core = record.core
+            return any(
+                e.kind == "chat" and e.body["text"] == text
+                for e in core.entries[: core.committed_seq + 1]
+            )
+
+        await until(lambda: committed("I am the one with the broken printer"))
+        assert record.core.voters == frozenset({csr.me, bob.me})
+        # the old primary is gone from the voters: losing it stops nothing
+        await alice.leave()
+        csr.chat("thanks both")
+        await until(lambda: committed("thanks both"))
+        path = record.path
+        await csr.end()
+        await asyncio.wait_for(bob.wait(), 10)
+    finally:
+        await csr.end(force=True)
+        for customer in customers:
+            await customer.leave()
+        await runner.cleanup()
+
+    with LogStore(path) as store:
+        mine = store.load()
+    promoted = [e for e in mine if e.kind == "participant" and e.body["action"] == "promoted"]
+    assert [(e.body["peer"], e.body["primary"]) for e in promoted] == [(bob.me, True)]
+    (copy,) = (tmp_path / "sessions").glob(f"*-customer-{bob.me}.sqlite")
+    assert verify(copy).ok
+    with LogStore(copy) as store:  # the new primary customer holds the whole log
+        assert [e.digest for e in store.load()] == [e.digest for e in mine]

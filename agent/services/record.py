@@ -86,7 +86,10 @@ class SessionRecord:
         on_epoch: Callable[[int, str], None] | None = None,
     ) -> None:
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S")
-        suffix = "" if primary is None else f"-{'assistant' if role == 'csr' else role}"
+        # a follower's id names it too: two agents sharing a data directory never share a file
+        suffix = (
+            "" if primary is None else f"-{'assistant' if role == 'csr' else role}-{me.peer_id}"
+        )
         self.session_id = f"{stamp}-{room}{suffix}"
         self.me = me.peer_id
         self.role = role
