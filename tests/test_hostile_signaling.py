@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-import agent.runtime
+import agent.runtime.common
 from agent import identity, status
 from agent.errors import (
     CodeBurned,
@@ -45,7 +45,7 @@ CUSTOMER_NAME = "Alice Customer"
 JOIN_TIMEOUT = 5.0
 "Seconds a customer's handshake may take in these tests."
 CHANNEL_OPEN = 2.0
-"agent.runtime.CHANNEL_OPEN_TIMEOUT during these tests."
+"agent.runtime.common.CHANNEL_OPEN_TIMEOUT during these tests."
 
 TO_HOST_KINDS = ("hello", "confirm")
 TO_JOINER_KINDS = ("pake", "accept", "reject")
@@ -79,7 +79,7 @@ async def server() -> AsyncIterator[HostileSignaling]:
 
 @pytest.fixture(autouse=True)
 def quick_channel_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(agent.runtime, "CHANNEL_OPEN_TIMEOUT", CHANNEL_OPEN)
+    monkeypatch.setattr(agent.runtime.common, "CHANNEL_OPEN_TIMEOUT", CHANNEL_OPEN)
 
 
 class Peers:
