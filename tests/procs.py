@@ -26,8 +26,12 @@ class Proc:
         home: Path | None = None,
         name: str = "",
         env: dict[str, str] | None = None,
+        wrap: list[str] | None = None,
     ) -> None:
-        """``env`` adds to this process's environment (``DISPLAY`` for a customer's desktop)."""
+        """``env`` adds to this process's environment (``DISPLAY`` for a customer's desktop).
+
+        ``wrap`` prefixes the command (``["ip", "netns", "exec", NS]``: run it in a namespace).
+        """
         extra = env or {}
         env = {**os.environ, **extra}
         if home is not None:
@@ -35,7 +39,7 @@ class Proc:
         env["PYTHONUNBUFFERED"] = "1"
         self.name = name or args[0]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", *args],
+            [*(wrap or []), sys.executable, "-m", *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
