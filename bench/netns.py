@@ -63,7 +63,8 @@ class NetnsPair:
                 if ns.ipv4:
                     _ip("-n", ns.name, "addr", "add", f"{ns.ipv4}/24", "dev", ns.veth)
                 if ns.ipv6:
-                    _ip("-n", ns.name, "-6", "addr", "add", f"{ns.ipv6}/64", "dev", ns.veth, "nodad")
+                    v6 = f"{ns.ipv6}/64"
+                    _ip("-n", ns.name, "-6", "addr", "add", v6, "dev", ns.veth, "nodad")
                 _ip("-n", ns.name, "link", "set", ns.veth, "up")
         except BaseException:
             self.close()
