@@ -27,10 +27,12 @@ class Proc:
         name: str = "",
         env: dict[str, str] | None = None,
         wrap: list[str] | None = None,
+        exe: list[str] | None = None,
     ) -> None:
         """``env`` adds to this process's environment (``DISPLAY`` for a customer's desktop).
 
-        ``wrap`` prefixes the command (``["ip", "netns", "exec", NS]``: run it in a namespace).
+        ``wrap`` prefixes the command (``["ip", "netns", "exec", NS]``: run it in a namespace);
+        ``exe`` replaces ``python -m`` (a frozen ``peerdesk`` binary).
         """
         extra = env or {}
         env = {**os.environ, **extra}
@@ -39,7 +41,7 @@ class Proc:
         env["PYTHONUNBUFFERED"] = "1"
         self.name = name or args[0]
         self.proc = subprocess.Popen(
-            [*(wrap or []), sys.executable, "-m", *args],
+            [*(wrap or []), *(exe or [sys.executable, "-m"]), *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -1,0 +1,119 @@
+"""The one-file Linux build: PyInstaller makes ``peerdesk`` from this checkout; it runs.
+
+The build takes a few minutes on two cores, so it is cached under the temp dir,
+keyed by a hash of everything that goes into it (sources, spec, Python and
+PyInstaller versions): a run with unchanged sources reuses it. The smoke run:
+``--version``, then the frozen binary joins a session through a local signaling
+server in headless mode and chats.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent import __version__
+from tests.procs import Proc, start_signal_server
+
+ROOT = Path(__file__).resolve().parent.parent
+SPEC = ROOT / "installers" / "linux" / "peerdesk.spec"
+BUILD_TIMEOUT = 900
+
+
+def source_hash() -> str:
+    import PyInstaller
+
+    h = hashlib.sha256()
+    h.update(f"{sys.version} {platform.machine()} {PyInstaller.__version__}".encode())
+    files = [SPEC, ROOT / "installers" / "pyinstaller" / "entry.py", ROOT / "pyproject.toml"]
+    for package in ("agent", "signaling", "bench"):
+        files += sorted((ROOT / package).rglob("*.py"))
+    for path in files:
+        h.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+@pytest.fixture(scope="module")
+def frozen() -> Path:
+    """The built binary, from the cache when the sources did not change."""
+    cache = Path(tempfile.gettempdir()) / "peerdesk-pyinstaller" / source_hash()
+    binary = cache / "dist" / "peerdesk"
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a parallel run waits for the same build
+        if not binary.exists():
+            build = [sys.executable, "-m", "PyInstaller", "--noconfirm", "--log-level", "WARN"]
+            build += ["--distpath", str(cache / "dist"), "--workpath", str(cache / "build")]
+            r = subprocess.run(
+                [*build, str(SPEC)],
+                cwd=cache,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+                capture_output=True,
+                text=True,
+                timeout=BUILD_TIMEOUT,
+            )
+            assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    assert binary.stat().st_size > 1_000_000
+    return binary
+
+
+@pytest.fixture
+def procs() -> Iterator[list[Proc]]:
+    started: list[Proc] = []
+    yield started
+    for p in started:
+        p.kill()
+
+
+def frozen_env(home: Path) -> dict[str, str]:
+    return {"PATH": "/usr/bin:/bin", "HOME": str(home), "PEERDESK_HOME": str(home / "pd")}
+
+
+def test_frozen_binary_reports_its_version(frozen: Path, tmp_path: Path) -> None:
+    r = subprocess.run(
+        [str(frozen), "--version"],
+        env=frozen_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"peerdesk {__version__}"
+
+
+def test_frozen_binary_joins_a_session_headless(
+    frozen: Path, procs: list[Proc], tmp_path: Path
+) -> None:
+    server, url = start_signal_server()
+    procs.append(server)
+    csr = Proc(
+        ["agent", "start", "--signal", url, "--headless", "--json", "--name", "Carol"],
+        home=tmp_path / "csr",
+        name="csr",
+    )
+    procs.append(csr)
+    session = csr.expect("session")
+    customer = Proc(
+        ["join", session["link"], "--headless", "--json", "--name", "Frozen"],
+        name="frozen",
+        exe=[str(frozen)],
+        env=frozen_env(tmp_path),
+    )
+    procs.append(customer)
+    joined = customer.expect("joined", timeout=60)
+    assert joined["name"] == "Carol"
+    assert csr.expect("joined", timeout=30)["name"] == "Frozen"
+    customer.send({"cmd": "chat", "text": "from the one-file build"})
+    assert csr.expect("chat")["text"] == "from the one-file build"
+    csr.send({"cmd": "end"})
+    customer.expect("ended")
+    assert customer.wait(30) == 0 and csr.wait() == 0
