@@ -18,7 +18,7 @@ import logging
 import signal
 import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -349,6 +349,28 @@ def _customer_options(args: argparse.Namespace) -> CustomerOptions:
     )
 
 
+async def _one(url: str) -> AsyncIterator[str]:
+    yield url
+
+
+async def _lan_candidates(room: str) -> AsyncIterator[str]:
+    """Where to try a room with no server given: the LAN's answers, then this machine.
+
+    The first lookup returns at the first answer (fast); if none of those holds the
+    session, a second one listens for every answer, for squatted room ids.
+    """
+    from agent.net import lan
+
+    tried: set[str] = set()
+    for first in (True, False):
+        found = await lan.join_candidates(room, LAN_LOOKUP_S if first else 1.5, first=first)
+        for url in found:
+            if url not in tried:
+                tried.add(url)
+                yield url
+    yield f"ws://127.0.0.1:{DEFAULT_PORT}"
+
+
 async def _join(args: argparse.Namespace) -> int:
     from agent.runtime import CustomerSession
 
@@ -360,20 +382,18 @@ async def _join(args: argparse.Namespace) -> int:
         link = JoinLink(SessionCode(args.code.strip(), ""), None)
     else:
         link = parse_code_or_link(args.code)
-    from agent.net import lan
-
-    on_lan = not (args.signal or link.signal)
-    if args.signal:
-        urls = [check_signal_url(args.signal)]
-    elif link.signal:
-        urls = [link.signal]
-    else:  # no server configured: find the session on the LAN by its room id
-        found = await lan.reachable(await lan.find_session(link.code.room, LAN_LOOKUP_S))
-        urls = [*found, f"ws://127.0.0.1:{DEFAULT_PORT}"]
     me = identity.load().with_name(args.name)
     role = "csr" if args.role == "assistant" else "customer"
     options = _customer_options(args)
-    for attempt, url in enumerate(urls, 1):
+    on_lan = not (args.signal or link.signal)
+    if args.signal:
+        urls: AsyncIterator[str] = _one(check_signal_url(args.signal))
+    elif link.signal:
+        urls = _one(link.signal)
+    else:  # no server configured: find the session on the LAN by its room id
+        urls = _lan_candidates(link.code.room)
+    failure: PeerDeskError | None = None
+    async for url in urls:
         session = CustomerSession(
             me,
             link,
@@ -387,18 +407,24 @@ async def _join(args: argparse.Namespace) -> int:
             await session.join()
             break
         except PeerDeskError as exc:
-            retry = exc.code in ("signal_unreachable", "no_such_session")
-            if retry and attempt < len(urls):
+            if failure is None or failure.code != "wrong_code":
+                failure = exc
+            # Discovery is untrusted: another answer for this room id (a second
+            # session, or someone squatting the id) may be the one that knows the code.
+            if on_lan and exc.code in ("signal_unreachable", "no_such_session", "wrong_code"):
                 log.info("no session %s at %s (%s); next", link.code.room, url, exc.message)
                 continue
-            if on_lan and retry:
-                exc = type(exc)(
-                    f"no session {link.code.room} found on the LAN or on this machine. "
-                    "Pass --signal URL or use the full link the CSR sent",
-                    code=exc.code,
-                )
             emit(status.Error(reason=exc.message, code=exc.code))
             return 1
+    else:
+        if failure is None or failure.code in ("signal_unreachable", "no_such_session"):
+            failure = LocalProtocolError(
+                f"no session {link.code.room} found on the LAN or on this machine. "
+                "Pass --signal URL or use the full link the CSR sent",
+                code="no_such_session",
+            )
+        emit(status.Error(reason=failure.message, code=failure.code))
+        return 1
 
     stop = asyncio.Event()
     _install_signal_handlers(stop)

@@ -185,7 +185,7 @@ async def _worker(code_lan: str, code_via: str, url: str, runs: int) -> dict[str
     await join(c_via, url)  # warm-up: imports, first certificates
     for _ in range(runs):
         start = time.perf_counter()
-        found = await lan.reachable(await lan.find_session(c_lan.room, 4.0))
+        found = await lan.join_candidates(c_lan.room, 4.0)
         looked = time.perf_counter() - start
         if not found:
             raise RuntimeError(f"room {c_lan.room} not found on the LAN")

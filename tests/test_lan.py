@@ -154,6 +154,70 @@ def test_lan_discovery_is_untrusted_the_pake_still_decides(
         assert csr.wait() == 0
 
 
+ANNOUNCER = """
+import asyncio, json, sys
+from agent.net.lan import LanAdvertiser
+async def main():
+    ads = [LanAdvertiser(room, port, addresses=[addr], instance=instance)
+           for instance, room, port, addr in json.loads(sys.argv[1])]
+    for ad in ads:
+        await ad.start()
+    print("announced", flush=True)
+    await asyncio.sleep(120)
+asyncio.run(main())
+"""
+
+
+def test_lan_answers_that_lead_nowhere_are_skipped(procs: list[Proc], tmp_path: Path) -> None:
+    """Someone squats the room's own instance name and points it at a server without
+    the room; another answer points at a closed port. The join skips both and reaches
+    the session that knows the code (announced here under another name)."""
+    with NetnsPair() as lan:
+        csr = agent(
+            procs, lan.a.exec, tmp_path / "csr", "start", "--port", "0", "--no-advertise",
+            "--headless", "--json", name="csr",
+        )  # fmt: skip
+        session = csr.expect("session", timeout=30)
+        room, real_port = session["room"], urlsplit(session["signal"]).port
+        decoy = Proc(
+            ["signaling", "--host", str(lan.b.ipv4), "--port", "0"], name="decoy", wrap=lan.b.exec
+        )
+        procs.append(decoy)
+        port = decoy.expect("listening", timeout=20)["port"]
+        announced = [
+            [f"PeerDesk {room}", room, port, lan.b.ipv4],  # the name a joiner asks for first
+            ["AAB closed port", room, 9, lan.b.ipv4],
+            ["ZZZ the real one", room, real_port, lan.a.ipv4],
+        ]
+        announcer = subprocess.Popen(
+            [*lan.b.exec, sys.executable, "-c", ANNOUNCER, json.dumps(announced)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert announcer.stdout is not None
+            assert announcer.stdout.readline().strip() == "announced"
+            listed = discover(lan.b.exec, tmp_path / "scan")
+            assert len([s for s in listed if s["room"] == room]) == 3, listed
+            alice = agent(
+                procs, lan.b.exec, tmp_path / "alice", "-v", "join", session["code"],
+                "--headless", "--json", name="alice",
+            )  # fmt: skip
+            alice.expect("joined", timeout=30)
+            csr.expect("joined", timeout=30)
+            log = "".join(alice.stderr)
+            assert f"no session {room} at ws://{lan.b.ipv4}:{port}/ws" in log
+            assert ":9/ws" not in log  # the closed port was never tried
+            assert not [e for e in csr.events if e.get("event") == "join_failed"]
+            csr.send({"cmd": "end"})
+            alice.expect("ended")
+            assert csr.wait() == 0 and alice.wait() == 0
+        finally:
+            announcer.kill()
+            announcer.wait(timeout=10)
+
+
 # -- the TXT record, as hostile input ---------------------------------------------------
 
 

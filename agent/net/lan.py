@@ -66,6 +66,11 @@ def lan_addresses() -> list[str]:
     return [*dict.fromkeys(v4), *dict.fromkeys(v6)]
 
 
+def instance_name(room: str) -> str:
+    """The DNS-SD instance a session announces: a joiner can ask for it directly."""
+    return f"PeerDesk {room}.{SERVICE_TYPE}"
+
+
 def _zeroconf(interfaces: Interfaces) -> AsyncZeroconf:
     if interfaces is None:
         return AsyncZeroconf(interfaces=InterfaceChoice.All, ip_version=IPVersion.All)
@@ -76,7 +81,8 @@ class LanAdvertiser:
     """Announces one room's signaling endpoint with zeroconf until stopped.
 
     ``addresses`` default to ``lan_addresses()`` (loopback when there is none). The
-    TXT record holds the room id and display name, never any secret.
+    TXT record holds the room id and display name, never any secret. ``instance``
+    overrides the DNS-SD instance label (default ``PeerDesk ROOM``).
     """
 
     def __init__(
@@ -87,8 +93,10 @@ class LanAdvertiser:
         name: str = "",
         addresses: Sequence[str] | None = None,
         interfaces: Interfaces = None,
+        instance: str | None = None,
     ) -> None:
         self.room = room
+        self.instance = instance
         self.port = port
         self.name = name
         self.addresses = list(addresses) if addresses is not None else None
@@ -111,7 +119,8 @@ class LanAdvertiser:
         if not addresses:
             addresses = ["127.0.0.1"]
         tag = secrets.token_hex(3)
-        instance = f"PeerDesk {self.room} {tag}.{SERVICE_TYPE}"
+        # taken? zeroconf renames ours "... (2)"
+        instance = f"{self.instance}.{SERVICE_TYPE}" if self.instance else instance_name(self.room)
         info = AsyncServiceInfo(
             SERVICE_TYPE,
             instance,
@@ -152,7 +161,9 @@ async def browse(
     """Sessions announced on the LAN within ``within`` seconds.
 
     With ``room`` it returns as soon as a session with that room id answers (all
-    answers that arrived by then, matching first).
+    answers that arrived by then, matching first). It then also asks for the room's
+    instance by name: a unique record is answered at once, while a browse waits for
+    the responders' random 20-120 ms delay.
     """
     azc = _zeroconf(interfaces)
     found: dict[str, LanSession] = {}
@@ -194,6 +205,10 @@ async def browse(
 
     handlers: list[Any] = [on_change]
     browser = AsyncServiceBrowser(azc.zeroconf, SERVICE_TYPE, handlers=handlers)
+    if room is not None:
+        direct = asyncio.ensure_future(resolve(instance_name(room)))
+        pending.add(direct)
+        direct.add_done_callback(pending.discard)
     try:
         with contextlib.suppress(TimeoutError):
             if room is None:
@@ -213,16 +228,39 @@ async def find_session(
     room: str, within: float = 4.0, *, interfaces: Interfaces = None
 ) -> list[str]:
     """Signaling URLs of sessions announcing ``room``, in the order to try them."""
+    sessions = await _sessions(room, within, interfaces)
+    return list(dict.fromkeys(url for s in sessions for url in s.urls))
+
+
+async def join_candidates(
+    room: str, within: float = 4.0, *, interfaces: Interfaces = None, first: bool = True
+) -> list[str]:
+    """One reachable signaling URL per session announcing ``room``, in the order to try.
+
+    One per session, so that a mistyped code costs one attempt, not one per address.
+    ``first``: return at the first answer for the room; else listen ``within`` seconds.
+    """
+    out: list[str] = []
+    for session in await _sessions(room, within, interfaces, first):
+        ok = await reachable(session.urls)
+        if ok:
+            out.append(ok[0])
+    return out
+
+
+async def _sessions(
+    room: str, within: float, interfaces: Interfaces, first: bool = True
+) -> list[LanSession]:
     started = time.monotonic()
-    sessions = await browse(within, room=room, interfaces=interfaces)
-    urls = [url for s in sessions if s.room == room for url in s.urls]
+    answers = await browse(within, room=room if first else None, interfaces=interfaces)
+    sessions = [s for s in answers if s.room == room]
     log.info(
-        "LAN lookup of room %s: %d answer(s) in %.0f ms",
+        "LAN lookup of room %s: %d session(s) in %.0f ms",
         room,
-        len(urls),
+        len(sessions),
         (time.monotonic() - started) * 1000,
     )
-    return list(dict.fromkeys(urls))
+    return sessions
 
 
 async def reachable(urls: Sequence[str], within: float = 1.5) -> list[str]:
