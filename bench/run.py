@@ -115,6 +115,9 @@ def _failover(runs: int) -> list[str]:
 def _lan(runs: int) -> list[str]:
     from bench.lan import measure, report, rows
 
+    if os.geteuid() != 0:
+        print("lan: needs root (it makes two network namespaces); skipped")
+        return []
     f = measure(runs)
     print("\n".join(report(f)))
     return rows(f)

@@ -218,6 +218,22 @@ def test_lan_answers_that_lead_nowhere_are_skipped(procs: list[Proc], tmp_path: 
             announcer.wait(timeout=10)
 
 
+def test_lan_options_are_checked(tmp_path: Path) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "agent", *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={"PEERDESK_HOME": str(tmp_path), "PATH": "/usr/bin:/bin", **_pythonpath()},
+        )
+
+    r = run("start", "--lan", "--signal", "ws://127.0.0.1:9", "--json")
+    assert r.returncode == 2 and "drop --signal" in json.loads(r.stdout)["reason"]
+    r = run("discover", "--timeout", "0")
+    assert r.returncode == 2 and "--timeout must be between" in r.stderr
+
+
 # -- the TXT record, as hostile input ---------------------------------------------------
 
 
