@@ -4,7 +4,8 @@ The build takes a few minutes on two cores, so it is cached under the temp dir,
 keyed by a hash of everything that goes into it (sources, spec, Python and
 PyInstaller versions): a run with unchanged sources reuses it. The smoke run:
 ``--version``, then the frozen binary joins a session through a local signaling
-server in headless mode and chats.
+server in headless mode and chats, and joins by code alone on a LAN of two network
+namespaces (zeroconf's compiled parts made it into the build).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from agent import __version__
+from bench.netns import NetnsPair
 from tests.procs import Proc, start_signal_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,7 +65,17 @@ def frozen() -> Path:
             )
             assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
     assert binary.stat().st_size > 1_000_000
+    _prune(cache)
     return binary
+
+
+def _prune(keep: Path, newest: int = 3) -> None:
+    """Drop all but the ``newest`` builds of other sources (each is ~250 MB)."""
+    import shutil
+
+    others = [d for d in keep.parent.iterdir() if d.is_dir() and d != keep]
+    for old in sorted(others, key=lambda d: d.stat().st_mtime, reverse=True)[newest - 1 :]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 @pytest.fixture
@@ -117,3 +129,29 @@ def test_frozen_binary_joins_a_session_headless(
     csr.send({"cmd": "end"})
     customer.expect("ended")
     assert customer.wait(30) == 0 and csr.wait() == 0
+
+
+def test_frozen_binary_finds_a_session_on_the_lan(
+    frozen: Path, procs: list[Proc], tmp_path: Path
+) -> None:
+    with NetnsPair() as lan:
+        csr = Proc(
+            ["agent", "start", "--lan", "--port", "0", "--headless", "--json"],
+            home=tmp_path / "csr",
+            name="csr",
+            wrap=lan.a.exec,
+        )
+        procs.append(csr)
+        session = csr.expect("session", timeout=30)
+        customer = Proc(
+            ["join", session["code"], "--headless", "--json"],
+            name="frozen",
+            exe=[*lan.b.exec, str(frozen)],
+            env=frozen_env(tmp_path),
+        )
+        procs.append(customer)
+        customer.expect("joined", timeout=60)
+        csr.expect("joined", timeout=30)
+        csr.send({"cmd": "end"})
+        customer.expect("ended")
+        assert customer.wait(30) == 0 and csr.wait() == 0
