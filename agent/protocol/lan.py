@@ -8,8 +8,8 @@ service of type ``_peerdesk._tcp.local.``. The TXT record carries:
 - ``name``: the CSR's display name, for ``peerdesk discover`` (at most 64 characters);
 - ``path``: the WebSocket path of the endpoint, ``/ws``.
 
-Everything here is data in, data out; no sockets (the zeroconf glue is
-``agent.net.lan``). Anything on the LAN may answer a query, so records are parsed
+Everything here is data in, data out; no sockets (the zeroconf glue is ``lan.py``
+in the net package). Anything on the LAN may answer a query, so records are parsed
 as hostile input: a malformed record is a ``DecodeError`` and is skipped, never
 half-used. Discovery decides only *where* to knock; the SPAKE2 join that follows
 decides whether the other side knows the code.
