@@ -257,9 +257,9 @@ async def _start(args: argparse.Namespace) -> int:
     except PeerDeskError as exc:
         emit(status.Error(reason=exc.message, code=exc.code))
         return 1
-    advertiser = None
+    advertising = None  # announced in the background: probing the name takes ~1.5 s
     if runner is not None and not args.no_advertise:
-        advertiser = await _advertise(code.room, url, me.name, emit)
+        advertising = asyncio.ensure_future(_advertise(code.room, url, me.name, emit))
     stop = asyncio.Event()
     _install_signal_handlers(stop)
     reader = asyncio.ensure_future(read_commands(session, emit, json_mode=args.json))
@@ -270,8 +270,13 @@ async def _start(args: argparse.Namespace) -> int:
         await session.end("stopped", force=True)
     reader.cancel()
     stopper.cancel()
-    if advertiser is not None:
-        await advertiser.stop()
+    if advertising is not None:
+        if not advertising.done():
+            advertising.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            advertiser = await advertising
+            if advertiser is not None:
+                await advertiser.stop()
     if runner is not None:
         await runner.cleanup()  # type: ignore[attr-defined]
     return done.result()
@@ -286,10 +291,10 @@ async def _advertise(
     from agent.net import lan
 
     port = urlsplit(url).port or DEFAULT_PORT
-    advertiser = lan.LanAdvertiser(room, port, name=name)
     try:
+        advertiser = lan.LanAdvertiser(room, port, name=name)
         await advertiser.start()
-    except (OSError, ValueError) as exc:  # no multicast-capable interface, ...
+    except (OSError, ValueError, LocalProtocolError) as exc:  # no multicast interface, ...
         emit(
             status.Error(
                 reason=f"could not announce the session on the LAN ({exc}); "

@@ -39,6 +39,8 @@ class Proc:
         if home is not None:
             env["PEERDESK_HOME"] = str(home)
         env["PYTHONUNBUFFERED"] = "1"
+        if wrap is None:  # zeroconf stays on loopback, off the host's LAN (not in a netns)
+            env.setdefault("PEERDESK_LAN_INTERFACES", "127.0.0.1")
         self.name = name or args[0]
         self.proc = subprocess.Popen(
             [*(wrap or []), *(exe or [sys.executable, "-m"]), *args],

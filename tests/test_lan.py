@@ -218,6 +218,27 @@ def test_lan_answers_that_lead_nowhere_are_skipped(procs: list[Proc], tmp_path: 
             announcer.wait(timeout=10)
 
 
+def test_join_by_code_alone_on_one_machine(procs: list[Proc], tmp_path: Path) -> None:
+    """PEERDESK_LAN_INTERFACES=127.0.0.1 (which tests.procs sets): found over loopback."""
+    csr = Proc(["agent", "start", "--port", "0", "--headless", "--json"], home=tmp_path / "c")
+    procs.append(csr)
+    session = csr.expect("session")
+    alice = Proc(["agent", "join", session["code"], "--headless", "--json"], home=tmp_path / "a")
+    procs.append(alice)
+    alice.expect("joined")
+    csr.expect("joined")
+    csr.send({"cmd": "end"})
+    alice.expect("ended")
+    assert csr.wait() == 0 and alice.wait() == 0
+    bad = Proc(
+        ["agent", "join", session["code"], "--headless", "--json"],
+        home=tmp_path / "b",
+        env={"PEERDESK_LAN_INTERFACES": "eth0"},
+    )
+    procs.append(bad)
+    assert "PEERDESK_LAN_INTERFACES: 'eth0' is not an IP address" in bad.expect("error")["reason"]
+
+
 def test_lan_options_are_checked(tmp_path: Path) -> None:
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

@@ -146,7 +146,8 @@ def test_frozen_binary_finds_a_session_on_the_lan(
         customer = Proc(
             ["join", session["code"], "--headless", "--json"],
             name="frozen",
-            exe=[*lan.b.exec, str(frozen)],
+            exe=[str(frozen)],
+            wrap=lan.b.exec,
             env=frozen_env(tmp_path),
         )
         procs.append(customer)

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
 import secrets
 import time
 from collections.abc import Sequence
@@ -31,7 +32,7 @@ from urllib.parse import urlsplit
 from zeroconf import InterfaceChoice, IPVersion, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
-from agent.errors import DecodeError
+from agent.errors import DecodeError, LocalProtocolError
 from agent.protocol.lan import SERVICE_TYPE, LanRecord, LanSession, decode_txt, encode_txt
 from agent.protocol.lan import signal_urls as _signal_urls
 
@@ -64,6 +65,26 @@ def lan_addresses() -> list[str]:
                 continue
             (v4 if addr.version == 4 else v6).append(str(addr))
     return [*dict.fromkeys(v4), *dict.fromkeys(v6)]
+
+
+def configured_interfaces() -> Interfaces:
+    """The interfaces ``PEERDESK_LAN_INTERFACES`` names (addresses, comma-separated), or all.
+
+    ``PEERDESK_LAN_INTERFACES=192.168.1.20`` keeps announcements and lookups on one
+    network; the tests set ``127.0.0.1`` so that they never talk to the host's LAN.
+    """
+    raw = os.environ.get("PEERDESK_LAN_INTERFACES", "").strip()
+    if not raw:
+        return None
+    out: list[str] = []
+    for part in raw.split(","):
+        try:
+            out.append(str(ipaddress.ip_address(part.strip())))
+        except ValueError:
+            raise LocalProtocolError(
+                f"PEERDESK_LAN_INTERFACES: {part.strip()!r} is not an IP address"
+            ) from None
+    return out
 
 
 def instance_name(room: str) -> str:
@@ -100,7 +121,7 @@ class LanAdvertiser:
         self.port = port
         self.name = name
         self.addresses = list(addresses) if addresses is not None else None
-        self.interfaces = interfaces
+        self.interfaces = interfaces if interfaces is not None else configured_interfaces()
         self._zc: AsyncZeroconf | None = None
         self._info: AsyncServiceInfo | None = None
 
@@ -165,7 +186,7 @@ async def browse(
     instance by name: a unique record is answered at once, while a browse waits for
     the responders' random 20-120 ms delay.
     """
-    azc = _zeroconf(interfaces)
+    azc = _zeroconf(interfaces if interfaces is not None else configured_interfaces())
     found: dict[str, LanSession] = {}
     pending: set[asyncio.Task[None]] = set()
     match = asyncio.Event()
