@@ -43,7 +43,10 @@ def snapshot(home: Path) -> dict[str, bytes | None]:
     out: dict[str, bytes | None] = {}
     for path in sorted(home.rglob("*")):
         rel = str(path.relative_to(home))
-        out[rel] = None if path.is_dir() and not path.is_symlink() else path.read_bytes()
+        if path.is_symlink():
+            out[rel] = b"-> " + os.readlink(path).encode()
+        else:
+            out[rel] = None if path.is_dir() else path.read_bytes()
     return out
 
 
@@ -162,8 +165,12 @@ def test_install_open_a_link_through_the_desktop_file_and_uninstall(
 
 
 def test_uninstall_puts_back_what_was_there(tmp_path: Path) -> None:
-    """An existing mimeapps.list keeps its other lines and its previous peerdesk handler."""
-    home = tmp_path / "home"
+    """An existing mimeapps.list keeps its other lines and its previous peerdesk handler.
+
+    HOME has a space, so the Exec lines must quote the program. (xdg-mime itself
+    cannot query under such a HOME: xdg-utils 1.1 splits its search path on spaces.)
+    """
+    home = tmp_path / "a home"
     (home / ".config").mkdir(parents=True)
     (home / ".local/bin").mkdir(parents=True)
     (home / ".config/mimeapps.list").write_text(
@@ -179,6 +186,12 @@ def test_uninstall_puts_back_what_was_there(tmp_path: Path) -> None:
     mime = (home / ".config/mimeapps.list").read_text()
     assert "x-scheme-handler/peerdesk=peerdesk-link.desktop" in mime
     assert "text/html=firefox.desktop" in mime
+    argv = exec_line(home / ".local/share/applications/peerdesk-link.desktop")
+    assert Path(argv[0]).is_file() and argv[1:] == ["join", "--", "%u"]
+    version = subprocess.run(
+        [argv[0], "--version"], env=clean_env(home), cwd=home, capture_output=True, text=True
+    )
+    assert version.stdout.startswith("peerdesk "), version
     again = install(home)
     assert again.returncode == 2 and "already installed" in again.stderr
 
@@ -197,6 +210,13 @@ def test_installer_refuses_bad_options(tmp_path: Path) -> None:
     )
     assert r.returncode == 2 and "unknown option --frobnicate" in r.stderr
     assert not any(tmp_path.iterdir())
+    odd = tmp_path / "100%"  # would need escaping in the desktop file: refused, nothing made
+    odd.mkdir()
+    r = subprocess.run(
+        ["bash", str(INSTALL)], env=clean_env(odd), capture_output=True, text=True, timeout=30
+    )
+    assert r.returncode == 2 and "not supported" in r.stderr
+    assert not any(odd.iterdir())
 
 
 def test_installer_scripts_are_executable() -> None:

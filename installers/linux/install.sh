@@ -55,8 +55,8 @@ fi
 [ -e "$manifest" ] && die "PeerDesk is already installed; run $app_dir/uninstall.sh first"
 if [ "$use_pipx" = 1 ]; then command -v pipx >/dev/null || die "pipx is not installed (drop --pipx)"; fi
 command -v xdg-mime >/dev/null || die "xdg-mime is missing: install xdg-utils"
-case "$HOME$data_home$config_home" in
-    *[\"\`\$\\]*) die "paths with quotes, backslashes, \$ or \` are not supported" ;;
+case "$HOME$data_home$config_home" in  # they would need escaping in a desktop file's Exec
+    *[\"\`\$\\%]*) die "paths with quotes, backslashes, %, \$ or \` are not supported" ;;
 esac
 
 # Every path this script creates goes into the manifest as it is created, so the
@@ -68,9 +68,9 @@ mkdir_tracked() {
     for d in "${missing[@]}"; do mkdir "$d"; made_dirs+=("$d"); done
 }
 mkdir_tracked "$app_dir"
-for d in "${made_dirs[@]}"; do echo "dir $d" >> "$manifest"; done
+for d in "${made_dirs[@]}"; do echo "dir - $d" >> "$manifest"; done
 made_dirs=()
-record_dirs() { for d in "${made_dirs[@]}"; do echo "dir $d" >> "$manifest"; done; made_dirs=(); }
+record_dirs() { for d in "${made_dirs[@]}"; do echo "dir - $d" >> "$manifest"; done; made_dirs=(); }
 cleanup_on_failure() {
     echo "install.sh: failed; undoing what was installed" >&2
     bash "$here/uninstall.sh" --manifest "$manifest" >&2 || true
@@ -79,10 +79,10 @@ trap cleanup_on_failure ERR
 
 if [ "$use_pipx" = 1 ]; then
     pipx install --force "${pip_args[@]/#/--pip-args=}" "$source_spec"
-    echo "pipx peerdesk" >> "$manifest"
+    echo "pipx - peerdesk" >> "$manifest"
     exe="$(pipx environment --value PIPX_BIN_DIR)/peerdesk"
 else
-    echo "tree $app_dir/venv" >> "$manifest"
+    echo "tree - $app_dir/venv" >> "$manifest"
     "$python" -m venv "${venv_args[@]}" "$app_dir/venv"
     "$app_dir/venv/bin/python" -m pip install --quiet --disable-pip-version-check \
         "${pip_args[@]}" "$source_spec"
@@ -90,14 +90,14 @@ else
     mkdir_tracked "$bin_dir"; record_dirs
     if [ ! -e "$bin_dir/peerdesk" ]; then
         ln -s "$exe" "$bin_dir/peerdesk"
-        echo "file $bin_dir/peerdesk" >> "$manifest"
+        echo "file - $bin_dir/peerdesk" >> "$manifest"
     fi
 fi
 "$exe" --version >/dev/null
 
 cp "$here/uninstall.sh" "$app_dir/uninstall.sh"
 chmod 755 "$app_dir/uninstall.sh"
-echo "file $app_dir/uninstall.sh" >> "$manifest"
+echo "file - $app_dir/uninstall.sh" >> "$manifest"
 
 desktop_entry() { # $1: Exec arguments after the program, $2: extra lines
     cat <<EOF
@@ -117,16 +117,16 @@ EOF
 
 mkdir_tracked "$apps_dir"; record_dirs
 desktop_entry "start" "Keywords=support;remote;desktop;" > "$apps_dir/peerdesk.desktop"
-echo "file $apps_dir/peerdesk.desktop" >> "$manifest"
+echo "file - $apps_dir/peerdesk.desktop" >> "$manifest"
 desktop_entry "join -- %u" "NoDisplay=true
 MimeType=x-scheme-handler/peerdesk;" > "$apps_dir/peerdesk-link.desktop"
-echo "file $apps_dir/peerdesk-link.desktop" >> "$manifest"
+echo "file - $apps_dir/peerdesk-link.desktop" >> "$manifest"
 
 # the link handler: update the desktop database, then make ours the default
 if [ -e "$apps_dir/mimeinfo.cache" ]; then
-    echo "cache $apps_dir existed" >> "$manifest"
+    echo "cache existed $apps_dir" >> "$manifest"
 else
-    echo "cache $apps_dir new" >> "$manifest"
+    echo "cache new $apps_dir" >> "$manifest"
 fi
 if command -v update-desktop-database >/dev/null; then
     update-desktop-database "$apps_dir"
@@ -134,18 +134,18 @@ fi
 mimeapps="$config_home/mimeapps.list"
 if [ -e "$mimeapps" ]; then
     cp "$mimeapps" "$app_dir/mimeapps.list.before"
-    echo "file $app_dir/mimeapps.list.before" >> "$manifest"
-    echo "mimeapps $mimeapps existed" >> "$manifest"
+    echo "file - $app_dir/mimeapps.list.before" >> "$manifest"
+    echo "mimeapps existed $mimeapps" >> "$manifest"
 else
     mkdir_tracked "$config_home"; record_dirs
-    echo "mimeapps $mimeapps new" >> "$manifest"
+    echo "mimeapps new $mimeapps" >> "$manifest"
 fi
 XDG_CURRENT_DESKTOP="" xdg-mime default peerdesk-link.desktop x-scheme-handler/peerdesk
 
 if [ "$autostart" = 1 ]; then
     mkdir_tracked "$autostart_dir"; record_dirs
     desktop_entry "" "X-GNOME-Autostart-enabled=true" > "$autostart_dir/peerdesk.desktop"
-    echo "file $autostart_dir/peerdesk.desktop" >> "$manifest"
+    echo "file - $autostart_dir/peerdesk.desktop" >> "$manifest"
 fi
 trap - ERR
 

@@ -48,7 +48,7 @@ restore_mimeapps() { # $1: the file, $2: existed|new
 refresh_cache=""
 mapfile -t lines < <(tac "$manifest")
 for line in "${lines[@]}"; do
-    IFS=' ' read -r kind path state <<< "$line"
+    IFS=' ' read -r kind state path <<< "$line"  # "KIND STATE PATH": the path may hold spaces
     case "$kind" in
         file) rm -f -- "$path" ;;
         tree) rm -rf -- "$path" ;;
