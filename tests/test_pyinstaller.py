@@ -19,6 +19,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -156,3 +157,68 @@ def test_frozen_binary_finds_a_session_on_the_lan(
         csr.send({"cmd": "end"})
         customer.expect("ended")
         assert customer.wait(30) == 0 and csr.wait() == 0
+
+
+class _Recorder:
+    """Stands in for PyInstaller's spec globals and records what the spec builds."""
+
+    def __init__(self) -> None:
+        self.calls: dict[str, dict[str, Any]] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        def build(*args: Any, **kwargs: Any) -> Any:
+            import types
+
+            self.calls[name] = {"args": args, **kwargs}
+            return types.SimpleNamespace(pure=[], scripts=[], binaries=[], datas=[])
+
+        return build
+
+
+def run_spec(path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, dict[str, Any]]:
+    """Execute a spec file with recording stand-ins (no build): what would it make?"""
+    import types
+
+    hooks = types.ModuleType("PyInstaller.utils.hooks")
+    hooks.collect_all = lambda package: ([], [], [package])  # type: ignore[attr-defined]
+    hooks.collect_submodules = lambda package: [package]  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "PyInstaller.utils.hooks", hooks)
+    rec = _Recorder()
+    names = ("Analysis", "PYZ", "EXE", "COLLECT", "BUNDLE")
+    scope: dict[str, Any] = {"SPECPATH": str(path.parent), **{n: getattr(rec, n) for n in names}}
+    exec(compile(path.read_text(), str(path), "exec"), scope)
+    return rec.calls
+
+
+def test_macos_bundle_declares_the_url_scheme(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = run_spec(ROOT / "installers" / "macos" / "peerdesk.spec", monkeypatch)
+    plist = calls["BUNDLE"]["info_plist"]
+    (url_type,) = plist["CFBundleURLTypes"]
+    assert url_type["CFBundleURLSchemes"] == ["peerdesk"]
+    assert calls["EXE"]["argv_emulation"] is True  # the clicked link arrives as an Apple Event
+    entry = calls["Analysis"]["args"][0][0]
+    assert Path(entry) == ROOT / "installers" / "pyinstaller" / "entry.py"
+
+
+def test_windows_registers_the_url_scheme(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = run_spec(ROOT / "installers" / "windows" / "peerdesk.spec", monkeypatch)
+    assert calls["EXE"]["name"] == "peerdesk"
+    reg = (ROOT / "installers" / "windows" / "peerdesk-url.reg").read_text()
+    assert "[HKEY_CURRENT_USER\\Software\\Classes\\peerdesk]" in reg
+    assert '"URL Protocol"=""' in reg
+    assert 'peerdesk.exe\\" join -- \\"%1\\""' in reg
+    ps1 = (ROOT / "installers" / "windows" / "install.ps1").read_text()
+    assert 'join -- `"%1`"' in ps1 and "HKCU:\\Software\\Classes\\peerdesk" in ps1
+
+
+def test_a_lone_link_argument_means_join(tmp_path: Path) -> None:
+    """What macOS passes the bundle: just the link; anything else is a normal command line."""
+    entry = ROOT / "installers" / "pyinstaller" / "entry.py"
+    r = subprocess.run(
+        [sys.executable, str(entry), "peerdesk://evil/1234-5678-9012"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "PEERDESK_HOME": str(tmp_path)},
+    )
+    assert r.returncode == 2 and "unknown link action" in r.stderr
