@@ -295,9 +295,10 @@ async def _advertise(
         advertiser = lan.LanAdvertiser(room, port, name=name)
         await advertiser.start()
     except (OSError, ValueError, LocalProtocolError) as exc:  # no multicast interface, ...
+        why = exc.message if isinstance(exc, LocalProtocolError) else str(exc)
         emit(
             status.Error(
-                reason=f"could not announce the session on the LAN ({exc}); "
+                reason=f"could not announce the session on the LAN ({why}); "
                 "customers need the link, or the code and --signal",
                 code="lan_unavailable",
             )

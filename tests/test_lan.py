@@ -9,6 +9,7 @@ The namespaces have no other interface, so nothing leaves them.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -52,8 +53,6 @@ def discover(ns_exec: list[str], home: Path) -> list[dict[str, object]]:
 
 
 def _pythonpath() -> dict[str, str]:
-    import os
-
     return {"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else {}
 
 
@@ -237,6 +236,32 @@ def test_join_by_code_alone_on_one_machine(procs: list[Proc], tmp_path: Path) ->
     )
     procs.append(bad)
     assert "PEERDESK_LAN_INTERFACES: 'eth0' is not an IP address" in bad.expect("error")["reason"]
+
+
+def test_no_network_at_all_is_a_clear_error(tmp_path: Path) -> None:
+    """A namespace with no interface up: zeroconf cannot listen; we say so, no traceback."""
+    ns = f"pdnone{os.getpid() % 100000}"
+    subprocess.run(["ip", "netns", "add", ns], check=True, timeout=20)
+    try:
+        env = {"PEERDESK_HOME": str(tmp_path), "PATH": "/usr/sbin:/usr/bin:/bin", **_pythonpath()}
+
+        def run(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                ["ip", "netns", "exec", ns, sys.executable, "-m", "agent", *args],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env=env,
+            )
+
+        r = run("discover", "--timeout", "1")
+        assert r.returncode == 2 and "Traceback" not in r.stderr
+        assert r.stderr.startswith("peerdesk: cannot use the LAN for discovery"), r.stderr
+        r = run("join", "1234-5678-9012", "--json")
+        assert r.returncode == 1 and "Traceback" not in r.stderr
+        assert json.loads(r.stdout)["code"] == "no_such_session"
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], timeout=20)
 
 
 def test_lan_options_are_checked(tmp_path: Path) -> None:

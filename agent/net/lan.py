@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 Interfaces = Sequence[str] | None
 "Addresses of the interfaces to use (such as 127.0.0.1), or None for all of them."
 
+LAN_UNAVAILABLE = "lan_unavailable"
+"Error code when no interface can do multicast DNS."
+
 MAX_ANSWERS = 64
 "Records considered per browse; a LAN flooding more is ignored past this."
 
@@ -93,9 +96,14 @@ def instance_name(room: str) -> str:
 
 
 def _zeroconf(interfaces: Interfaces) -> AsyncZeroconf:
-    if interfaces is None:
-        return AsyncZeroconf(interfaces=InterfaceChoice.All, ip_version=IPVersion.All)
-    return AsyncZeroconf(interfaces=list(interfaces))
+    try:
+        if interfaces is None:
+            return AsyncZeroconf(interfaces=InterfaceChoice.All, ip_version=IPVersion.All)
+        return AsyncZeroconf(interfaces=list(interfaces))
+    except (OSError, RuntimeError) as exc:  # zeroconf: "No interfaces to listen on", ...
+        raise LocalProtocolError(
+            f"cannot use the LAN for discovery: {exc}", code=LAN_UNAVAILABLE
+        ) from None
 
 
 class LanAdvertiser:
@@ -273,7 +281,13 @@ async def _sessions(
     room: str, within: float, interfaces: Interfaces, first: bool = True
 ) -> list[LanSession]:
     started = time.monotonic()
-    answers = await browse(within, room=room if first else None, interfaces=interfaces)
+    try:
+        answers = await browse(within, room=room if first else None, interfaces=interfaces)
+    except LocalProtocolError as exc:
+        if exc.code != LAN_UNAVAILABLE:
+            raise
+        log.warning("%s", exc.message)
+        return []
     sessions = [s for s in answers if s.room == room]
     log.info(
         "LAN lookup of room %s: %d session(s) in %.0f ms",
