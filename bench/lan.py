@@ -113,7 +113,7 @@ def measure(runs: int = 20) -> LanFigures:
             children.append(via)
             code_lan = on_lan.expect("event", "session", 30)["code"]
             code_via = via.expect("event", "session", 30)["code"]
-            time.sleep(2.0)  # the announcement's probing (about 1.5 s) is over
+            time.sleep(2.5)  # the announcement's probing (about 1.5 s) is over
             worker = subprocess.run(
                 [*lan.b.exec, *py, "bench.lan", code_lan, code_via, url, str(runs)],
                 capture_output=True,
