@@ -246,3 +246,22 @@ def test_landing_page_in_chromium_builds_a_link_that_joins(
     csr.send({"cmd": "end"})
     customer.expect("ended")
     assert csr.wait() == 0 and customer.wait() == 0
+
+
+def test_console_start_prints_the_web_page_of_its_own_server(
+    procs: list[Proc], tmp_path: Path
+) -> None:
+    csr = Proc(["agent", "start", "--port", "0", "--no-advertise"], home=tmp_path / "csr")
+    procs.append(csr)
+    lines: list[str] = []
+    while not any(x.startswith("Web page:") for x in lines):
+        line = csr.lines.get(timeout=20)
+        assert line is not None, "".join(csr.stderr)
+        lines.append(line)
+    code = next(x for x in lines if x.startswith("Session code:")).split()[-1]
+    page = next(x for x in lines if x.startswith("Web page:")).split()[-1]
+    digits = code.replace("-", "")
+    assert page.endswith(f"/j/{digits[:6]}#{digits[6:]}")
+    port = page.split("/")[2].rsplit(":", 1)[1]
+    status, _, body = _get(f"http://127.0.0.1:{port}/j/{digits[:6]}")  # fragments stay home
+    assert status == 200 and f'data-room="{digits[:6]}"' in body

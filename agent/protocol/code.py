@@ -101,6 +101,16 @@ class JoinLink:
         return f"{base}?signal={quote(self.signal, safe=':/[]')}"
 
 
+def landing_url(code: SessionCode, signal: str) -> str:
+    """The server's one-click page for ``code``: ``http(s)://HOST/j/ROOM#SECRET``.
+
+    The secret is in the fragment, which browsers never send: the server sees the room.
+    """
+    parts = urlsplit(check_signal_url(signal))
+    scheme = "https" if parts.scheme == "wss" else "http"
+    return f"{scheme}://{parts.netloc}/j/{code.room}#{code.secret}"
+
+
 def parse_link(text: str) -> JoinLink:
     """Parse ``peerdesk://join/CODE[?signal=URL]``; anything else is an error."""
     if len(text) > 1024:
