@@ -1,8 +1,9 @@
 """``peerdesk``: the command line.
 
 peerdesk                      start a session (console until the tray lands)
-peerdesk start [--signal URL] [--headless --json]
+peerdesk start [--signal URL | --lan] [--headless --json]
 peerdesk join CODE|LINK [--signal URL] [--headless --json] [--name NAME]
+peerdesk discover [--timeout S] [--json]
 peerdesk signal [--host H] [--port P]
 peerdesk id [--name NAME]
 peerdesk bench [join]
@@ -17,8 +18,9 @@ import logging
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent import __version__, identity, status
 from agent.errors import LocalProtocolError, PeerDeskError
@@ -27,10 +29,15 @@ from agent.protocol.code import JoinLink, SessionCode, check_signal_url, parse_c
 from agent.services.customer import CustomerOptions
 from agent.session import handshake as hsk
 
+if TYPE_CHECKING:
+    from agent.net.lan import LanAdvertiser
+
 log = logging.getLogger("peerdesk")
 
 DEFAULT_PORT = 47800
 "The embedded signaling server's port when it is free; a customer on the same machine finds it."
+LAN_LOOKUP_S = 4.0
+"How long ``join`` without a server listens on the LAN for the session's announcement."
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -59,6 +66,17 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_PORT,
         help=f"port of the embedded signaling server (default {DEFAULT_PORT}, else any free one)",
     )
+    start.add_argument(
+        "--lan",
+        action="store_true",
+        help="host the signaling endpoint in this agent and announce it on the LAN "
+        "(zeroconf); the default when no --signal is given",
+    )
+    start.add_argument(
+        "--no-advertise",
+        action="store_true",
+        help="host the signaling endpoint but do not announce it on the LAN",
+    )
     join = sub.add_parser("join", help="join a session with a code or link (customer)")
     join.add_argument(
         "code",
@@ -85,6 +103,10 @@ def _parser() -> argparse.ArgumentParser:
         help="join as the customer (default) or as an assistant CSR, with the CSR code",
     )
 
+    disc = sub.add_parser("discover", help="list PeerDesk sessions announced on the LAN")
+    disc.add_argument("--timeout", type=float, default=3.0, help="seconds to listen (default 3)")
+    disc.add_argument("--json", action="store_true", help="one JSON object per session")
+
     sig = sub.add_parser("signal", help="run a signaling server")
     sig.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")  # noqa: S104
     sig.add_argument("--port", type=int, default=8765, help="port (default 8765)")
@@ -107,7 +129,7 @@ def _parser() -> argparse.ArgumentParser:
         nargs="*",
         default=["join"],
         help="figures to measure: join, control, files, screen, log, idle, transfer, "
-        "failover, all (default: join)",
+        "failover, lan (root: two network namespaces), all (default: join)",
     )
     bench.add_argument("--runs", type=int, default=20)
     bench.add_argument("--record", metavar="FILE", help="append the figures to this Markdown file")
@@ -145,6 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if command == "id":
             return _id(args)
+        if command == "discover":
+            return asyncio.run(_discover(args))
         if command == "bench":
             from bench.run import main as bench_main
 
@@ -191,23 +215,17 @@ async def _embedded_server(port: int) -> tuple[object, str]:
         except OSError as exc:
             log.info("embedded server on %s:%s: %s", attempt_hosts, attempt_port, exc)
             continue
-        return runner, f"ws://{_lan_address()}:{actual}"
+        address = _lan_address()
+        host = f"[{address}]" if ":" in address else address
+        return runner, f"ws://{host}:{actual}"
     raise LocalProtocolError("could not start the embedded signaling server on any port")
 
 
 def _lan_address() -> str:
-    """This machine's first non-loopback IPv4 address, for links others on the LAN can use."""
-    import ipaddress
+    """This machine's first LAN address (IPv4, else IPv6), for links others can use."""
+    from agent.net.lan import lan_addresses
 
-    import ifaddr
-
-    for adapter in ifaddr.get_adapters():
-        for ip in adapter.ips:
-            if isinstance(ip.ip, str):
-                addr = ipaddress.ip_address(ip.ip)
-                if not addr.is_loopback and not addr.is_link_local:
-                    return ip.ip
-    return "127.0.0.1"
+    return next(iter(lan_addresses()), "127.0.0.1")
 
 
 def _install_signal_handlers(stop: asyncio.Event) -> None:
@@ -227,16 +245,21 @@ async def _start(args: argparse.Namespace) -> int:
     emit = json_emitter() if args.json else console_emitter()
     me = identity.load().with_name(args.name)
     runner = None
+    if args.signal and args.lan:
+        raise LocalProtocolError("--lan hosts the signaling endpoint in this agent: drop --signal")
     if args.signal:
         url = check_signal_url(args.signal)
     else:
         runner, url = await _embedded_server(args.port)
     session = CsrSession(me, url, emit, download_dir=_directory(args.download_dir))
     try:
-        await session.start()
+        code = await session.start()
     except PeerDeskError as exc:
         emit(status.Error(reason=exc.message, code=exc.code))
         return 1
+    advertising = None  # announced in the background: probing the name takes ~1.5 s
+    if runner is not None and not args.no_advertise:
+        advertising = asyncio.ensure_future(_advertise(code.room, url, me.name, emit))
     stop = asyncio.Event()
     _install_signal_handlers(stop)
     reader = asyncio.ensure_future(read_commands(session, emit, json_mode=args.json))
@@ -247,9 +270,59 @@ async def _start(args: argparse.Namespace) -> int:
         await session.end("stopped", force=True)
     reader.cancel()
     stopper.cancel()
+    if advertising is not None:
+        if not advertising.done():
+            advertising.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            advertiser = await advertising
+            if advertiser is not None:
+                await advertiser.stop()
     if runner is not None:
         await runner.cleanup()  # type: ignore[attr-defined]
     return done.result()
+
+
+async def _advertise(
+    room: str, url: str, name: str, emit: Callable[[status.Status], None]
+) -> LanAdvertiser | None:
+    """Announce the embedded endpoint on the LAN; a LAN without multicast is not fatal."""
+    from urllib.parse import urlsplit
+
+    from agent.net import lan
+
+    port = urlsplit(url).port or DEFAULT_PORT
+    try:
+        advertiser = lan.LanAdvertiser(room, port, name=name)
+        await advertiser.start()
+    except (OSError, ValueError, LocalProtocolError) as exc:  # no multicast interface, ...
+        why = exc.message if isinstance(exc, LocalProtocolError) else str(exc)
+        emit(
+            status.Error(
+                reason=f"could not announce the session on the LAN ({why}); "
+                "customers need the link, or the code and --signal",
+                code="lan_unavailable",
+            )
+        )
+        return None
+    return advertiser
+
+
+async def _discover(args: argparse.Namespace) -> int:
+    import json
+
+    from agent.net import lan
+
+    if not 0 < args.timeout <= 60:
+        raise LocalProtocolError("--timeout must be between 0 and 60 seconds")
+    sessions = await lan.browse(args.timeout)
+    for s in sessions:
+        if args.json:
+            print(json.dumps(s.to_json()), flush=True)
+        else:
+            print(f"{s.room}  {s.name or '-':<24}  {' '.join(s.urls)}")
+    if not sessions and not args.json:
+        print(f"no PeerDesk session announced on the LAN within {args.timeout:g} s")
+    return 0
 
 
 def _customer_options(args: argparse.Namespace) -> CustomerOptions:
@@ -282,6 +355,28 @@ def _customer_options(args: argparse.Namespace) -> CustomerOptions:
     )
 
 
+async def _one(url: str) -> AsyncIterator[str]:
+    yield url
+
+
+async def _lan_candidates(room: str) -> AsyncIterator[str]:
+    """Where to try a room with no server given: the LAN's answers, then this machine.
+
+    The first lookup returns at the first answer (fast); if none of those holds the
+    session, a second one listens for every answer, for squatted room ids.
+    """
+    from agent.net import lan
+
+    tried: set[str] = set()
+    for first in (True, False):
+        found = await lan.join_candidates(room, LAN_LOOKUP_S if first else 1.5, first=first)
+        for url in found:
+            if url not in tried:
+                tried.add(url)
+                yield url
+    yield f"ws://127.0.0.1:{DEFAULT_PORT}"
+
+
 async def _join(args: argparse.Namespace) -> int:
     from agent.runtime import CustomerSession
 
@@ -293,33 +388,48 @@ async def _join(args: argparse.Namespace) -> int:
         link = JoinLink(SessionCode(args.code.strip(), ""), None)
     else:
         link = parse_code_or_link(args.code)
-    if args.signal:
-        url = check_signal_url(args.signal)
-    elif link.signal:
-        url = link.signal
-    else:
-        url = f"ws://127.0.0.1:{DEFAULT_PORT}"
     me = identity.load().with_name(args.name)
     role = "csr" if args.role == "assistant" else "customer"
-    session = CustomerSession(
-        me,
-        link,
-        url,
-        emit,
-        role=role,
-        options=_customer_options(args),
-        timeout=hsk.DECISION_TTL if role == "csr" else hsk.JOIN_TIMEOUT,
-    )
-    try:
-        await session.join()
-    except PeerDeskError as exc:
-        if not (args.signal or link.signal) and exc.code == "signal_unreachable":
-            exc = type(exc)(
-                f"{exc.message}. No signaling server was given: pass --signal URL or "
-                "use the full link the CSR sent",
-                code=exc.code,
+    options = _customer_options(args)
+    on_lan = not (args.signal or link.signal)
+    if args.signal:
+        urls: AsyncIterator[str] = _one(check_signal_url(args.signal))
+    elif link.signal:
+        urls = _one(link.signal)
+    else:  # no server configured: find the session on the LAN by its room id
+        urls = _lan_candidates(link.code.room)
+    failure: PeerDeskError | None = None
+    async for url in urls:
+        session = CustomerSession(
+            me,
+            link,
+            url,
+            emit,
+            role=role,
+            options=options,
+            timeout=hsk.DECISION_TTL if role == "csr" else hsk.JOIN_TIMEOUT,
+        )
+        try:
+            await session.join()
+            break
+        except PeerDeskError as exc:
+            if failure is None or failure.code != "wrong_code":
+                failure = exc
+            # Discovery is untrusted: another answer for this room id (a second
+            # session, or someone squatting the id) may be the one that knows the code.
+            if on_lan and exc.code in ("signal_unreachable", "no_such_session", "wrong_code"):
+                log.info("no session %s at %s (%s); next", link.code.room, url, exc.message)
+                continue
+            emit(status.Error(reason=exc.message, code=exc.code))
+            return 1
+    else:
+        if failure is None or failure.code in ("signal_unreachable", "no_such_session"):
+            failure = LocalProtocolError(
+                f"no session {link.code.room} found on the LAN or on this machine. "
+                "Pass --signal URL or use the full link the CSR sent",
+                code="no_such_session",
             )
-        emit(status.Error(reason=exc.message, code=exc.code))
+        emit(status.Error(reason=failure.message, code=failure.code))
         return 1
 
     stop = asyncio.Event()

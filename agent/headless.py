@@ -17,6 +17,7 @@ from typing import Protocol, TextIO
 from agent import status
 from agent.errors import DecodeError, PeerDeskError
 from agent.protocol import commands as cmds
+from agent.protocol.code import landing_url, parse_code
 
 
 class Controllable(Protocol):
@@ -51,6 +52,7 @@ def _describe(event: status.Status) -> str:
         return (
             f"Session code: {event.code}\n"
             f"Link:         {event.link}\n"
+            f"Web page:     {landing_url(parse_code(event.code), event.signal)}\n"
             "Give the customer the code (or the link). Type to chat; /end ends the session."
         )
     if isinstance(event, status.Joined):

@@ -112,6 +112,17 @@ def _failover(runs: int) -> list[str]:
     return rows(f)
 
 
+def _lan(runs: int) -> list[str]:
+    from bench.lan import measure, report, rows
+
+    if os.geteuid() != 0:
+        print("lan: needs root (it makes two network namespaces); skipped")
+        return []
+    f = measure(runs)
+    print("\n".join(report(f)))
+    return rows(f)
+
+
 BENCHES = {
     "join": _join,
     "control": _control,
@@ -121,6 +132,7 @@ BENCHES = {
     "idle": _idle,
     "transfer": _transfer,
     "failover": _failover,
+    "lan": _lan,
 }
 
 

@@ -65,6 +65,7 @@ from agent.protocol.signaling import (
     decode_client,
     encode,
 )
+from signaling import landing
 from signaling.logs import configure_logging
 
 log = logging.getLogger("peerdesk.signaling")
@@ -594,11 +595,12 @@ async def _on_shutdown(app: web.Application) -> None:
 
 
 def create_app(config: ServerConfig | None = None) -> web.Application:
-    """The signaling server as an aiohttp application: ``/ws`` and ``/healthz``."""
+    """The signaling server as an aiohttp application: ``/ws``, ``/healthz``, ``/j/ROOM``."""
     app = web.Application()
     app[STATE] = _State(config if config is not None else ServerConfig())
     app.router.add_get("/ws", _websocket)
     app.router.add_get("/healthz", _healthz)
+    landing.setup(app)  # /j/ROOM (one-click link landing page), /install/OS
     app.cleanup_ctx.append(_sweeper)
     app.on_shutdown.append(_on_shutdown)
     return app

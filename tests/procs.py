@@ -26,16 +26,24 @@ class Proc:
         home: Path | None = None,
         name: str = "",
         env: dict[str, str] | None = None,
+        wrap: list[str] | None = None,
+        exe: list[str] | None = None,
     ) -> None:
-        """``env`` adds to this process's environment (``DISPLAY`` for a customer's desktop)."""
+        """``env`` adds to this process's environment (``DISPLAY`` for a customer's desktop).
+
+        ``wrap`` prefixes the command (``["ip", "netns", "exec", NS]``: run it in a namespace);
+        ``exe`` replaces ``python -m`` (a frozen ``peerdesk`` binary).
+        """
         extra = env or {}
         env = {**os.environ, **extra}
         if home is not None:
             env["PEERDESK_HOME"] = str(home)
         env["PYTHONUNBUFFERED"] = "1"
+        if wrap is None:  # zeroconf stays on loopback, off the host's LAN (not in a netns)
+            env.setdefault("PEERDESK_LAN_INTERFACES", "127.0.0.1")
         self.name = name or args[0]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", *args],
+            [*(wrap or []), *(exe or [sys.executable, "-m"]), *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -128,7 +128,15 @@ def test_csr_and_two_customers_chat_leave_and_end(procs: list[Proc], tmp_path: P
 def test_embedded_server_and_wrong_code(procs: list[Proc], tmp_path: Path) -> None:
     """Without --signal the CSR hosts the server itself; a wrong code fails on both sides."""
     csr = peerdesk(
-        procs, tmp_path / "csr", "start", "--headless", "--json", "--port", "0", name="csr"
+        procs,
+        tmp_path / "csr",
+        "start",
+        "--headless",
+        "--json",
+        "--port",
+        "0",
+        "--no-advertise",
+        name="csr",
     )
     session = csr.expect("session")
     digits = session["code"].replace("-", "")

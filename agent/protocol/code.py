@@ -20,6 +20,7 @@ from agent.errors import InvalidCode
 
 _CODE_RE = re.compile(r"([0-9]{6})([0-9]{6})")
 _ROOM_RE = re.compile(r"[0-9]{6}")
+_BLANK_OR_CONTROL = re.compile(r"[\x00-\x20\x7f-\x9f\s]")
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,8 @@ def check_signal_url(url: str) -> str:
             url.encode("utf-8")
         except UnicodeEncodeError:  # lone surrogates, e.g. from undecodable argv bytes
             raise InvalidCode("signaling URL is not valid text") from None
+    if _BLANK_OR_CONTROL.search(url):  # urlsplit would silently drop tabs and newlines
+        raise InvalidCode("signaling URL must not contain spaces or control characters")
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -98,12 +101,25 @@ class JoinLink:
         return f"{base}?signal={quote(self.signal, safe=':/[]')}"
 
 
+def landing_url(code: SessionCode, signal: str) -> str:
+    """The server's one-click page for ``code``: ``http(s)://HOST/j/ROOM#SECRET``.
+
+    The secret is in the fragment, which browsers never send: the server sees the room.
+    """
+    parts = urlsplit(check_signal_url(signal))
+    scheme = "https" if parts.scheme == "wss" else "http"
+    return f"{scheme}://{parts.netloc}/j/{code.room}#{code.secret}"
+
+
 def parse_link(text: str) -> JoinLink:
     """Parse ``peerdesk://join/CODE[?signal=URL]``; anything else is an error."""
     if len(text) > 1024:
         raise InvalidCode("link is too long")
+    text = text.strip()
+    if _BLANK_OR_CONTROL.search(text):
+        raise InvalidCode("link must not contain spaces or control characters")
     try:
-        parts = urlsplit(text.strip())
+        parts = urlsplit(text)
     except ValueError as exc:
         raise InvalidCode(f"link is invalid: {exc}") from None
     if parts.scheme != "peerdesk":
