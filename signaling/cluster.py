@@ -1,0 +1,298 @@
+"""Signaling nodes that share rooms through Redis (``peerdesk signal --redis URL``).
+
+What lives in Redis, under a key prefix (``peerdesk:`` by default):
+
+- ``room:<id>`` — the node that holds room ``<id>``. A node claims a fresh id with
+  ``SET NX EX`` (the TTL is the room idle TTL plus a minute, renewed on every join),
+  deletes it when the room closes (only if it still names that node), and the key
+  expires by itself when a node dies.
+- ``node:<node>`` — a node's heartbeat, set every second with a 5 s TTL. A node whose
+  heartbeat key is missing is dead: its rooms are not found, the clients it forwarded
+  to other nodes are dropped there, and clients forwarded to it are closed (1012) so
+  that they reconnect.
+- ``mbox:<node>`` — the node's mailbox, a Redis stream (``XADD MAXLEN ~``, read with
+  ``XREAD BLOCK`` from the last id seen). A room lives on the node where its host is
+  connected. A joiner connected elsewhere is *forwarded*: its own node posts the
+  joiner's frames to the room's node, which answers into the joiner's node's mailbox.
+
+Delivery guarantee: between two live nodes, mail arrives exactly in the order it was
+posted, each message once (one writer task per node posts in order; the reader resumes
+from the last stream id it saw, also across a lost Redis connection, so nothing is
+skipped while the stream keeps it; streams keep the last ~100,000 entries). Mail for a
+node that died is lost with that node: its clients' WebSockets are gone too, and they
+see their connection close. Mail is not persisted past Redis itself (no AOF needed:
+rooms are ephemeral by design, a Redis restart loses the live rooms, not sessions,
+which are peer to peer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+log = logging.getLogger("peerdesk.signaling")
+
+HEARTBEAT_EVERY = 1.0
+"Seconds between two heartbeats of a node."
+HEARTBEAT_TTL = 5
+"Seconds after its last heartbeat that a node counts as dead."
+STREAM_MAXLEN = 100_000
+"Entries a mailbox keeps (approximately); a reader that falls further behind loses the oldest."
+STREAM_TTL = 60
+"Seconds a mailbox stream outlives its last write (so that a dead node's mailbox goes)."
+BATCH = 512
+"Most operations sent to Redis in one pipeline."
+
+# Delete a key only if it still holds our value: a room id that expired and was claimed
+# by another node must not be freed by us.
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+
+ATTACH = "a"
+"To a room's node: client ``conn`` of node ``node`` joins here (data: nothing)."
+FRAME = "f"
+"To a room's node: a WebSocket text frame of forwarded client ``conn``."
+DETACH = "x"
+"To a room's node: forwarded client ``conn`` disconnected."
+OUT = "o"
+"To a client's node: write ``data`` (a server message) to local client ``conn``."
+CLOSE = "z"
+"To a client's node: close local client ``conn``; ``data`` is ``<code> <reason>``."
+KINDS = frozenset({ATTACH, FRAME, DETACH, OUT, CLOSE})
+
+
+@dataclass(frozen=True)
+class Mail:
+    """One message between nodes."""
+
+    kind: str
+    "One of ATTACH, FRAME, DETACH, OUT, CLOSE."
+    node: str
+    "The node that posted it."
+    conn: str
+    "The connection id it is about."
+    data: str
+    "A frame, a server message, or a close code and reason; empty for ATTACH and DETACH."
+
+
+def parse_mail(fields: dict[str, str]) -> Mail | None:
+    """A mailbox entry, or None when it is not one of ours (never trusted blindly)."""
+    kind, node, conn, data = (fields.get(k) for k in ("k", "n", "c", "d"))
+    if kind not in KINDS or not node or not conn or data is None:
+        return None
+    if len(node) > 64 or len(conn) > 64:
+        return None
+    return Mail(kind, node, conn, data)
+
+
+class Cluster:
+    """This node's link to Redis: room claims, node liveness and mailboxes."""
+
+    def __init__(self, url: str, *, node: str | None = None, prefix: str = "peerdesk:") -> None:
+        self.url = url
+        self.node = node if node is not None else secrets.token_hex(4)
+        self.prefix = prefix
+        self.redis: aioredis.Redis = aioredis.Redis.from_url(
+            url, decode_responses=True, socket_connect_timeout=2.0, socket_timeout=10.0
+        )
+        self.peers: set[str] = set()
+        "Nodes we exchange mail with; their heartbeat is checked every second."
+        self.posted = 0
+        self.received = 0
+        self._ops: asyncio.Queue[tuple[str, tuple[Any, ...]]] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- keys
+
+    def room_key(self, room: str) -> str:
+        return f"{self.prefix}room:{room}"
+
+    def node_key(self, node: str) -> str:
+        return f"{self.prefix}node:{node}"
+
+    def mbox_key(self, node: str) -> str:
+        return f"{self.prefix}mbox:{node}"
+
+    # -- life
+
+    async def start(
+        self,
+        on_mail: Callable[[Mail], Awaitable[None]],
+        on_node_dead: Callable[[str], None],
+    ) -> None:
+        """Check Redis answers, announce this node, and start its background tasks."""
+        try:
+            await self.redis.ping()
+            await self.redis.set(self.node_key(self.node), "1", ex=HEARTBEAT_TTL)
+        except (RedisError, OSError) as exc:
+            await self.redis.aclose()
+            raise ConnectionError(f"cannot reach Redis at {self.url}: {exc}") from None
+        self._tasks = [
+            asyncio.create_task(self._heartbeat(on_node_dead)),
+            asyncio.create_task(self._read(on_mail)),
+            asyncio.create_task(self._write()),
+        ]
+        log.info("cluster_joined", extra={"fields": {"node": self.node}})
+
+    async def stop(self) -> None:
+        """Flush what is queued, leave (delete the heartbeat), close the connection."""
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._flush_all(), 2.0)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        with contextlib.suppress(RedisError, OSError):
+            await self.redis.delete(self.node_key(self.node))
+        await self.redis.aclose()
+
+    # -- rooms
+
+    async def claim(self, room: str, ttl: float) -> bool | None:
+        """True if ``room`` is now ours, False if another node holds it, None if Redis fails."""
+        try:
+            won = await self.redis.set(self.room_key(room), self.node, nx=True, ex=_ttl(ttl))
+        except (RedisError, OSError) as exc:
+            log.warning("claim_failed", extra={"fields": {"room": room, "error": str(exc)}})
+            return None
+        return bool(won)
+
+    async def locate(self, room: str) -> str | None:
+        """The live node (not this one) that holds ``room``, if any."""
+        try:
+            node = await self.redis.get(self.room_key(room))
+            if not isinstance(node, str) or node == self.node:
+                return None
+            if not await self.redis.exists(self.node_key(node)):
+                return None  # its node died; the claim expires by itself
+        except (RedisError, OSError) as exc:
+            log.warning("locate_failed", extra={"fields": {"room": room, "error": str(exc)}})
+            return None
+        self.peers.add(node)
+        return node
+
+    def release(self, room: str) -> None:
+        """Free ``room``'s id (queued; in order with the mail)."""
+        self._queue("release", room)
+
+    def touch(self, room: str, ttl: float) -> None:
+        """Renew ``room``'s claim for ``ttl`` seconds (queued)."""
+        self._queue("touch", room, ttl)
+
+    # -- mail
+
+    def post(self, node: str, kind: str, conn: str, data: str = "") -> None:
+        """Queue mail for ``node``; posted in order by one writer."""
+        self.peers.add(node)
+        self._queue("post", node, kind, conn, data)
+
+    def _queue(self, op: str, *args: Any) -> None:
+        self._ops.put_nowait((op, args))
+
+    async def _flush_all(self) -> None:
+        await self._ops.join()
+
+    async def _write(self) -> None:
+        while True:
+            first = await self._ops.get()
+            batch = [first]
+            while len(batch) < BATCH and not self._ops.empty():
+                batch.append(self._ops.get_nowait())
+            pipe = self.redis.pipeline(transaction=False)
+            streams: set[str] = set()
+            for op, args in batch:
+                if op == "post":
+                    node, kind, conn, data = args
+                    key = self.mbox_key(node)
+                    streams.add(key)
+                    pipe.xadd(
+                        key,
+                        {"k": kind, "n": self.node, "c": conn, "d": data},
+                        maxlen=STREAM_MAXLEN,
+                        approximate=True,
+                    )
+                elif op == "release":
+                    pipe.eval(_RELEASE, 1, self.room_key(args[0]), self.node)
+                elif op == "touch":
+                    pipe.expire(self.room_key(args[0]), _ttl(args[1]))
+            for key in streams:
+                pipe.expire(key, STREAM_TTL)
+            try:
+                for attempt in range(3):
+                    try:
+                        await pipe.execute()
+                        self.posted += len(batch)
+                        break
+                    except (RedisError, OSError) as exc:
+                        log.warning(
+                            "redis_write_failed",
+                            extra={"fields": {"ops": len(batch), "error": str(exc)}},
+                        )
+                        await asyncio.sleep(0.2 * (attempt + 1))
+            finally:
+                for _ in batch:
+                    self._ops.task_done()
+
+    async def _read(self, on_mail: Callable[[Mail], Awaitable[None]]) -> None:
+        key = self.mbox_key(self.node)
+        last = "0-0"  # a fresh node id: its stream is new, read it from the start
+        while True:
+            try:
+                answer: Any = await self.redis.xread({key: last}, count=BATCH, block=1000)
+            except (RedisError, OSError) as exc:
+                log.warning("redis_read_failed", extra={"fields": {"error": str(exc)}})
+                await asyncio.sleep(0.5)
+                continue
+            streams: list[tuple[str, list[tuple[str, dict[str, str]]]]] = answer or []
+            for _stream, entries in streams:
+                for entry_id, fields in entries:
+                    last = entry_id
+                    mail = parse_mail(fields)
+                    if mail is None:
+                        log.warning("bad_mail", extra={"fields": {"id": entry_id}})
+                        continue
+                    self.received += 1
+                    try:
+                        await on_mail(mail)
+                    except Exception:
+                        log.exception("mail_failed", extra={"fields": {"kind": mail.kind}})
+
+    async def _heartbeat(self, on_node_dead: Callable[[str], None]) -> None:
+        me = self.node_key(self.node)
+        while True:
+            await asyncio.sleep(HEARTBEAT_EVERY)
+            try:
+                await self.redis.set(me, "1", ex=HEARTBEAT_TTL)
+                peers = sorted(self.peers)
+                if not peers:
+                    continue
+                alive = await self.redis.exists(*[self.node_key(p) for p in peers])
+                if alive == len(peers):
+                    continue
+                pipe = self.redis.pipeline(transaction=False)
+                for p in peers:
+                    pipe.exists(self.node_key(p))
+                flags = await pipe.execute()
+            except (RedisError, OSError) as exc:
+                log.warning("redis_heartbeat_failed", extra={"fields": {"error": str(exc)}})
+                continue
+            for peer, flag in zip(peers, flags, strict=True):
+                if not flag:
+                    self.peers.discard(peer)
+                    log.warning("node_dead", extra={"fields": {"node": peer}})
+                    on_node_dead(peer)
+
+
+def _ttl(seconds: float) -> int:
+    return max(1, int(seconds) + 60)
