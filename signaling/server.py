@@ -127,10 +127,12 @@ class ServerConfig:
     "New WebSockets per second one client address may open, sustained."
     connect_burst_per_ip: float = 40.0
     "New WebSockets one client address may open at once."
-    room_rate: float = 100.0
-    "Messages per second relayed within one room, all senders together, sustained."
-    room_burst: float = 200.0
-    "Messages one room may relay at once; past it senders get ``room_rate_limited``."
+    room_rate: float = 200.0
+    """Messages per second relayed within one room, all senders together, sustained (a
+    cap on the room, below the sum of its members' own limits: 17 x 20/s)."""
+    room_burst: float = 1000.0
+    """Messages one room may relay at once (every member's burst at once fits); past it
+    senders get ``room_rate_limited``."""
     clock: Callable[[], float] = field(default=time.monotonic)
     "Monotonic time in seconds; tests inject a fake one to expire rooms without waiting."
 
