@@ -112,6 +112,14 @@ def _failover(runs: int) -> list[str]:
     return rows(f)
 
 
+def _signaling(runs: int) -> list[str]:
+    from bench.signaling import measure, report, rows
+
+    f = measure(3.0)
+    print("\n".join(report(f)))
+    return rows(f)
+
+
 BENCHES = {
     "join": _join,
     "control": _control,
@@ -121,6 +129,7 @@ BENCHES = {
     "idle": _idle,
     "transfer": _transfer,
     "failover": _failover,
+    "signaling": _signaling,
 }
 
 
