@@ -3,7 +3,7 @@
 peerdesk                      start a session (console until the tray lands)
 peerdesk start [--signal URL] [--headless --json]
 peerdesk join CODE|LINK [--signal URL] [--headless --json] [--name NAME]
-peerdesk signal [--host H] [--port P]
+peerdesk signal [--host H] [--port P] [--redis URL] [--turn-url URL --turn-secret S] [--drain S]
 peerdesk id [--name NAME]
 peerdesk bench [join]
 """
@@ -88,6 +88,9 @@ def _parser() -> argparse.ArgumentParser:
     sig = sub.add_parser("signal", help="run a signaling server")
     sig.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")  # noqa: S104
     sig.add_argument("--port", type=int, default=8765, help="port (default 8765)")
+    from signaling.options import add_arguments as add_signal_arguments
+
+    add_signal_arguments(sig)
 
     ident = sub.add_parser("id", help="show (or name) this agent's identity")
     ident.add_argument("--name", help="set the display name")
@@ -132,9 +135,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "signal":
-        from signaling.server import run
+        from signaling.server import options, run
 
-        run(args.host, args.port)  # JSON-line logs on stderr
+        try:
+            config, redis_url, turn = options(args)
+        except ValueError as exc:
+            print(f"peerdesk signal: {exc}", file=sys.stderr)
+            return 2
+        try:  # JSON-line logs on stderr
+            run(args.host, args.port, config, redis_url=redis_url, turn=turn)
+        except ConnectionError as exc:
+            print(f"peerdesk signal: {exc}", file=sys.stderr)
+            return 1
         return 0
     logging.basicConfig(
         level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],

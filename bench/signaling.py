@@ -141,7 +141,7 @@ class _Proc:
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if not line:
-            raise RuntimeError(f"bench process {self.proc.args} did not start")
+            raise RuntimeError(f"bench process {self.proc.args!r} did not start")
         body: dict[str, Any] = json.loads(line)
         return body
 
