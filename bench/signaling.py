@@ -61,9 +61,9 @@ def bench_config() -> Any:
 
 async def _bare_server(port_out: Any) -> None:
     """The baseline: relay ``send`` between a room's host and joiners, nothing else."""
-    rooms: dict[str, web.WebSocketResponse] = {}
+    rooms: dict[str, tuple[web.WebSocketResponse, list[web.WebSocketResponse]]] = {}
     conns: dict[str, web.WebSocketResponse] = {}
-    counter = iter(range(10**12))
+    counter = iter(range(1, 10**12))
 
     async def ws_handler(request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(max_msg_size=1 << 17, compress=False)
@@ -77,26 +77,29 @@ async def _bare_server(port_out: Any) -> None:
                 m = json.loads(msg.data)
                 t = m["type"]
                 if t == "create":
-                    room = f"{len(rooms) + next(counter) % 1000:06d}"[-6:]
+                    room = f"{next(counter) % 10**6:06d}"
                     while room in rooms:
                         room = f"{next(counter) % 10**6:06d}"
-                    rooms[room] = ws
+                    rooms[room] = (ws, [])
                     mine.append(room)
                     await ws.send_str(json.dumps({"type": "created", "room": room}))
                 elif t == "join":
-                    host = rooms[m["room"]]
+                    host, joiners = rooms[m["room"]]
+                    joiners.append(ws)
                     joined = m["room"]
                     await ws.send_str(json.dumps({"type": "joined", "room": joined, "peer": me}))
                     await host.send_str(json.dumps({"type": "peer", "room": joined, "peer": me}))
                 elif t == "send":
                     if m["to"] == "host" and joined is not None:
                         out = {"type": "relay", "room": joined, "from": me, "data": m["data"]}
-                        await rooms[joined].send_str(json.dumps(out))
+                        await rooms[joined][0].send_str(json.dumps(out))
                     elif m["to"] in conns:
                         out = {"type": "relay", "room": "", "from": "host", "data": m["data"]}
                         await conns[m["to"]].send_str(json.dumps(out))
                 elif t == "close":
-                    rooms.pop(m["room"], None)
+                    _host, joiners = rooms.pop(m["room"], (ws, []))
+                    for j in joiners:
+                        await j.send_str(json.dumps({"type": "closed", "room": m["room"]}))
         finally:
             conns.pop(me, None)
             for room in mine:
