@@ -26,8 +26,10 @@ class Proc:
         home: Path | None = None,
         name: str = "",
         env: dict[str, str] | None = None,
+        prefix: list[str] | None = None,
     ) -> None:
-        """``env`` adds to this process's environment (``DISPLAY`` for a customer's desktop)."""
+        """``env`` adds to this process's environment (``DISPLAY`` for a customer's desktop);
+        ``prefix`` runs it through a command (``ip netns exec NS``)."""
         extra = env or {}
         env = {**os.environ, **extra}
         if home is not None:
@@ -35,7 +37,7 @@ class Proc:
         env["PYTHONUNBUFFERED"] = "1"
         self.name = name or args[0]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", *args],
+            [*(prefix or []), sys.executable, "-m", *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -218,3 +218,49 @@ def decode_server(data: str | bytes) -> ServerMessage:
     """Parse a message the server sent to a client; raises ``DecodeError``."""
     msg: ServerMessage = _decode(data, _SERVER, "signaling message")
     return msg
+
+
+# --------------------------------------------------------------------------- ICE servers
+
+#: ``GET /ice`` on a signaling server answers ``{"iceServers": [...]}``, the TURN (and
+#: STUN) servers agents may use, with time-limited credentials minted by the server.
+MAX_ICE_BYTES = 16 * 1024
+MAX_ICE_SERVERS = 4
+ICE_URL_RE = re.compile(
+    r"(turns?|stun):[A-Za-z0-9.\-]{1,253}(:[0-9]{1,5})?(\?transport=(udp|tcp))?"
+)
+
+
+@dataclass(frozen=True)
+class IceServer:
+    """One TURN or STUN server an agent may gather candidates from."""
+
+    urls: tuple[str, ...]
+    "``turn:host:port`` (``?transport=udp|tcp``), ``turns:`` or ``stun:`` URLs, 1 to 4."
+    username: str | None
+    "For TURN: ``<unix expiry>:<label>`` (coturn's REST scheme), at most 256 characters."
+    credential: str | None
+    "For TURN: the password minted for ``username``, at most 256 characters."
+
+
+def decode_ice(data: str | bytes) -> tuple[IceServer, ...]:
+    """Parse a ``/ice`` answer; raises ``DecodeError``. An empty list means none."""
+    obj = wire.parse_object(data, max_bytes=MAX_ICE_BYTES, what="ICE server list")
+    entries = obj.get("iceServers")
+    if not isinstance(entries, list):
+        raise DecodeError('field "iceServers" must be a list')
+    if len(entries) > MAX_ICE_SERVERS:
+        raise DecodeError(f"at most {MAX_ICE_SERVERS} ICE servers")
+    out = []
+    for entry in entries:
+        if not isinstance(entry, dict):
+            raise DecodeError("each ICE server must be an object")
+        urls = wire.get_str_list(entry, "urls", max_items=4, pattern=ICE_URL_RE)
+        if not urls:
+            raise DecodeError("an ICE server needs at least one URL")
+        username = wire.get_str(entry, "username", max_len=256, optional=True)
+        cred = wire.get_str(entry, "credential", max_len=256, optional=True)
+        if any(u.startswith("turn") for u in urls) and (not username or not cred):
+            raise DecodeError("a TURN server needs a username and a credential")
+        out.append(IceServer(tuple(urls), username, cred))
+    return tuple(out)
