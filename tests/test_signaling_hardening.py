@@ -284,3 +284,25 @@ async def test_sigterm_drains_joins_in_progress_then_closes(http: aiohttp.Client
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+def test_ice_answers_are_parsed_as_hostile_input() -> None:
+    from agent.errors import DecodeError
+    from agent.protocol.signaling import IceServer, decode_ice
+
+    ok = '{"iceServers":[{"urls":["turn:10.0.0.1:3478?transport=udp"],"username":"1:a","credential":"c"}]}'
+    assert decode_ice(ok) == (IceServer(("turn:10.0.0.1:3478?transport=udp",), "1:a", "c"),)
+    assert decode_ice('{"iceServers":[]}') == ()
+    for bad in (
+        "[]",
+        '{"iceServers":{}}',
+        '{"iceServers":[{"urls":["http://evil"]}]}',
+        '{"iceServers":[{"urls":["turn:x:1"]}]}',  # TURN without credentials
+        '{"iceServers":[{"urls":[]}]}',
+        '{"iceServers":[{"urls":["turn:x:1 --inject"],"username":"u","credential":"c"}]}',
+        '{"iceServers":[' + ",".join(['{"urls":["stun:x"]}'] * 5) + "]}",
+        '{"iceServers":[{"urls":["stun:x"],"username":"' + "u" * 300 + '"}]}',
+        '{"iceServers":"' + "x" * 20000 + '"}',
+    ):
+        with pytest.raises(DecodeError):
+            decode_ice(bad)
