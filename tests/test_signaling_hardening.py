@@ -290,7 +290,10 @@ def test_ice_answers_are_parsed_as_hostile_input() -> None:
     from agent.errors import DecodeError
     from agent.protocol.signaling import IceServer, decode_ice
 
-    ok = '{"iceServers":[{"urls":["turn:10.0.0.1:3478?transport=udp"],"username":"1:a","credential":"c"}]}'
+    ok = (
+        '{"iceServers":[{"urls":["turn:10.0.0.1:3478?transport=udp"],'
+        '"username":"1:a","credential":"c"}]}'
+    )
     assert decode_ice(ok) == (IceServer(("turn:10.0.0.1:3478?transport=udp",), "1:a", "c"),)
     assert decode_ice('{"iceServers":[]}') == ()
     for bad in (
