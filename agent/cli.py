@@ -4,6 +4,7 @@ peerdesk                      start a session (console until the tray lands)
 peerdesk start [--signal URL] [--headless --json]
 peerdesk join CODE|LINK [--signal URL] [--headless --json] [--name NAME]
 peerdesk signal [--host H] [--port P] [--redis URL] [--turn-url URL --turn-secret S] [--drain S]
+peerdesk queue wait|list|take|transfer ...   support queues (see agent/queue_cli.py)
 peerdesk id [--name NAME]
 peerdesk bench [join]
 """
@@ -100,6 +101,7 @@ def _parser() -> argparse.ArgumentParser:
         ("team", "the team roster of trusted CSR keys: add, list, remove, export, import"),
         ("sessions", "list past sessions and their reports"),
         ("report", "show one session's activity report"),
+        ("queue", "support queues: wait (customer), list, take, transfer (CSR)"),
     ):
         passthrough = sub.add_parser(name, help=text, add_help=False)
         passthrough.add_argument("rest", nargs=argparse.REMAINDER)
@@ -124,6 +126,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from agent import logverify
 
         return logverify.main(argv[1:])
+    if argv and argv[0] == "queue":  # support queues: wait, list, take, transfer
+        from agent import queue_cli
+
+        return queue_cli.main(argv[1:])
     if argv and argv[0] in ("team", "sessions", "report"):
         from agent import report, team
 

@@ -37,3 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--turn-ttl", type=int, default=3600, help="seconds TURN credentials stay valid"
     )
+    parser.add_argument(
+        "--csr-token",
+        metavar="TOKEN",
+        help="the team's token CSRs give to serve queues (or PEERDESK_CSR_TOKEN); "
+        "without one anyone may serve",
+    )

@@ -60,10 +60,15 @@ from agent.protocol.signaling import (
     Gone,
     Join,
     Joined,
+    ListQueue,
     Peer,
     Relay,
     Send,
+    Serve,
     ServerMessage,
+    Take,
+    Transfer,
+    Wait,
     decode_client,
     encode,
 )
@@ -71,6 +76,7 @@ from signaling import cluster
 from signaling.cluster import Cluster
 from signaling.logs import configure_logging
 from signaling.options import add_arguments
+from signaling.queues import Queues
 from signaling.turn import TurnSecret
 
 log = logging.getLogger("peerdesk.signaling")
@@ -134,6 +140,8 @@ class ServerConfig:
     room_burst: float = 1000.0
     """Messages one room may relay at once (every member's burst at once fits); past it
     senders get ``room_rate_limited``."""
+    csr_token: str | None = None
+    "The team's token a CSR must give to ``serve`` queues; None lets anyone serve (a LAN)."
     clock: Callable[[], float] = field(default=time.monotonic)
     "Monotonic time in seconds; tests inject a fake one to expire rooms without waiting."
 
@@ -312,6 +320,8 @@ class Hub:
         "Set when the server stops: existing rooms go on, new ``create`` gets ``draining``."
         self.counters: Counter[str] = Counter()
         "Totals for ``/metrics``: messages, relays, refusals by code."
+        self.queues = Queues(self.config.csr_token)
+        "Support queues (``wait``, ``serve``, ``list``, ``take``, ``transfer``)."
 
     # -- connections
 
@@ -344,7 +354,7 @@ class Hub:
         if self.connections.get(conn.id) is not conn:
             return []
         del self.connections[conn.id]
-        out: list[Action] = []
+        out: list[Action] = [Deliver(c, m) for c, m in self.queues.disconnect(conn, now)]
         for room in list(conn.hosted.values()):
             for joiner in room.joiners.values():
                 joiner.joined = None
@@ -400,6 +410,8 @@ class Hub:
             return self._join(conn, msg.room, now)
         if isinstance(msg, Send):
             return self._send(conn, msg.to, msg.data, now)
+        if isinstance(msg, Wait | Serve | ListQueue | Take | Transfer):
+            return [Deliver(c, m) for c, m in self.queues.handle(conn, msg, now)]
         return self._close(conn, msg)
 
     def expire(self, now: float) -> list[Action]:
@@ -1246,7 +1258,10 @@ def options(args: argparse.Namespace) -> tuple[ServerConfig, str | None, TurnSec
         if not (args.turn_url and secret):
             raise ValueError("--turn-url and --turn-secret go together")
         turn = TurnSecret(tuple(args.turn_url), secret, args.turn_ttl)
-    return ServerConfig(drain_timeout=args.drain), redis_url, turn
+    token = getattr(args, "csr_token", None) or os.environ.get("PEERDESK_CSR_TOKEN") or None
+    if token is not None and len(token) < 16:
+        raise ValueError("--csr-token must be at least 16 characters")
+    return ServerConfig(drain_timeout=args.drain, csr_token=token), redis_url, turn
 
 
 def main(argv: Sequence[str] | None = None) -> int:
