@@ -15,14 +15,20 @@ What lives in Redis, under a key prefix (``peerdesk:`` by default):
   connected. A joiner connected elsewhere is *forwarded*: its own node posts the
   joiner's frames to the room's node, which answers into the joiner's node's mailbox.
 
-Delivery guarantee: between two live nodes, mail arrives exactly in the order it was
-posted, each message once (one writer task per node posts in order; the reader resumes
-from the last stream id it saw, also across a lost Redis connection, so nothing is
-skipped while the stream keeps it; streams keep the last ~100,000 entries). Mail for a
-node that died is lost with that node: its clients' WebSockets are gone too, and they
-see their connection close. Mail is not persisted past Redis itself (no AOF needed:
-rooms are ephemeral by design, a Redis restart loses the live rooms, not sessions,
-which are peer to peer).
+Delivery guarantee. While Redis and both nodes are up, mail between two nodes arrives
+in the order it was posted, each message exactly once: one writer task per node posts
+in order, and the reader resumes from the last stream id it saw (also across a lost
+Redis connection), so nothing is skipped while the stream keeps it (the last ~100,000
+entries). When the Redis connection fails in the middle of a batch, the writer retries
+the batch up to three times, so that batch may arrive twice, or, if Redis stays away,
+not at all (a node keeps at most 200,000 operations queued for Redis, then drops new
+mail and logs ``redis_backlog_full``). The join is authenticated end to end and is
+tested against a server that drops, duplicates and replays its messages
+(tests/test_hostile_signaling.py): such a fault can fail or time out a join, never make
+a wrong one succeed. Mail for a node that died is lost with that node;
+its clients' WebSockets are gone too. Nothing is persisted past Redis itself: rooms are
+ephemeral, and a Redis restart loses the rooms waiting for a join, not the sessions,
+which are peer to peer.
 """
 
 from __future__ import annotations
@@ -50,6 +56,8 @@ STREAM_TTL = 60
 "Seconds a mailbox stream outlives its last write (so that a dead node's mailbox goes)."
 BATCH = 512
 "Most operations sent to Redis in one pipeline."
+MAX_PENDING = 200_000
+"Operations waiting for Redis; past this (Redis down for long) new mail is dropped, logged."
 
 # Delete a key only if it still holds our value: a room id that expired and was claimed
 # by another node must not be freed by us.
@@ -109,6 +117,7 @@ class Cluster:
         "Nodes we exchange mail with; their heartbeat is checked every second."
         self.posted = 0
         self.received = 0
+        self.dropped = 0
         self._ops: asyncio.Queue[tuple[str, tuple[Any, ...]]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -198,6 +207,11 @@ class Cluster:
         self._queue("post", node, kind, conn, data)
 
     def _queue(self, op: str, *args: Any) -> None:
+        if self._ops.qsize() >= MAX_PENDING:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 10_000 == 0:
+                log.warning("redis_backlog_full", extra={"fields": {"dropped": self.dropped}})
+            return
         self._ops.put_nowait((op, args))
 
     async def _flush_all(self) -> None:
