@@ -190,7 +190,7 @@ def _servers(kind: str, count: int, redis_url: str | None = None) -> Iterator[li
 
 
 @contextlib.contextmanager
-def _redis() -> Iterator[str]:
+def _redis() -> Iterator[tuple[str, int]]:
     exe = shutil.which("redis-server")
     if exe is None:
         raise RuntimeError("redis-server is missing (Debian package redis-server)")
@@ -218,7 +218,7 @@ def _redis() -> Iterator[str]:
             if time.monotonic() > deadline:
                 raise RuntimeError("redis-server did not start")
             time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
+        yield f"redis://127.0.0.1:{port}/0", proc.pid
     finally:
         proc.terminate()
         proc.wait(10)
@@ -343,10 +343,22 @@ async def _hold_idle(args: argparse.Namespace) -> None:
         await asyncio.sleep(args.seconds)
 
 
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds used so far by ``pids``."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / tick
+
+
 def _run_gens(
-    urls: list[str], mode: str, pairs: int, seconds: float, cross: bool
-) -> tuple[float, float, float]:
-    """Two generator processes sharing ``pairs``; returns (per second, p50, p99)."""
+    urls: list[str], mode: str, pairs: int, seconds: float, cross: bool, pids: list[int]
+) -> tuple[float, float, float, float]:
+    """Two generator processes sharing ``pairs``; returns (per second, p50, p99, and
+    messages per CPU-second of the server processes ``pids``)."""
+    cpu_before = _cpu_seconds(pids)
     procs = [
         _Proc(
             [
@@ -369,11 +381,13 @@ def _run_gens(
     finally:
         for p in procs:
             p.stop()
+    cpu = _cpu_seconds(pids) - cpu_before
     lat = sorted(x for r in results for x in r["lat"])
     rate = sum(r["count"] / r["elapsed"] for r in results)
+    per_cpu = sum(r["count"] for r in results) / cpu if cpu > 0 else 0.0
     if not lat:
-        return rate, float("inf"), float("inf")
-    return rate, lat[len(lat) // 2], lat[min(len(lat) - 1, int(0.99 * len(lat)))]
+        return rate, float("inf"), float("inf"), per_cpu
+    return rate, lat[len(lat) // 2], lat[min(len(lat) - 1, int(0.99 * len(lat)))], per_cpu
 
 
 # --------------------------------------------------------------------------- figures
@@ -385,6 +399,8 @@ class Point:
     p50: float
     p99: float
     pairs: int
+    per_cpu: float = 0.0
+    "Messages (or rooms) per CPU-second of the server processes (Redis included)."
 
 
 @dataclass(frozen=True)
@@ -402,18 +418,22 @@ class SignalingFigures:
     seconds: float
 
 
-def _best(urls: list[str], seconds: float, cross: bool = False) -> Point:
+def _best(urls: list[str], seconds: float, pids: list[int], cross: bool = False) -> Point:
     best = Point(0.0, float("inf"), float("inf"), 0)
     for pairs in STEPS:
-        rate, p50, p99 = _run_gens(urls, "relay", pairs, seconds, cross)
+        rate, p50, p99, per_cpu = _run_gens(urls, "relay", pairs, seconds, cross, pids)
         if p99 <= P99_GOAL and rate > best.rate:
-            best = Point(rate, p50, p99, pairs)
+            best = Point(rate, p50, p99, pairs, per_cpu)
     return best
 
 
-def _rooms(urls: list[str], seconds: float) -> Point:
-    rate, p50, p99 = _run_gens(urls, "rooms", 32, seconds, False)
-    return Point(rate, p50, p99, 32)
+def _rooms(urls: list[str], seconds: float, pids: list[int]) -> Point:
+    rate, p50, p99, per_cpu = _run_gens(urls, "rooms", 32, seconds, False, pids)
+    return Point(rate, p50, p99, 32, per_cpu)
+
+
+def _pids(procs: list[_Proc]) -> list[int]:
+    return [p.proc.pid for p in procs]
 
 
 def _urls(procs: list[_Proc]) -> list[str]:
@@ -468,15 +488,16 @@ def measure(seconds: float = 3.0) -> SignalingFigures:
     """Run every phase; about 20 phases of ``seconds`` each plus setup."""
     resource.setrlimit(resource.RLIMIT_NOFILE, (20000, 20000))
     with _servers("bare", 1) as bare:
-        msgs_bare = _best(_urls(bare), seconds)
-        rooms_bare = _rooms(_urls(bare), seconds)
+        msgs_bare = _best(_urls(bare), seconds, _pids(bare))
+        rooms_bare = _rooms(_urls(bare), seconds, _pids(bare))
     with _servers("node", 1) as one:
-        msgs_one = _best(_urls(one), seconds)
-        rooms_one = _rooms(_urls(one), seconds)
-    with _redis() as redis_url, _servers("node", 2, redis_url) as two:
-        msgs_two = _best(_urls(two), seconds)
-        msgs_two_cross = _best(_urls(two), seconds, cross=True)
-        rooms_two = _rooms(_urls(two), seconds)
+        msgs_one = _best(_urls(one), seconds, _pids(one))
+        rooms_one = _rooms(_urls(one), seconds, _pids(one))
+    with _redis() as (redis_url, redis_pid), _servers("node", 2, redis_url) as two:
+        pids = [*_pids(two), redis_pid]
+        msgs_two = _best(_urls(two), seconds, pids)
+        msgs_two_cross = _best(_urls(two), seconds, pids, cross=True)
+        rooms_two = _rooms(_urls(two), seconds, pids)
     held, room_bytes, conn_bytes = _idle(2500, 4)
     return SignalingFigures(
         msgs_one,
@@ -516,6 +537,10 @@ def report(f: SignalingFigures) -> list[str]:
         f"bare {f.rooms_bare.rate:.0f}  ratio {ratio(f.rooms_one.rate, f.rooms_bare.rate)}",
         f"  rooms/s, two nodes        {f.rooms_two.rate:9.0f}   two / one "
         f"{ratio(f.rooms_two.rate, f.rooms_one.rate)}",
+        f"  messages per server CPU-second: one node {f.msgs_one.per_cpu:.0f}, bare "
+        f"{f.msgs_bare.per_cpu:.0f}, two nodes + Redis {f.msgs_two.per_cpu:.0f} "
+        f"({ratio(f.msgs_two.per_cpu, f.msgs_one.per_cpu)}), crossed "
+        f"{f.msgs_two_cross.per_cpu:.0f}",
         f"  idle rooms held           {f.idle_rooms}   {f.room_bytes / 1024:.2f} KiB per room, "
         f"{f.conn_bytes / 1024:.1f} KiB per idle connection",
     ]
@@ -541,6 +566,15 @@ def rows(f: SignalingFigures) -> list[str]:
         f"| signaling rooms/s, two nodes on Redis | {f.rooms_two.rate:.0f} "
         f"| one node {f.rooms_one.rate:.0f} "
         f"| **{r(f.rooms_two.rate, f.rooms_one.rate)}** | {f.seconds:g} s, 32 loops |",
+        f"| signaling messages per server CPU-second, two nodes + Redis "
+        f"| {two.per_cpu:.0f} | one node {one.per_cpu:.0f} | {r(two.per_cpu, one.per_cpu)} "
+        f"| CPU of node and Redis processes |",
+        f"| signaling messages per server CPU-second, every joiner crossing nodes "
+        f"| {cross.per_cpu:.0f} | one node {one.per_cpu:.0f} | {r(cross.per_cpu, one.per_cpu)} "
+        f"| CPU of node and Redis processes |",
+        f"| signaling messages per server CPU-second, one node | {one.per_cpu:.0f} "
+        f"| bare aiohttp relay {bare.per_cpu:.0f} | {r(one.per_cpu, bare.per_cpu)} "
+        f"| CPU of the server process |",
         f"| memory per idle room ({f.idle_rooms} idle rooms on one node) "
         f"| {f.room_bytes / 1024:.2f} KiB "
         f"| per idle WebSocket {f.conn_bytes / 1024:.1f} KiB | {r(f.room_bytes, f.conn_bytes)} "
