@@ -1,6 +1,7 @@
 """``peerdesk queue``: support queues on a signaling server, for customers and CSRs.
 
 peerdesk queue wait QUEUE --signal URL --name NAME       customer: wait, hear position and CSR
+peerdesk queue wait peerdesk://help/QUEUE?signal=URL --name NAME   the same, from a "get help" link
 peerdesk queue list QUEUE --signal URL --as CSR           who waits, longest first
 peerdesk queue take QUEUE --room ROOM --signal URL --as CSR [--ticket T]
 peerdesk queue transfer TICKET (--to-queue Q | --to-csr CSR) --message TEXT --signal URL --as CSR
@@ -19,6 +20,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from urllib.parse import unquote
 
 from agent.errors import PeerDeskError
 from agent.net.signaling_client import SignalingClient
@@ -26,6 +28,24 @@ from agent.protocol import signaling as sig
 from agent.protocol.code import check_signal_url
 
 REPLY_TIMEOUT = 10.0
+HELP_PREFIX = "peerdesk://help/"
+
+
+def parse_help_link(link: str) -> tuple[str, str | None]:
+    """(queue, signaling URL or None) from ``peerdesk://help/QUEUE?signal=URL``, or from a
+    bare queue name; raises ``ValueError`` with a message for the person who pasted it."""
+    if not link.startswith(HELP_PREFIX):
+        return link, None
+    if len(link) > 1024:
+        raise ValueError("the help link is too long")
+    rest = link[len(HELP_PREFIX) :]
+    queue, _, query = rest.partition("?")
+    signal = None
+    for part in query.split("&") if query else []:
+        key, _, value = part.partition("=")
+        if key == "signal":
+            signal = check_signal_url(unquote(value))
+    return queue.rstrip("/"), signal
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,9 +67,10 @@ def _parser() -> argparse.ArgumentParser:
             )
 
     wait = sub.add_parser("wait", help="wait in a queue as a customer")
-    wait.add_argument("queue")
+    wait.add_argument("queue", help="a queue name, or a peerdesk://help/... link")
     wait.add_argument("--name", required=True, help="how CSRs see you")
-    common(wait, csr=False)
+    wait.add_argument("--signal", metavar="URL", help="signaling server (else from the link)")
+    wait.add_argument("--json", action="store_true", help="JSON lines on stdout")
     lst = sub.add_parser("list", help="who waits in a queue")
     lst.add_argument("queue")
     common(lst, csr=True)
@@ -74,6 +95,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def _check(args: argparse.Namespace) -> str | None:
     """A clear error for input we can refuse before talking to any server."""
+    if args.action == "wait":
+        try:
+            args.queue, from_link = parse_help_link(args.queue)
+        except (ValueError, PeerDeskError) as exc:
+            return str(exc)
+        args.signal = args.signal or from_link
+        if not args.signal:
+            return "give --signal URL, or a peerdesk://help/QUEUE?signal=URL link"
     if args.action == "transfer" and len(args.message) > sig.MAX_TRANSFER_MESSAGE:
         return (
             f"the transfer message has {len(args.message)} characters; "

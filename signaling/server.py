@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import html
 import json
 import logging
 import os
@@ -43,6 +44,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeAlias
+from urllib.parse import quote
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
@@ -51,6 +53,7 @@ from agent.errors import DecodeError
 from agent.protocol.signaling import (
     HOST,
     MAX_MESSAGE_BYTES,
+    QUEUE_RE,
     ClientMessage,
     Close,
     Closed,
@@ -1087,6 +1090,28 @@ async def _metrics(request: web.Request) -> web.Response:
     )
 
 
+async def _help(request: web.Request) -> web.Response:
+    """``GET /help/<queue>``: the "get help" page for a queue; opens the agent, which waits."""
+    queue = request.match_info["queue"]
+    if not QUEUE_RE.fullmatch(queue) or queue.startswith("@"):
+        return web.Response(status=404, text="no such queue\n")
+    scheme = "wss" if request.secure else "ws"
+    signal_url = f"{scheme}://{request.host}"
+    link = f"peerdesk://help/{queue}?signal={quote(signal_url, safe='')}"
+    page = (
+        "<!doctype html><meta charset=utf-8><title>PeerDesk: get help</title>"
+        f"<h1>Get help: {html.escape(queue)}</h1>"
+        f'<p><a href="{html.escape(link)}">Open PeerDesk and wait for a support '
+        "representative</a>.</p><p>Without PeerDesk installed, run: <code>peerdesk queue wait "
+        f"{html.escape(link)} --name YOUR-NAME</code></p>"
+    )
+    return web.Response(
+        text=page,
+        content_type="text/html",
+        headers={"Content-Security-Policy": "default-src 'none'", "Cache-Control": "no-store"},
+    )
+
+
 async def _ice(request: web.Request) -> web.Response:
     """``GET /ice``: ICE servers for agents, with freshly minted TURN credentials."""
     state = request.app[STATE]
@@ -1140,6 +1165,7 @@ def create_app(
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/ice", _ice)
+    app.router.add_get("/help/{queue}", _help)
     app.cleanup_ctx.append(_background)
     app.on_shutdown.append(_on_shutdown)
     return app

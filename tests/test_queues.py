@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import asyncio
+import html
 import json
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -250,3 +252,63 @@ async def test_peerdesk_queue_commands(open_client: Open, server: str) -> None:
     )
     assert wrong.returncode == 1
     assert "token" in wrong.stderr
+
+
+async def test_get_help_link_page_and_a_waiting_customer_process(
+    open_client: Open, server: str
+) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{server}/help/support") as resp:
+            assert resp.status == 200
+            assert resp.headers["Content-Security-Policy"] == "default-src 'none'"
+            page = await resp.text()
+        async with http.get(f"{server}/help/@carol") as resp:
+            assert resp.status == 404
+    link = re.search(r'href="(peerdesk://help/[^"]+)"', page)
+    assert link, page
+    url = html.unescape(link.group(1))
+    assert url.startswith("peerdesk://help/support?signal=ws%3A%2F%2F127.0.0.1%3A")
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "agent",
+        "queue",
+        "wait",
+        url,
+        "--name",
+        "Ines",
+        "--json",
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        waiting = json.loads(await asyncio.wait_for(proc.stdout.readline(), 20))
+        assert waiting == {**waiting, "event": "waiting", "queue": "support", "position": 1}
+        csr = await open_client()
+        await serve(csr, "carol", "support")
+        await csr.send("take", queue="support", room="777777")
+        assert (await expect(csr, "taken"))["name"] == "Ines"
+        assigned = json.loads(await asyncio.wait_for(proc.stdout.readline(), 10))
+        assert assigned == {**assigned, "event": "assigned", "room": "777777", "csr": "carol"}
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+def test_help_links_are_checked() -> None:
+    from agent.queue_cli import parse_help_link
+
+    assert parse_help_link("support") == ("support", None)
+    assert parse_help_link("peerdesk://help/support?signal=wss%3A%2F%2Fs.example") == (
+        "support",
+        "wss://s.example",
+    )
+    with pytest.raises(Exception, match="signaling URL"):
+        parse_help_link("peerdesk://help/support?signal=ftp%3A%2F%2Fx")
+    bad = peerdesk_queue("wait", "peerdesk://help/no such?signal=ws%3A%2F%2Fx", "--name", "A")
+    assert bad.returncode == 2
+    assert "not a queue name" in bad.stderr
