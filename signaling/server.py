@@ -883,8 +883,9 @@ class _State:
             return
         proxy = self.hub.connections.get(mail.conn)
         if mail.kind == cluster.ATTACH:
+            assert self.cluster is not None
+            self.cluster.peers.add(mail.node)  # watch its heartbeat from now on
             if proxy is not None or self.hub.attach(mail.conn, mail.node, now) is None:
-                assert self.cluster is not None
                 self.cluster.post(mail.node, cluster.CLOSE, mail.conn, "1011 connection id clash")
             return
         if proxy is None or proxy.node != mail.node:

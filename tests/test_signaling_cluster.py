@@ -248,3 +248,32 @@ def test_shared_hub_claims_then_opens_and_retries_taken_ids() -> None:
     assert hub.claiming == 0
     # the host leaving releases the id
     assert Release(retry.room) in hub.disconnect(conn, 0.0)
+
+
+async def test_a_node_stopped_gracefully_frees_its_rooms_and_others_notice_at_once(
+    http: aiohttp.ClientSession, redis_url: str
+) -> None:
+    with nodes(2, "--redis", redis_url, "--drain", "0") as (a, b):
+        host = await client(http, a)
+        room = await host.create()
+        forwarded = await client(http, b)
+        await forwarded.join(room)
+        assert (await host.recv(TIMEOUT))["type"] == "peer"
+        store = aioredis.Redis.from_url(redis_url, decode_responses=True)
+        try:
+            assert await store.exists(f"peerdesk:room:{room}")
+            started = time.monotonic()
+            a.proc.terminate()  # SIGTERM: a graceful stop
+            msg = await host.ws.receive(timeout=TIMEOUT)
+            assert (msg.type, msg.data) == (WSMsgType.CLOSE, 1001)
+            assert a.proc.wait(10) == 0
+            assert not await store.exists(f"peerdesk:room:{room}")  # released, not left to expire
+            assert await store.keys("peerdesk:node:*") != []  # b is still there
+            # the client b forwarded to a is closed too (a says 1001 as it goes, or b's
+            # heartbeat check says 1012), well before a's heartbeat TTL would lapse
+            msg = await forwarded.ws.receive(timeout=TIMEOUT)
+            assert msg.type is WSMsgType.CLOSE
+            assert msg.data in (1001, CLOSE_SERVICE_RESTART)
+            assert time.monotonic() - started < cluster.HEARTBEAT_TTL
+        finally:
+            await store.aclose()
