@@ -427,9 +427,21 @@ def _best(urls: list[str], seconds: float, pids: list[int], cross: bool = False)
     return best
 
 
+ROOM_STEPS = (8, 16, 32)
+"Concurrent room loops tried for rooms/s; the best rate whose cycle p99 meets the goal counts."
+
+
 def _rooms(urls: list[str], seconds: float, pids: list[int]) -> Point:
-    rate, p50, p99, per_cpu = _run_gens(urls, "rooms", 32, seconds, False, pids)
-    return Point(rate, p50, p99, 32, per_cpu)
+    """Rooms opened per second with the p99 of a whole cycle (create, join, relay, close:
+    six round trips) within the goal; the smallest step if none is."""
+    best: Point | None = None
+    for loops in ROOM_STEPS:
+        rate, p50, p99, per_cpu = _run_gens(urls, "rooms", loops, seconds, False, pids)
+        point = Point(rate, p50, p99, loops, per_cpu)
+        if best is None or (p99 <= P99_GOAL and (best.p99 > P99_GOAL or rate > best.rate)):
+            best = point
+    assert best is not None
+    return best
 
 
 def _pids(procs: list[_Proc]) -> list[int]:
@@ -533,7 +545,7 @@ def report(f: SignalingFigures) -> list[str]:
         f"  messages/s, two, crossed  {f.msgs_two_cross.rate:9.0f}   "
         f"p99 {_ms(f.msgs_two_cross.p99)}  "
         f"(every joiner on the other node, through Redis)",
-        f"  rooms/s, one node         {f.rooms_one.rate:9.0f}   p99 {_ms(f.rooms_one.p99)}  "
+        f"  rooms/s, one node         {f.rooms_one.rate:9.0f}   cycle p99 {_ms(f.rooms_one.p99)}  "
         f"bare {f.rooms_bare.rate:.0f}  ratio {ratio(f.rooms_one.rate, f.rooms_bare.rate)}",
         f"  rooms/s, two nodes        {f.rooms_two.rate:9.0f}   two / one "
         f"{ratio(f.rooms_two.rate, f.rooms_one.rate)}",
@@ -562,10 +574,12 @@ def rows(f: SignalingFigures) -> list[str]:
         f"| {r(cross.rate, one.rate)} | {note} |",
         f"| signaling rooms/s, one node (create+join+relay+close, p99 {_ms(f.rooms_one.p99)}) "
         f"| {f.rooms_one.rate:.0f} | bare aiohttp relay {f.rooms_bare.rate:.0f} "
-        f"| **{r(f.rooms_one.rate, f.rooms_bare.rate)}** | {f.seconds:g} s, 32 loops |",
+        f"| **{r(f.rooms_one.rate, f.rooms_bare.rate)}** "
+        f"| {f.seconds:g} s, {f.rooms_one.pairs} loops (bare {f.rooms_bare.pairs}) |",
         f"| signaling rooms/s, two nodes on Redis | {f.rooms_two.rate:.0f} "
         f"| one node {f.rooms_one.rate:.0f} "
-        f"| **{r(f.rooms_two.rate, f.rooms_one.rate)}** | {f.seconds:g} s, 32 loops |",
+        f"| **{r(f.rooms_two.rate, f.rooms_one.rate)}** "
+        f"| {f.seconds:g} s, {f.rooms_two.pairs} loops, p99 {_ms(f.rooms_two.p99)} |",
         f"| signaling messages per server CPU-second, two nodes + Redis "
         f"| {two.per_cpu:.0f} | one node {one.per_cpu:.0f} | {r(two.per_cpu, one.per_cpu)} "
         f"| CPU of node and Redis processes |",
