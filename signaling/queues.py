@@ -116,6 +116,10 @@ class Queues:
             return self._take(csr, msg, now)
         return self.transfer(csr.name, msg, now)
 
+    def involves(self, conn: Connection) -> bool:
+        """Whether ``conn`` waits in a queue or serves queues here."""
+        return conn in self.by_customer or conn in self.by_conn
+
     def disconnect(self, conn: Connection, now: float) -> Out:
         """``conn`` went away: its ticket leaves, or it stops serving."""
         out: Out = []

@@ -545,12 +545,12 @@ class Hub:
             return self._join(conn, room_id, now)
         if node is None:
             return _error(conn, "room_not_found", f"room {room_id} does not exist or has closed")
-        if conn.hosted or conn.joined is not None:
+        if conn.hosted or conn.joined is not None or self.queues.involves(conn):
             return _error(
                 conn,
                 "room_elsewhere",
                 f"room {room_id} is served by another node and this connection hosts rooms "
-                "here; open another connection to join it",
+                "or uses queues here; open another connection to join it",
             )
         del self.connections[conn.id]
         _event("forwarded", room=room_id, peer=conn.id, node=node)

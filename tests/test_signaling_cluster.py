@@ -277,3 +277,23 @@ async def test_a_node_stopped_gracefully_frees_its_rooms_and_others_notice_at_on
             assert time.monotonic() - started < cluster.HEARTBEAT_TTL
         finally:
             await store.aclose()
+
+
+def test_a_connection_with_state_here_is_not_forwarded() -> None:
+    from agent.protocol.signaling import Wait
+    from signaling.server import Forward, Locate
+
+    hub = Hub(ServerConfig(), shared=True)
+    conn = hub.connect(0.0)
+    hub.handle(conn, Wait(queue="support", name="Ann"), 0.0)
+    (locate,) = hub.receive(conn, '{"type":"join","room":"123456"}', 0.0)
+    assert isinstance(locate, Locate)
+    (err,) = hub.located(locate, "othernode", 0.0)
+    assert not isinstance(err, Forward)
+    assert err.message.code == "room_elsewhere"  # type: ignore[union-attr]
+    assert conn.id in hub.connections  # still served here, its ticket with it
+    fresh = hub.connect(0.0)
+    (locate2,) = hub.receive(fresh, '{"type":"join","room":"123456"}', 0.0)
+    assert isinstance(locate2, Locate)
+    assert hub.located(locate2, "othernode", 0.0) == [Forward(fresh, "othernode", "123456")]
+    assert fresh.id not in hub.connections
