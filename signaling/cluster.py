@@ -10,6 +10,11 @@ What lives in Redis, under a key prefix (``peerdesk:`` by default):
   heartbeat key is missing is dead: its rooms are not found, the clients it forwarded
   to other nodes are dropped there, and clients forwarded to it are closed (1012) so
   that they reconnect.
+- ``queues`` — the node that holds the support queues (one node holds them all; they
+  are light). Claimed with ``SET NX EX`` on first use and renewed with the holder's
+  heartbeat; a client that uses queues through another node is forwarded there like a
+  joiner. When the holder dies, the next node to need the queues claims them within
+  the heartbeat TTL; the customers who waited reconnect and wait again.
 - ``mbox:<node>`` — the node's mailbox, a Redis stream (``XADD MAXLEN ~``, read with
   ``XREAD BLOCK`` from the last id seen). A room lives on the node where its host is
   connected. A joiner connected elsewhere is *forwarded*: its own node posts the
@@ -65,6 +70,11 @@ _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
 """
+# Renew a key only if it still holds our value.
+_RENEW = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('expire', KEYS[1], ARGV[2]) end
+return 0
+"""
 
 ATTACH = "a"
 "To a room's node: client ``conn`` of node ``node`` joins here (data: nothing)."
@@ -113,6 +123,8 @@ class Cluster:
         self.redis: aioredis.Redis = aioredis.Redis.from_url(
             url, decode_responses=True, socket_connect_timeout=2.0, socket_timeout=10.0
         )
+        self.holds_queues = False
+        "Whether this node holds the support queues (see ``queue_node``)."
         self.peers: set[str] = set()
         "Nodes we exchange mail with; their heartbeat is checked every second."
         self.posted = 0
@@ -128,6 +140,9 @@ class Cluster:
 
     def node_key(self, node: str) -> str:
         return f"{self.prefix}node:{node}"
+
+    def queues_key(self) -> str:
+        return f"{self.prefix}queues"
 
     def mbox_key(self, node: str) -> str:
         return f"{self.prefix}mbox:{node}"
@@ -164,6 +179,8 @@ class Cluster:
                 await task
         with contextlib.suppress(RedisError, OSError):
             await self.redis.delete(self.node_key(self.node))
+            if self.holds_queues:
+                await self.redis.eval(_RELEASE, 1, self.queues_key(), self.node)
         await self.redis.aclose()
 
     # -- rooms
@@ -190,6 +207,28 @@ class Cluster:
             return None
         self.peers.add(node)
         return node
+
+    async def queue_node(self) -> str | None:
+        """``""`` if this node holds the queues (claiming them if nobody does), else the
+        live node that holds them, or None if that cannot be known right now."""
+        if self.holds_queues:
+            return ""
+        key = self.queues_key()
+        try:
+            if await self.redis.set(key, self.node, nx=True, ex=HEARTBEAT_TTL):
+                self.holds_queues = True
+                log.info("queues_claimed", extra={"fields": {"node": self.node}})
+                return ""
+            node = await self.redis.get(key)
+            if node == self.node:
+                self.holds_queues = True
+                return ""
+            if isinstance(node, str) and await self.redis.exists(self.node_key(node)):
+                self.peers.add(node)
+                return node
+        except (RedisError, OSError) as exc:
+            log.warning("queue_node_failed", extra={"fields": {"error": str(exc)}})
+        return None
 
     def release(self, room: str) -> None:
         """Free ``room``'s id (queued; in order with the mail)."""
@@ -288,6 +327,12 @@ class Cluster:
             await asyncio.sleep(HEARTBEAT_EVERY)
             try:
                 await self.redis.set(me, "1", ex=HEARTBEAT_TTL)
+                if self.holds_queues and not await self.redis.eval(
+                    _RENEW, 1, self.queues_key(), self.node, str(HEARTBEAT_TTL)
+                ):
+                    # lost them (a long Redis outage): whoever claimed them holds them now
+                    self.holds_queues = False
+                    log.warning("queues_lost", extra={"fields": {"node": self.node}})
                 peers = sorted(self.peers)
                 if not peers:
                     continue

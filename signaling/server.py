@@ -256,7 +256,8 @@ class Locate:
 
 @dataclass(frozen=True)
 class Forward:
-    """With Redis: ``conn`` joins ``room`` on ``node``; from now on its frames go there.
+    """With Redis: ``conn`` is served by ``node`` from now on (it joins a room there, or
+    uses the queues, which one node holds); ``frame`` is its message that goes first.
 
     The hub has forgotten ``conn``; the glue carries its frames to ``node`` and writes
     what ``node`` answers back to its WebSocket.
@@ -264,7 +265,15 @@ class Forward:
 
     conn: Connection
     node: str
-    room: str
+    frame: str
+
+
+@dataclass(frozen=True)
+class LocateQueues:
+    """With Redis: find the node that holds the queues, then call ``Hub.queues_located``."""
+
+    conn: Connection
+    msg: Wait | Serve | ListQueue | Take | Transfer
 
 
 @dataclass(frozen=True)
@@ -281,7 +290,7 @@ class Touch:
     room: str
 
 
-Action: TypeAlias = Deliver | Disconnect | Claim | Locate | Forward | Release | Touch
+Action: TypeAlias = Deliver | Disconnect | Claim | Locate | LocateQueues | Forward | Release | Touch
 
 MAX_CLAIM_ATTEMPTS = 20
 
@@ -414,6 +423,8 @@ class Hub:
         if isinstance(msg, Send):
             return self._send(conn, msg.to, msg.data, now)
         if isinstance(msg, Wait | Serve | ListQueue | Take | Transfer):
+            if self.shared and conn.node is None and not self.queues.involves(conn):
+                return [LocateQueues(conn, msg)]
             return [Deliver(c, m) for c, m in self.queues.handle(conn, msg, now)]
         return self._close(conn, msg)
 
@@ -554,7 +565,28 @@ class Hub:
             )
         del self.connections[conn.id]
         _event("forwarded", room=room_id, peer=conn.id, node=node)
-        return [Forward(conn, node, room_id)]
+        return [Forward(conn, node, encode(Join(room=room_id)))]
+
+    def queues_located(self, locate: LocateQueues, node: str | None, now: float) -> list[Action]:
+        """The shared store answered ``locate``: ``""`` (this node holds the queues), the
+        live node that does, or None (unknown right now)."""
+        conn, msg = locate.conn, locate.msg
+        if self.connections.get(conn.id) is not conn:
+            return []
+        if node == "":
+            return [Deliver(c, m) for c, m in self.queues.handle(conn, msg, now)]
+        if node is None:
+            return _error(conn, "unavailable", "the queues cannot be reached; try again shortly")
+        if conn.hosted or conn.joined is not None:
+            return _error(
+                conn,
+                "queues_elsewhere",
+                "another node holds the queues and this connection has rooms here; "
+                "use another connection for queues",
+            )
+        del self.connections[conn.id]
+        _event("forwarded", peer=conn.id, node=node, to="queues")
+        return [Forward(conn, node, encode(msg))]
 
     def _room_limited(self, conn: Connection, room: Room, now: float) -> list[Action] | None:
         cfg = self.config
@@ -804,9 +836,9 @@ class _State:
         self.draining = False
         self.slow_dropped = 0
 
-    def dispatch(self, actions: Iterable[Action]) -> list[Claim | Locate | Forward]:
+    def dispatch(self, actions: Iterable[Action]) -> list[Claim | Locate | LocateQueues | Forward]:
         """Carry out what needs no waiting; return the actions that need Redis."""
-        later: list[Claim | Locate | Forward] = []
+        later: list[Claim | Locate | LocateQueues | Forward] = []
         for action in actions:
             if isinstance(action, Deliver):
                 to = action.to
@@ -857,13 +889,16 @@ class _State:
             elif isinstance(action, Locate):
                 node = await store.locate(action.room)
                 pending += self.dispatch(self.hub.located(action, node, self.config.clock()))
+            elif isinstance(action, LocateQueues):
+                node = await store.queue_node()
+                pending += self.dispatch(self.hub.queues_located(action, node, self.config.clock()))
             else:
                 client = self.clients.pop(action.conn, None)
                 if client is None:
                     continue
                 self.forwarded[action.conn.id] = (action.node, client)
                 store.post(action.node, cluster.ATTACH, action.conn.id)
-                store.post(action.node, cluster.FRAME, action.conn.id, encode(Join(action.room)))
+                store.post(action.node, cluster.FRAME, action.conn.id, action.frame)
 
     async def on_mail(self, mail: cluster.Mail) -> None:
         """Mail from another node (see ``signaling.cluster``)."""

@@ -280,12 +280,15 @@ async def test_a_node_stopped_gracefully_frees_its_rooms_and_others_notice_at_on
 
 
 def test_a_connection_with_state_here_is_not_forwarded() -> None:
-    from agent.protocol.signaling import Wait
-    from signaling.server import Forward, Locate
+    from agent.protocol.signaling import Join, Wait, encode
+    from signaling.server import Forward, Locate, LocateQueues
 
     hub = Hub(ServerConfig(), shared=True)
     conn = hub.connect(0.0)
-    hub.handle(conn, Wait(queue="support", name="Ann"), 0.0)
+    (where,) = hub.handle(conn, Wait(queue="support", name="Ann"), 0.0)
+    assert isinstance(where, LocateQueues)
+    (waiting,) = hub.queues_located(where, "", 0.0)  # this node holds the queues
+    assert waiting.message.type == "waiting"  # type: ignore[union-attr]
     (locate,) = hub.receive(conn, '{"type":"join","room":"123456"}', 0.0)
     assert isinstance(locate, Locate)
     (err,) = hub.located(locate, "othernode", 0.0)
@@ -295,5 +298,39 @@ def test_a_connection_with_state_here_is_not_forwarded() -> None:
     fresh = hub.connect(0.0)
     (locate2,) = hub.receive(fresh, '{"type":"join","room":"123456"}', 0.0)
     assert isinstance(locate2, Locate)
-    assert hub.located(locate2, "othernode", 0.0) == [Forward(fresh, "othernode", "123456")]
+    assert hub.located(locate2, "othernode", 0.0) == [
+        Forward(fresh, "othernode", encode(Join(room="123456")))
+    ]
     assert fresh.id not in hub.connections
+
+
+async def test_queues_across_nodes(http: aiohttp.ClientSession, redis_url: str) -> None:
+    """A customer waiting through one node and a CSR serving through another meet."""
+    with nodes(2, "--redis", redis_url, "--drain", "0") as (a, b):
+        cust = await client(http, b)
+        await cust.send("wait", queue="support", name="Alice")
+        waiting = await cust.recv(TIMEOUT)
+        assert waiting["type"] == "waiting"
+        assert waiting["position"] == 1
+        csr = await client(http, a)
+        await csr.send("serve", name="carol", queues=["support"])
+        seen = [await csr.recv(TIMEOUT) for _ in range(2)]
+        support = [m for m in seen if m["queue"] == "support"]
+        assert [t["name"] for t in support[0]["waiting"]] == ["Alice"]
+        await csr.send("take", queue="support", room="123456")
+        while (taken := await csr.recv(TIMEOUT))["type"] == "queue":
+            pass
+        assert taken == {**taken, "type": "taken", "name": "Alice"}
+        assigned = await cust.recv(TIMEOUT)
+        assert assigned == {**assigned, "type": "assigned", "room": "123456", "csr": "carol"}
+        await csr.send("transfer", ticket=waiting["ticket"], queue="billing", message="x" * 346)
+        while (err := await csr.recv(TIMEOUT))["type"] == "queue":
+            pass
+        assert err["code"] == "too_long"
+        store = aioredis.Redis.from_url(redis_url, decode_responses=True)
+        try:
+            holder = await store.get("peerdesk:queues")
+        finally:
+            await store.aclose()
+        assert holder  # one node holds the queues, and the other forwarded to it
+        assert len(a.events("forwarded") + b.events("forwarded")) == 1
