@@ -28,6 +28,8 @@ from agent.protocol import signaling as sig
 from agent.protocol.code import check_signal_url
 
 REPLY_TIMEOUT = 10.0
+LOST = 3
+"Exit status when the server went away."
 HELP_PREFIX = "peerdesk://help/"
 
 
@@ -162,7 +164,7 @@ async def _until(
             return 1
         if msg is None:
             print("peerdesk queue: the signaling server closed the connection", file=sys.stderr)
-            return 1
+            return LOST
         if isinstance(msg, sig.Error):
             if args.json:
                 print(json.dumps({"event": "error", "code": msg.code, "message": msg.message}))
@@ -174,13 +176,42 @@ async def _until(
             return 0
 
 
+RECONNECTS = 5
+"Times ``wait`` reconnects after losing its server (a node of several stopped or died)."
+
+
+async def _wait(args: argparse.Namespace, url: str) -> int:
+    """Wait in the queue; when the server goes away, reconnect (a load balancer sends us
+    to a live node) and wait again, a few times, before giving up."""
+    for attempt in range(RECONNECTS + 1):
+        if attempt:
+            await asyncio.sleep(min(5.0, 0.5 * 2**attempt))
+            if args.json:
+                print(json.dumps({"event": "reconnecting", "attempt": attempt}), flush=True)
+            else:
+                print("lost the server; waiting again", flush=True)
+        try:
+            client = await SignalingClient.connect(url)
+        except PeerDeskError:
+            continue
+        try:
+            await client.send(sig.Wait(queue=args.queue, name=args.name))
+            code = await _until(client, args, None)
+        except PeerDeskError:
+            continue
+        finally:
+            await client.close()
+        if code != LOST:
+            return code
+    return LOST
+
+
 async def _run(args: argparse.Namespace) -> int:
     url = check_signal_url(args.signal)
+    if args.action == "wait":
+        return await _wait(args, url)
     client = await SignalingClient.connect(url)
     try:
-        if args.action == "wait":
-            await client.send(sig.Wait(queue=args.queue, name=args.name))
-            return await _until(client, args, None)
         token = args.token or os.environ.get("PEERDESK_CSR_TOKEN", "")
         queue = args.queue if args.action in ("list", "take") else ""
         served = tuple(dict.fromkeys([q for q in [queue, *args.serves] if q]))

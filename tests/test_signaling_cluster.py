@@ -334,3 +334,51 @@ async def test_queues_across_nodes(http: aiohttp.ClientSession, redis_url: str) 
             await store.aclose()
         assert holder  # one node holds the queues, and the other forwarded to it
         assert len(a.events("forwarded") + b.events("forwarded")) == 1
+
+
+async def test_a_waiting_customer_reconnects_when_the_queue_node_dies(
+    http: aiohttp.ClientSession, redis_url: str
+) -> None:
+    import json
+    import sys
+
+    from tests.servers import ROOT
+
+    with nodes(2, "--redis", redis_url, "--drain", "0") as (a, b):
+        csr = await client(http, a)  # a claims the queues
+        await csr.send("serve", name="carol", queues=["support"])
+        assert (await csr.recv(TIMEOUT))["type"] == "queue"
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            *("-m", "agent", "queue", "wait", "support", "--name", "Alice", "--json"),
+            *("--signal", f"ws://127.0.0.1:{b.port}"),
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            assert proc.stdout is not None
+
+            async def line() -> dict[str, object]:
+                assert proc.stdout is not None
+                text = await asyncio.wait_for(proc.stdout.readline(), cluster.HEARTBEAT_TTL + 10)
+                body: dict[str, object] = json.loads(text)
+                return body
+
+            first = await line()
+            assert (first["event"], first["position"]) == ("waiting", 1)
+            assert b.events("forwarded"), "b forwarded the customer to a, which holds the queues"
+            a.kill()
+            assert (await line())["event"] == "reconnecting"
+            again = await line()
+            assert (again["event"], again["queue"], again["position"]) == ("waiting", "support", 1)
+            # b holds the queues now, and a CSR there sees the customer
+            carol = await client(http, b)
+            await carol.send("serve", name="carol", queues=["support"])
+            seen = [await carol.recv(TIMEOUT) for _ in range(2)]
+            support = next(m for m in seen if m["queue"] == "support")
+            assert [t["name"] for t in support["waiting"]] == ["Alice"]
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
