@@ -115,7 +115,7 @@ def _failover(runs: int) -> list[str]:
 def _signaling(runs: int) -> list[str]:
     from bench.signaling import measure, report, rows
 
-    f = measure(3.0)
+    f = measure()
     print("\n".join(report(f)))
     return rows(f)
 

@@ -32,7 +32,7 @@ import aiohttp
 from aiohttp import web
 
 P99_GOAL = 0.050
-STEPS = (8, 32, 128)
+STEPS = (16, 64)
 "Concurrent pairs tried for messages/s; the best rate whose p99 meets the goal counts."
 
 
@@ -427,7 +427,7 @@ def _best(urls: list[str], seconds: float, pids: list[int], cross: bool = False)
     return best
 
 
-ROOM_STEPS = (8, 16, 32)
+ROOM_STEPS = (8, 24)
 "Concurrent room loops tried for rooms/s; the best rate whose cycle p99 meets the goal counts."
 
 
@@ -496,29 +496,52 @@ def _idle(conns: int, rooms_per_conn: int) -> tuple[int, float, float]:
     return held, per_room, per_conn
 
 
-def measure(seconds: float = 3.0) -> SignalingFigures:
-    """Run every phase; about 20 phases of ``seconds`` each plus setup."""
+def _better(a: Point | None, b: Point) -> Point:
+    """The better of two measurements: meeting the p99 goal first, then the higher rate."""
+    if a is None:
+        return b
+    if (b.p99 <= P99_GOAL) != (a.p99 <= P99_GOAL):
+        return b if b.p99 <= P99_GOAL else a
+    return b if b.rate > a.rate else a
+
+
+def measure(seconds: float = 2.0, rounds: int = 3) -> SignalingFigures:
+    """Every configuration stays up the whole time; ``rounds`` rounds run them in turn,
+    and each keeps its best round, so that a burst of load from elsewhere on a shared
+    machine hits every configuration alike instead of ruining one."""
     resource.setrlimit(resource.RLIMIT_NOFILE, (20000, 20000))
-    with _servers("bare", 1) as bare:
-        msgs_bare = _best(_urls(bare), seconds, _pids(bare))
-        rooms_bare = _rooms(_urls(bare), seconds, _pids(bare))
-    with _servers("node", 1) as one:
-        msgs_one = _best(_urls(one), seconds, _pids(one))
-        rooms_one = _rooms(_urls(one), seconds, _pids(one))
-    with _redis() as (redis_url, redis_pid), _servers("node", 2, redis_url) as two:
-        pids = [*_pids(two), redis_pid]
-        msgs_two = _best(_urls(two), seconds, pids)
-        msgs_two_cross = _best(_urls(two), seconds, pids, cross=True)
-        rooms_two = _rooms(_urls(two), seconds, pids)
+    best: dict[str, Point | None] = dict.fromkeys(
+        ["msgs_bare", "msgs_one", "msgs_two", "msgs_cross", "rooms_bare", "rooms_one", "rooms_two"]
+    )
+    with (
+        _servers("bare", 1) as bare,
+        _servers("node", 1) as one,
+        _redis() as (redis_url, redis_pid),
+        _servers("node", 2, redis_url) as two,
+    ):
+        configs = {
+            "bare": (_urls(bare), _pids(bare)),
+            "one": (_urls(one), _pids(one)),
+            "two": (_urls(two), [*_pids(two), redis_pid]),
+        }
+        for _ in range(rounds):
+            for name, (urls, pids) in configs.items():
+                key = f"msgs_{name}"
+                best[key] = _better(best[key], _best(urls, seconds, pids))
+                key = f"rooms_{name}"
+                best[key] = _better(best[key], _rooms(urls, seconds, pids))
+            urls, pids = configs["two"]
+            best["msgs_cross"] = _better(best["msgs_cross"], _best(urls, seconds, pids, cross=True))
     held, room_bytes, conn_bytes = _idle(2500, 4)
+    got = {k: v for k, v in best.items() if v is not None}
     return SignalingFigures(
-        msgs_one,
-        msgs_bare,
-        msgs_two,
-        msgs_two_cross,
-        rooms_one,
-        rooms_bare,
-        rooms_two,
+        got["msgs_one"],
+        got["msgs_bare"],
+        got["msgs_two"],
+        got["msgs_cross"],
+        got["rooms_one"],
+        got["rooms_bare"],
+        got["rooms_two"],
         held,
         room_bytes,
         conn_bytes,
@@ -562,7 +585,7 @@ def rows(f: SignalingFigures) -> list[str]:
     def r(a: float, b: float) -> str:
         return f"{a / b:.2f}x" if b > 0 else "n/a"
 
-    note = f"{f.seconds:g} s per step, p99 <= 50 ms"
+    note = f"best of 3 interleaved rounds, {f.seconds:g} s per step, p99 <= 50 ms"
     one, bare, two, cross = f.msgs_one, f.msgs_bare, f.msgs_two, f.msgs_two_cross
     return [
         f"| signaling messages/s, one node (p99 {_ms(one.p99)}) | {one.rate:.0f} "
