@@ -122,6 +122,66 @@ def procs() -> Iterator[list[Proc]]:
         p.kill()
 
 
+def run_session(
+    procs: list[Proc],
+    tmp_path: Path,
+    csr_ns: str,
+    customer_ns: str,
+    csr_root: str,
+    customer_root: str,
+    turn_url: str,
+) -> list[tuple[str, ...]]:
+    """A CSR and a customer through the headless CLI, chat both ways; the ICE pairs they log."""
+    hosts = [x for root in dict.fromkeys([csr_root, customer_root]) for x in ("--host", root)]
+    server = Proc(
+        [
+            *("signaling", *hosts, "--port", "0"),
+            *("--turn-url", turn_url, "--turn-secret", SECRET, "--drain", "0"),
+        ],
+        name="signal",
+    )
+    procs.append(server)
+    port = server.expect("listening", timeout=20)["port"]
+    csr = Proc(
+        [
+            *("agent", "-v", "start", "--signal", f"ws://{csr_root}:{port}"),
+            *("--headless", "--json", "--name", "Carol"),
+        ],
+        home=tmp_path / "csr",
+        name="csr",
+        prefix=["ip", "netns", "exec", csr_ns],
+    )
+    procs.append(csr)
+    code = csr.expect("session", timeout=30)["code"]
+    customer = Proc(
+        [
+            *("agent", "-v", "join", code, "--signal", f"ws://{customer_root}:{port}"),
+            *("--headless", "--json", "--name", "Alice"),
+        ],
+        home=tmp_path / "alice",
+        name="customer",
+        prefix=["ip", "netns", "exec", customer_ns],
+    )
+    procs.append(customer)
+    customer.expect("joined", timeout=45)
+    csr.expect("joined", lambda e: e.get("name") == "Alice", timeout=15)
+    customer.send({"cmd": "chat", "text": "hello"})
+    assert csr.expect("chat", timeout=15)["text"] == "hello"
+    csr.send({"cmd": "chat", "text": "heard you"})
+    assert customer.expect("chat", timeout=15)["text"] == "heard you"
+    assert any("ice_servers turn:" in line for line in customer.stderr), customer.stderr[-20:]
+    pairs = [
+        m.groups()
+        for line in csr.stderr + customer.stderr
+        for m in [re.search(r"ice_pair local=(\w+) remote=(\w+)", line)]
+        if m
+    ]
+    assert pairs, "no agent logged its ICE pair:\n" + "".join(csr.stderr[-30:])
+    csr.send({"cmd": "end"})
+    assert csr.wait(15) == 0
+    return pairs
+
+
 def test_agents_that_cannot_reach_each_other_relay_through_coturn(
     procs: list[Proc], tmp_path: Path
 ) -> None:
@@ -131,58 +191,21 @@ def test_agents_that_cannot_reach_each_other_relay_through_coturn(
             "ip", "netns", "exec", ns_a, "ip", "route", "get", f"{net}.2.2", check=False
         )
         assert unreachable.returncode != 0, unreachable.stdout
-        with coturn([root_a, root_b], root_a, 3478 + int(net.split(".")[1]), tmp_path) as _turn:
-            turn_port = 3478 + int(net.split(".")[1])
-            server = Proc(
-                [
-                    *("signaling", "--host", root_a, "--host", root_b, "--port", "0"),
-                    *("--turn-url", f"turn:{root_a}:{turn_port}?transport=udp"),
-                    *("--turn-secret", SECRET, "--drain", "0"),
-                ],
-                name="signal",
-            )
-            procs.append(server)
-            port = server.expect("listening", timeout=20)["port"]
-
-            csr = Proc(
-                [
-                    *("agent", "-v", "start", "--signal", f"ws://{root_a}:{port}"),
-                    *("--headless", "--json", "--name", "Carol"),
-                ],
-                home=tmp_path / "csr",
-                name="csr",
-                prefix=["ip", "netns", "exec", ns_a],
-            )
-            procs.append(csr)
-            code = csr.expect("session", timeout=30)["code"]
-            customer = Proc(
-                [
-                    *("agent", "-v", "join", code, "--signal", f"ws://{root_b}:{port}"),
-                    *("--headless", "--json", "--name", "Alice"),
-                ],
-                home=tmp_path / "alice",
-                name="customer",
-                prefix=["ip", "netns", "exec", ns_b],
-            )
-            procs.append(customer)
-            customer.expect("joined", timeout=45)
-            csr.expect("joined", lambda e: e.get("name") == "Alice", timeout=15)
-            customer.send({"cmd": "chat", "text": "through the relay"})
-            assert csr.expect("chat", timeout=15)["text"] == "through the relay"
-            csr.send({"cmd": "chat", "text": "heard you"})
-            assert customer.expect("chat", timeout=15)["text"] == "heard you"
-
-            pairs = [
-                m.groups()
-                for line in csr.stderr + customer.stderr
-                for m in [re.search(r"ice_pair local=(\w+) remote=(\w+)", line)]
-                if m
-            ]
-            assert pairs, "no agent logged its ICE pair:\n" + "".join(csr.stderr[-30:])
+        turn_port = 3478 + int(net.split(".")[1])
+        with coturn([root_a, root_b], root_a, turn_port, tmp_path):
+            turn_url = f"turn:{root_a}:{turn_port}?transport=udp"
+            pairs = run_session(procs, tmp_path, ns_a, ns_b, root_a, root_b, turn_url)
             assert all("relay" in pair for pair in pairs), pairs
-            assert any("ice_servers turn:" in line for line in customer.stderr)
             turn_log = (tmp_path / "turn.log").read_text()
             assert "ALLOCATE" in turn_log or "allocation" in turn_log.lower()
 
-            csr.send({"cmd": "end"})
-            assert csr.wait(15) == 0
+
+def test_agents_with_a_direct_path_do_not_use_the_relay(procs: list[Proc], tmp_path: Path) -> None:
+    """TURN is offered but only used when direct pairs fail: two agents in one namespace
+    connect host to host."""
+    with namespaces() as (ns_a, _ns_b, root_a, root_b, _net):
+        turn_port = 3478 + int(_net.split(".")[1])
+        with coturn([root_a, root_b], root_a, turn_port, tmp_path):
+            turn_url = f"turn:{root_a}:{turn_port}?transport=udp"
+            pairs = run_session(procs, tmp_path, ns_a, ns_a, root_a, root_a, turn_url)
+            assert all(pair == ("host", "host") for pair in pairs), pairs
