@@ -14,6 +14,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agent.errors import DecodeError
 from agent.protocol import signaling as sig
@@ -312,3 +314,62 @@ def test_help_links_are_checked() -> None:
     bad = peerdesk_queue("wait", "peerdesk://help/no such?signal=ws%3A%2F%2Fx", "--name", "A")
     assert bad.returncode == 2
     assert "not a queue name" in bad.stderr
+
+
+# --------------------------------------------------------------------------- wire
+
+
+queue_names = st.from_regex(r"@?[A-Za-z0-9][A-Za-z0-9._-]{0,31}", fullmatch=True)
+csr_names = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}", fullmatch=True)
+tickets = st.from_regex(r"[0-9a-f]{12}", fullmatch=True)
+rooms = st.from_regex(r"[0-9]{6}", fullmatch=True)
+text = st.text(st.characters(exclude_characters="\x00", exclude_categories=["Cs"]))
+names = text.filter(bool).map(lambda t: t[:64])
+notes = text.map(lambda t: t[:345])
+
+client_queue_messages = st.one_of(
+    st.builds(sig.Wait, queue=queue_names, name=names),
+    st.builds(
+        sig.Serve,
+        name=csr_names,
+        queues=st.lists(queue_names, max_size=16).map(tuple),
+        token=text.map(lambda t: t[:128]),
+    ),
+    st.builds(sig.ListQueue, queue=queue_names),
+    st.builds(sig.Take, queue=queue_names, room=rooms, ticket=st.just("") | tickets),
+    st.builds(sig.Transfer, ticket=tickets, message=notes, queue=queue_names, csr=st.just(""))
+    | st.builds(sig.Transfer, ticket=tickets, message=notes, queue=st.just(""), csr=csr_names),
+)
+server_queue_messages = st.one_of(
+    st.builds(sig.Waiting, queue=queue_names, ticket=tickets, position=st.integers(1, 10**9)),
+    st.builds(sig.Assigned, ticket=tickets, room=rooms, csr=csr_names),
+    st.builds(
+        sig.QueueState,
+        queue=queue_names,
+        waiting=st.lists(
+            st.builds(
+                sig.QueuedTicket,
+                ticket=tickets,
+                name=text.map(lambda t: t[:64]),
+                waited=st.integers(0, 10**9),
+                note=notes,
+            ),
+            max_size=5,
+        ).map(tuple),
+        total=st.integers(0, 10**9),
+    ),
+    st.builds(
+        sig.Taken, ticket=tickets, queue=queue_names, name=text.map(lambda t: t[:64]), note=notes
+    ),
+    st.builds(sig.Transferred, ticket=tickets, queue=queue_names),
+)
+
+
+@given(client_queue_messages)
+def test_client_queue_messages_round_trip(msg: sig.ClientMessage) -> None:
+    assert sig.decode_client(sig.encode(msg)) == msg
+
+
+@given(server_queue_messages)
+def test_server_queue_messages_round_trip(msg: sig.ServerMessage) -> None:
+    assert sig.decode_server(sig.encode(msg)) == msg
