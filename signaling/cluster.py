@@ -45,6 +45,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -160,13 +161,13 @@ class Cluster:
             await self.redis.set(self.node_key(self.node), "1", ex=HEARTBEAT_TTL)
         except (RedisError, OSError) as exc:
             await self.redis.aclose()
-            raise ConnectionError(f"cannot reach Redis at {self.url}: {exc}") from None
+            raise ConnectionError(f"cannot reach Redis at {redact(self.url)}: {exc}") from None
         self._tasks = [
             asyncio.create_task(self._heartbeat(on_node_dead)),
             asyncio.create_task(self._read(on_mail)),
             asyncio.create_task(self._write()),
         ]
-        log.info("cluster_joined", extra={"fields": {"node": self.node}})
+        log.info("cluster_joined", extra={"fields": {"node": self.node, "redis": redact(self.url)}})
 
     async def stop(self) -> None:
         """Flush what is queued, leave (delete the heartbeat), close the connection."""
@@ -351,6 +352,16 @@ class Cluster:
                     self.peers.discard(peer)
                     log.warning("node_dead", extra={"fields": {"node": peer}})
                     on_node_dead(peer)
+
+
+def redact(url: str) -> str:
+    """``url`` without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return parts._replace(netloc=netloc).geturl()
 
 
 def _ttl(seconds: float) -> int:

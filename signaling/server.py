@@ -1151,6 +1151,11 @@ async def _help(request: web.Request) -> web.Response:
 async def _ice(request: web.Request) -> web.Response:
     """``GET /ice``: ICE servers for agents, with freshly minted TURN credentials."""
     state = request.app[STATE]
+    ip = request.remote or "unknown"
+    refused = state.admission.admit(ip, state.config.clock())  # same budget as /ws upgrades
+    if refused is not None:
+        return web.Response(status=refused[0], text=refused[1] + "\n")
+    state.admission.release(ip)
     servers = [] if state.turn is None else [state.turn.mint(time.time()).as_json()]
     return web.json_response({"iceServers": servers}, headers={"Cache-Control": "no-store"})
 

@@ -309,3 +309,21 @@ def test_ice_answers_are_parsed_as_hostile_input() -> None:
     ):
         with pytest.raises(DecodeError):
             decode_ice(bad)
+
+
+async def test_ice_is_rate_limited_per_address(http: aiohttp.ClientSession, serve: Serve) -> None:
+    turn = TurnSecret(("turn:127.0.0.1:3478",), "s3cret-s3cret-s3cret")
+    base = await serve(ServerConfig(connect_rate_per_ip=0.5, connect_burst_per_ip=3), turn=turn)
+    statuses = []
+    for _ in range(5):
+        async with http.get(f"{base}/ice") as resp:
+            statuses.append(resp.status)
+    assert statuses == [200, 200, 200, 429, 429]
+
+
+def test_redis_passwords_stay_out_of_messages() -> None:
+    from signaling.cluster import redact
+
+    assert redact("redis://:hunter2@db:6379/0") == "redis://:***@db:6379/0"
+    assert redact("rediss://app:hunter2@db/1") == "rediss://app:***@db/1"
+    assert redact("redis://db:6379/0") == "redis://db:6379/0"
