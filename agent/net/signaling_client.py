@@ -33,26 +33,25 @@ def ice_url(url: str) -> str:
 
 
 async def _fetch_ice(session: aiohttp.ClientSession, url: str) -> None:
-    """Ask the server for TURN servers; without an answer, go on with direct paths only."""
+    """Ask the server for TURN servers; without a usable answer, direct paths only (never
+    servers an earlier signaling server handed out)."""
     from agent.net.peer import use_ice_servers
 
+    servers: tuple[sig.IceServer, ...] = ()
     try:
         timeout = aiohttp.ClientTimeout(total=3.0)
         async with session.get(ice_url(url), timeout=timeout) as resp:
-            if resp.status != 200:
-                return
-            body = b""
-            async for chunk in resp.content.iter_chunked(4096):
-                body += chunk
-                if len(body) > sig.MAX_ICE_BYTES:
-                    raise DecodeError("the ICE server list is too long")
-        servers = sig.decode_ice(body)
+            if resp.status == 200:
+                body = b""
+                async for chunk in resp.content.iter_chunked(4096):
+                    body += chunk
+                    if len(body) > sig.MAX_ICE_BYTES:
+                        raise DecodeError("the ICE server list is too long")
+                servers = sig.decode_ice(body)
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         log.info("no ICE servers from %s: %s", url, exc or type(exc).__name__)
-        return
     except DecodeError as exc:
         log.warning("ignored the ICE servers the signaling server offered: %s", exc.message)
-        return
     if servers:
         log.info("ice_servers %s", " ".join(u for s in servers for u in s.urls))
     use_ice_servers(servers)
