@@ -327,3 +327,19 @@ def test_redis_passwords_stay_out_of_messages() -> None:
     assert redact("redis://:hunter2@db:6379/0") == "redis://:***@db:6379/0"
     assert redact("rediss://app:hunter2@db/1") == "rediss://app:***@db/1"
     assert redact("redis://db:6379/0") == "redis://db:6379/0"
+
+
+async def test_agents_take_ice_servers_from_their_current_signaling_server(serve: Serve) -> None:
+    from agent.net.peer import rtc_configuration
+    from agent.net.signaling_client import SignalingClient
+
+    turn = TurnSecret(("turn:127.0.0.1:3478",), "s3cret-s3cret-s3cret")
+    with_turn, without = await serve(turn=turn), await serve()
+    client = await SignalingClient.connect(with_turn.replace("http", "ws"))
+    await client.close()
+    (server,) = rtc_configuration().iceServers
+    assert server.urls == ["turn:127.0.0.1:3478"]
+    assert server.username.endswith(tuple("0123456789abcdef"))
+    client = await SignalingClient.connect(without.replace("http", "ws"))
+    await client.close()
+    assert rtc_configuration().iceServers == []
