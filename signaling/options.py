@@ -43,3 +43,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the team's token CSRs give to serve queues (or PEERDESK_CSR_TOKEN); "
         "without one anyone may serve",
     )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=20_000,
+        metavar="N",
+        help="WebSockets this node holds at once (default 20000)",
+    )
+    parser.add_argument(
+        "--max-connections-per-ip",
+        type=int,
+        default=64,
+        metavar="N",
+        help="WebSockets one client address holds at once; raise it for customers behind "
+        "one NAT (default 64)",
+    )

@@ -1328,7 +1328,16 @@ def options(args: argparse.Namespace) -> tuple[ServerConfig, str | None, TurnSec
     token = getattr(args, "csr_token", None) or os.environ.get("PEERDESK_CSR_TOKEN") or None
     if token is not None and len(token) < 16:
         raise ValueError("--csr-token must be at least 16 characters")
-    return ServerConfig(drain_timeout=args.drain, csr_token=token), redis_url, turn
+    for flag in ("max_connections", "max_connections_per_ip"):
+        if getattr(args, flag, 1) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be at least 1")
+    config = ServerConfig(
+        drain_timeout=args.drain,
+        csr_token=token,
+        max_connections=getattr(args, "max_connections", 20_000),
+        max_connections_per_ip=getattr(args, "max_connections_per_ip", 64),
+    )
+    return config, redis_url, turn
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -343,3 +343,27 @@ async def test_agents_take_ice_servers_from_their_current_signaling_server(serve
     client = await SignalingClient.connect(without.replace("http", "ws"))
     await client.close()
     assert rtc_configuration().iceServers == []
+
+
+def test_signal_options_become_a_config_or_a_clear_error() -> None:
+    import argparse
+
+    from signaling.options import add_arguments
+    from signaling.server import options
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    config, redis_url, turn = options(
+        parser.parse_args(["--max-connections-per-ip", "500", "--redis", "redis://r:6379/0"])
+    )
+    assert (config.max_connections_per_ip, redis_url, turn) == (500, "redis://r:6379/0", None)
+    for argv, message in (
+        (["--max-connections", "0"], "--max-connections must be at least 1"),
+        (["--redis", "http://r"], "redis://"),
+        (["--turn-url", "turn:t:3478"], "go together"),
+        (["--turn-url", "http://t", "--turn-secret", "s" * 20], "not a TURN URL"),
+        (["--csr-token", "short"], "at least 16"),
+        (["--drain", "-1"], "--drain"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            options(parser.parse_args(argv))
