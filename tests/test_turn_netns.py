@@ -1,13 +1,14 @@
 """TURN through a real coturn: two agents in network namespaces that cannot reach each
 other, only coturn and the signaling server.
 
-The test makes two namespaces, each joined to the root namespace by a veth pair. Each
-namespace has a route to its own /24 and to one address of the root namespace (where
-coturn and the signaling server listen) and nothing else: no route between them, so a
-direct ICE pair cannot work. The signaling server mints coturn REST credentials
+The test makes three namespaces: a router, where coturn and the signaling server run
+and which forwards between the other two, and a and b, one agent each. With the drop
+on, the router refuses to forward between a and b, so a direct ICE pair cannot work,
+while both still reach the router. The signaling server mints coturn REST credentials
 (``--turn-url --turn-secret``); the agents fetch them from ``/ice`` and the session
-comes up over the relay, which the agents log as the selected ICE pair. Everything the
-test creates (namespaces, links, processes) is removed also when it fails.
+comes up over the relay, which the agents log as the selected ICE pair. Without the
+drop, the same setup connects host to host. Everything the test creates (namespaces,
+links, processes) is removed also when it fails; no traffic leaves the namespaces.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -32,49 +35,87 @@ def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, capture_output=True, text=True, timeout=15, check=check)
 
 
+@dataclass(frozen=True)
+class Net:
+    router: str
+    "Namespace of coturn and the signaling server; it routes between a and b."
+    a: str
+    b: str
+    router_a: str
+    "The router's address on a's link."
+    router_b: str
+    a_addr: str
+    b_addr: str
+
+
 @contextlib.contextmanager
-def namespaces() -> Iterator[tuple[str, str, str, str, str]]:
-    """(ns A, ns B, root address seen by A, root address seen by B, subnet tag)."""
+def namespaces(*, drop_between: bool) -> Iterator[Net]:
+    """Three namespaces made by the test: a and b, each linked by a veth pair to a
+    router namespace that forwards between them. With ``drop_between`` the router
+    refuses to forward anything from a to b or from b to a (``ip rule ... prohibit`` on
+    the packets arriving from either link), while both still reach the router itself."""
     assert os.geteuid() == 0, "the netns test needs root (ip netns, veth)"
     assert shutil.which("ip"), "ip is missing: tests/run installs the Debian package iproute2"
     tag = f"{os.getpid() % 200 + 20}"
-    ns_a, ns_b = f"pd7a{tag}", f"pd7b{tag}"
+    router, ns_a, ns_b = f"pd7r{tag}", f"pd7a{tag}", f"pd7b{tag}"
     net = f"10.{tag}"
     made: list[str] = []
+
+    def in_ns(ns: str, *args: str) -> None:
+        sh("ip", "netns", "exec", ns, *args)
+
     try:
-        for ns, side, sub in ((ns_a, "a", 1), (ns_b, "b", 2)):
+        for ns in (router, ns_a, ns_b):
             sh("ip", "netns", "add", ns)
             made.append(ns)
-            outer, inner = f"pd7{side}{tag}o", f"pd7{side}{tag}i"
-            sh("ip", "link", "add", outer, "type", "veth", "peer", "name", inner)
-            made.append(f"link:{outer}")
-            sh("ip", "link", "set", inner, "netns", ns)
-            sh("ip", "addr", "add", f"{net}.{sub}.1/24", "dev", outer)
-            sh("ip", "link", "set", outer, "up")
-            sh("ip", "netns", "exec", ns, "ip", "addr", "add", f"{net}.{sub}.2/24", "dev", inner)
-            sh("ip", "netns", "exec", ns, "ip", "link", "set", inner, "up")
-            sh("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
-        # each side reaches the other side's root address (coturn listens on both), and
-        # nothing of the other namespace
-        sh("ip", "netns", "exec", ns_a, "ip", "route", "add", f"{net}.2.1/32", "via", f"{net}.1.1")
-        sh("ip", "netns", "exec", ns_b, "ip", "route", "add", f"{net}.1.1/32", "via", f"{net}.2.1")
-        yield ns_a, ns_b, f"{net}.1.1", f"{net}.2.1", net
+            in_ns(ns, "ip", "link", "set", "lo", "up")
+        for ns, side, sub in ((ns_a, "a", 1), (ns_b, "b", 2)):
+            outer, inner = f"pd7{side}{tag}r", f"pd7{side}{tag}i"
+            in_ns(router, "ip", "link", "add", outer, "type", "veth", "peer", "name", inner)
+            in_ns(router, "ip", "link", "set", inner, "netns", ns)
+            in_ns(router, "ip", "addr", "add", f"{net}.{sub}.1/24", "dev", outer)
+            in_ns(router, "ip", "link", "set", outer, "up")
+            in_ns(ns, "ip", "addr", "add", f"{net}.{sub}.2/24", "dev", inner)
+            in_ns(ns, "ip", "link", "set", inner, "up")
+            in_ns(ns, "ip", "route", "add", "default", "via", f"{net}.{sub}.1")
+        # forwarding in the router namespace only (the sysctl is per namespace)
+        in_ns(router, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+        if drop_between:
+            for side, other in (("a", 2), ("b", 1)):
+                in_ns(
+                    router,
+                    *("ip", "rule", "add", "iif", f"pd7{side}{tag}r"),
+                    *("to", f"{net}.{other}.0/24", "prohibit"),
+                )
+        yield Net(router, ns_a, ns_b, f"{net}.1.1", f"{net}.2.1", f"{net}.1.2", f"{net}.2.2")
     finally:
-        for item in reversed(made):
-            if item.startswith("link:"):
-                sh("ip", "link", "del", item[5:], check=False)
-            else:
-                sh("ip", "netns", "del", item, check=False)
+        for ns in reversed(made):  # deleting a namespace deletes its veth ends
+            sh("ip", "netns", "del", ns, check=False)
+
+
+def tcp_error(ns: str, host: str) -> str:
+    """How a TCP connect from ``ns`` to port 9 of ``host`` fails (``ECONNREFUSED`` means
+    the packet got there and was answered)."""
+    code = (
+        "import errno, socket\n"
+        "s = socket.socket()\ns.settimeout(3)\n"
+        f"try:\n    s.connect(({host!r}, 9))\nexcept OSError as e:\n"
+        "    print(errno.errorcode.get(e.errno, 'timeout'))\nelse:\n    print('connected')\n"
+    )
+    out = sh("ip", "netns", "exec", ns, sys.executable, "-c", code)
+    return out.stdout.strip()
 
 
 @contextlib.contextmanager
-def coturn(listen: list[str], relay: str, port: int, tmp: Path) -> Iterator[subprocess.Popen[str]]:
+def coturn(
+    ns: str, listen: list[str], relay: str, port: int, tmp: Path
+) -> Iterator[subprocess.Popen[str]]:
     exe = shutil.which("turnserver")
     assert exe, "turnserver is missing: tests/run installs the Debian package coturn"
     log = tmp / "turn.log"
     proc = subprocess.Popen(
         [
-            exe,
+            *("ip", "netns", "exec", ns, exe),
             "-n",
             *(f"--listening-ip={ip}" for ip in listen),
             f"--listening-port={port}",
@@ -122,45 +163,39 @@ def procs() -> Iterator[list[Proc]]:
         p.kill()
 
 
-def run_session(
-    procs: list[Proc],
-    tmp_path: Path,
-    csr_ns: str,
-    customer_ns: str,
-    csr_root: str,
-    customer_root: str,
-    turn_url: str,
-) -> list[tuple[str, ...]]:
-    """A CSR and a customer through the headless CLI, chat both ways; the ICE pairs they log."""
-    hosts = [x for root in dict.fromkeys([csr_root, customer_root]) for x in ("--host", root)]
+def run_session(procs: list[Proc], tmp_path: Path, net: Net) -> list[tuple[str, ...]]:
+    """A CSR in a and a customer in b through the headless CLI, chat both ways, with the
+    signaling server and TURN in the router; returns the ICE pairs the agents log."""
+    turn_url = f"turn:{net.router_a}:3478?transport=udp"
     server = Proc(
         [
-            *("signaling", *hosts, "--port", "0"),
+            *("signaling", "--host", net.router_a, "--host", net.router_b, "--port", "0"),
             *("--turn-url", turn_url, "--turn-secret", SECRET, "--drain", "0"),
         ],
         name="signal",
+        prefix=["ip", "netns", "exec", net.router],
     )
     procs.append(server)
     port = server.expect("listening", timeout=20)["port"]
     csr = Proc(
         [
-            *("agent", "-v", "start", "--signal", f"ws://{csr_root}:{port}"),
+            *("agent", "-v", "start", "--signal", f"ws://{net.router_a}:{port}"),
             *("--headless", "--json", "--name", "Carol"),
         ],
         home=tmp_path / "csr",
         name="csr",
-        prefix=["ip", "netns", "exec", csr_ns],
+        prefix=["ip", "netns", "exec", net.a],
     )
     procs.append(csr)
     code = csr.expect("session", timeout=30)["code"]
     customer = Proc(
         [
-            *("agent", "-v", "join", code, "--signal", f"ws://{customer_root}:{port}"),
+            *("agent", "-v", "join", code, "--signal", f"ws://{net.router_b}:{port}"),
             *("--headless", "--json", "--name", "Alice"),
         ],
         home=tmp_path / "alice",
         name="customer",
-        prefix=["ip", "netns", "exec", customer_ns],
+        prefix=["ip", "netns", "exec", net.b],
     )
     procs.append(customer)
     customer.expect("joined", timeout=45)
@@ -185,27 +220,22 @@ def run_session(
 def test_agents_that_cannot_reach_each_other_relay_through_coturn(
     procs: list[Proc], tmp_path: Path
 ) -> None:
-    with namespaces() as (ns_a, ns_b, root_a, root_b, net):
-        # no direct path: the kernel has no route from A to B
-        unreachable = sh(
-            "ip", "netns", "exec", ns_a, "ip", "route", "get", f"{net}.2.2", check=False
-        )
-        assert unreachable.returncode != 0, unreachable.stdout
-        turn_port = 3478 + int(net.split(".")[1])
-        with coturn([root_a, root_b], root_a, turn_port, tmp_path):
-            turn_url = f"turn:{root_a}:{turn_port}?transport=udp"
-            pairs = run_session(procs, tmp_path, ns_a, ns_b, root_a, root_b, turn_url)
+    with namespaces(drop_between=True) as net:
+        assert tcp_error(net.a, net.b_addr) != "ECONNREFUSED"  # dropped on the way
+        assert tcp_error(net.a, net.router_b) == "ECONNREFUSED"  # the router answers
+        assert tcp_error(net.b, net.router_a) == "ECONNREFUSED"
+        with coturn(net.router, [net.router_a, net.router_b], net.router_a, 3478, tmp_path):
+            pairs = run_session(procs, tmp_path, net)
             assert all("relay" in pair for pair in pairs), pairs
             turn_log = (tmp_path / "turn.log").read_text()
             assert "ALLOCATE" in turn_log or "allocation" in turn_log.lower()
 
 
 def test_agents_with_a_direct_path_do_not_use_the_relay(procs: list[Proc], tmp_path: Path) -> None:
-    """TURN is offered but only used when direct pairs fail: two agents in one namespace
-    connect host to host."""
-    with namespaces() as (ns_a, _ns_b, root_a, root_b, _net):
-        turn_port = 3478 + int(_net.split(".")[1])
-        with coturn([root_a, root_b], root_a, turn_port, tmp_path):
-            turn_url = f"turn:{root_a}:{turn_port}?transport=udp"
-            pairs = run_session(procs, tmp_path, ns_a, ns_a, root_a, root_a, turn_url)
+    """The same three namespaces without the drop: TURN is offered but ICE finds the
+    direct pair (routed through the router namespace) and uses it."""
+    with namespaces(drop_between=False) as net:
+        assert tcp_error(net.a, net.b_addr) == "ECONNREFUSED"  # b answers: a direct path
+        with coturn(net.router, [net.router_a, net.router_b], net.router_a, 3478, tmp_path):
+            pairs = run_session(procs, tmp_path, net)
             assert all(pair == ("host", "host") for pair in pairs), pairs
