@@ -1015,6 +1015,17 @@ class _State:
                 for r in ("server_full", "per_ip_cap", "per_ip_rate", "draining")
             },
         )
+        queues = hub.queues
+        metric(
+            "queue_customers",
+            "gauge",
+            "Customers in the support queues held here: waiting, or taken by a CSR.",
+            {
+                '{state="waiting"}': sum(len(line) for line in queues.waiting.values()),
+                '{state="taken"}': sum(1 for t in queues.tickets.values() if t.holder),
+            },
+        )
+        metric("queue_csrs", "gauge", "CSRs serving queues here.", {"": len(queues.csrs)})
         metric(
             "slow_clients_dropped_total",
             "counter",

@@ -373,3 +373,19 @@ def test_client_queue_messages_round_trip(msg: sig.ClientMessage) -> None:
 @given(server_queue_messages)
 def test_server_queue_messages_round_trip(msg: sig.ServerMessage) -> None:
     assert sig.decode_server(sig.encode(msg)) == msg
+
+
+async def test_metrics_count_queue_customers(open_client: Open, server: str) -> None:
+    from tests.test_signaling_hardening import metrics_of
+
+    _a, _ = await customer(open_client, "support", "A")
+    _b, _ = await customer(open_client, "support", "B")
+    csr = await open_client()
+    await serve(csr, "carol", "support")
+    await csr.send("take", queue="support", room="123456")
+    await expect(csr, "taken")
+    async with aiohttp.ClientSession() as http, http.get(f"{server}/metrics") as resp:
+        m = metrics_of(await resp.text())
+    assert m['peerdesk_queue_customers{state="waiting"}'] == 1
+    assert m['peerdesk_queue_customers{state="taken"}'] == 1
+    assert m["peerdesk_queue_csrs"] == 1

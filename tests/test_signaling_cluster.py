@@ -382,3 +382,38 @@ async def test_a_waiting_customer_reconnects_when_the_queue_node_dies(
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
+
+
+async def test_junk_in_a_nodes_mailbox_is_dropped_and_the_node_goes_on(
+    http: aiohttp.ClientSession, redis_url: str
+) -> None:
+    with nodes(2, "--redis", redis_url, "--drain", "0") as (a, b):
+        host = await client(http, a)
+        room = await host.create()
+        store = aioredis.Redis.from_url(redis_url, decode_responses=True)
+        try:
+            (node_a,) = [
+                k.split(":")[-1]
+                for k in await store.keys("peerdesk:node:*")
+                if await store.get(f"peerdesk:room:{room}") == k.split(":")[-1]
+            ]
+            mbox = f"peerdesk:mbox:{node_a}"
+            for fields in (
+                {"junk": "1"},
+                {"k": "?", "n": "x", "c": "y", "d": ""},
+                {"k": "f", "n": "nobody", "c": "0123456789ab", "d": '{"type":"create"}'},
+                {"k": "o", "n": "nobody", "c": "0123456789ab", "d": "hi"},
+                {"k": "a", "n": "n" * 100, "c": "0123456789ab", "d": ""},
+                {"k": "z", "n": "nobody", "c": "0123456789ab", "d": "not a code"},
+            ):
+                await store.xadd(mbox, fields)  # type: ignore[arg-type]
+        finally:
+            await store.aclose()
+        deadline = time.monotonic() + TIMEOUT
+        while not a.events("bad_mail"):
+            assert time.monotonic() < deadline, "junk mail was not noticed"
+            await asyncio.sleep(0.05)
+        # a still serves: a joiner through b reaches the host on a
+        joiner = await client(http, b)
+        peer = await joiner.join(room)
+        assert await host.recv(TIMEOUT) == {"type": "peer", "room": room, "peer": peer}
