@@ -153,9 +153,13 @@ def _emit(args: argparse.Namespace, msg: sig.ServerMessage) -> None:
 
 
 async def _until(
-    client: SignalingClient, args: argparse.Namespace, done: type[sig.ServerMessage] | None
+    client: SignalingClient,
+    args: argparse.Namespace,
+    done: type[sig.ServerMessage] | None,
+    seen: list[sig.ServerMessage] | None = None,
 ) -> int:
-    """Print what the server says until a ``done`` message (or an error, or the end)."""
+    """Print what the server says until a ``done`` message (or an error, or the end);
+    ``seen`` collects every message."""
     while True:
         try:
             msg = await asyncio.wait_for(client.recv(), None if done is None else REPLY_TIMEOUT)
@@ -165,6 +169,8 @@ async def _until(
         if msg is None:
             print("peerdesk queue: the signaling server closed the connection", file=sys.stderr)
             return LOST
+        if seen is not None:
+            seen.append(msg)
         if isinstance(msg, sig.Error):
             if args.json:
                 print(json.dumps({"event": "error", "code": msg.code, "message": msg.message}))
@@ -183,7 +189,11 @@ RECONNECTS = 5
 async def _wait(args: argparse.Namespace, url: str) -> int:
     """Wait in the queue; when the server goes away, reconnect (a load balancer sends us
     to a live node) and wait again, a few times, before giving up."""
+    seen: list[sig.ServerMessage] = []
     for attempt in range(RECONNECTS + 1):
+        if seen and isinstance(seen[-1], sig.Assigned):
+            # a CSR took us: we are in their session, not in line any more
+            return 0
         if attempt:
             await asyncio.sleep(min(5.0, 0.5 * 2**attempt))
             if args.json:
@@ -195,8 +205,11 @@ async def _wait(args: argparse.Namespace, url: str) -> int:
         except PeerDeskError:
             continue
         try:
-            await client.send(sig.Wait(queue=args.queue, name=args.name))
-            code = await _until(client, args, None)
+            # back in line with our ticket: with several nodes we keep our place
+            last = next((m for m in reversed(seen) if isinstance(m, sig.Waiting)), None)
+            ticket, queue = (last.ticket, last.queue) if last is not None else ("", args.queue)
+            await client.send(sig.Wait(queue=queue, name=args.name, ticket=ticket))
+            code = await _until(client, args, None, seen)
         except PeerDeskError:
             continue
         finally:

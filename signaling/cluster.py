@@ -14,7 +14,11 @@ What lives in Redis, under a key prefix (``peerdesk:`` by default):
   are light). Claimed with ``SET NX EX`` on first use and renewed with the holder's
   heartbeat; a client that uses queues through another node is forwarded there like a
   joiner. When the holder dies, the next node to need the queues claims them within
-  the heartbeat TTL; the customers who waited reconnect and wait again.
+  the heartbeat TTL; the customers who waited reconnect and wait again with their
+  ticket, which gives them their place back (see ``ticket:<id>``).
+- ``ticket:<id>`` — where a waiting customer stands (queue, first arrival as Unix time,
+  transfer note), kept 15 minutes: a customer who lost the queues' node waits again
+  with its ticket and gets its place back on the node that holds them next.
 - ``mbox:<node>`` — the node's mailbox, a Redis stream (``XADD MAXLEN ~``, read with
   ``XREAD BLOCK`` from the last id seen). A room lives on the node where its host is
   connected. A joiner connected elsewhere is *forwarded*: its own node posts the
@@ -40,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
@@ -60,6 +65,8 @@ STREAM_MAXLEN = 100_000
 "Entries a mailbox keeps (approximately); a reader that falls further behind loses the oldest."
 STREAM_TTL = 60
 "Seconds a mailbox stream outlives its last write (so that a dead node's mailbox goes)."
+TICKET_TTL = 900
+"Seconds a waiting customer's place is kept for it to come back with its ticket."
 BATCH = 512
 "Most operations sent to Redis in one pipeline."
 MAX_PENDING = 200_000
@@ -141,6 +148,9 @@ class Cluster:
 
     def node_key(self, node: str) -> str:
         return f"{self.prefix}node:{node}"
+
+    def ticket_key(self, ticket: str) -> str:
+        return f"{self.prefix}ticket:{ticket}"
 
     def queues_key(self) -> str:
         return f"{self.prefix}queues"
@@ -231,6 +241,31 @@ class Cluster:
             log.warning("queue_node_failed", extra={"fields": {"error": str(exc)}})
         return None
 
+    def remember(self, ticket: str, queue: str, since_wall: float, note: str) -> None:
+        """Store where ``ticket`` stands (queued), for ``TICKET_TTL`` seconds."""
+        self._queue("remember", ticket, json.dumps([queue, since_wall, note]))
+
+    def forget(self, ticket: str) -> None:
+        """``ticket`` was taken (queued)."""
+        self._queue("forget", ticket)
+
+    async def recall(self, ticket: str) -> tuple[str, float, str] | None:
+        """(queue, first arrival as Unix time, note) stored for ``ticket``, if any."""
+        try:
+            raw = await self.redis.get(self.ticket_key(ticket))
+        except (RedisError, OSError) as exc:
+            log.warning("recall_failed", extra={"fields": {"error": str(exc)}})
+            return None
+        try:
+            queue, since, note = json.loads(raw) if isinstance(raw, str) else (None, None, None)
+        except (ValueError, TypeError):
+            return None
+        if not (isinstance(queue, str) and isinstance(since, int | float)):
+            return None
+        if not isinstance(note, str) or isinstance(since, bool):
+            return None
+        return queue, float(since), note
+
     def release(self, room: str) -> None:
         """Free ``room``'s id (queued; in order with the mail)."""
         self._queue("release", room)
@@ -280,6 +315,10 @@ class Cluster:
                     pipe.eval(_RELEASE, 1, self.room_key(args[0]), self.node)
                 elif op == "touch":
                     pipe.expire(self.room_key(args[0]), _ttl(args[1]))
+                elif op == "remember":
+                    pipe.set(self.ticket_key(args[0]), args[1], ex=TICKET_TTL)
+                elif op == "forget":
+                    pipe.delete(self.ticket_key(args[0]))
             for key in streams:
                 pipe.expire(key, STREAM_TTL)
             try:

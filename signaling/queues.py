@@ -59,6 +59,34 @@ MAX_WAITING = 1000
 "Customers one queue holds; the next ``wait`` gets ``queue_full``."
 
 
+@dataclass(frozen=True)
+class Remember:
+    """Store ``ticket``'s place (queue, first arrival, note) where other nodes find it, so
+    that its customer keeps its place if this node dies (see ``Wait.ticket``)."""
+
+    ticket: str
+    queue: str
+    since: float
+    note: str
+
+
+@dataclass(frozen=True)
+class Forget:
+    """``ticket`` was taken: a later ``wait`` with it is a new one."""
+
+    ticket: str
+
+
+@dataclass(frozen=True)
+class Recalled:
+    """A stored place, for ``Queues.wait``: ``since`` is on this node's clock."""
+
+    ticket: str
+    queue: str
+    since: float
+    note: str
+
+
 @dataclass(eq=False)
 class Ticket:
     id: str
@@ -96,6 +124,8 @@ class Queues:
         self.by_customer: dict[Connection, Ticket] = {}
         self.csrs: dict[str, _Csr] = {}
         self.by_conn: dict[Connection, _Csr] = {}
+        self.store: list[Remember | Forget] = []
+        "What the shared store should learn; the hub drains it after each call."
 
     # -- input
 
@@ -135,20 +165,36 @@ class Queues:
 
     # -- messages
 
-    def _wait(self, conn: Connection, msg: Wait, now: float) -> Out:
+    def wait(self, conn: Connection, msg: Wait, recalled: Recalled | None, now: float) -> Out:
+        """``msg`` from ``conn``, with the place its ticket had if the store remembered it."""
+        return self._wait(conn, msg, now, recalled)
+
+    def _wait(
+        self, conn: Connection, msg: Wait, now: float, recalled: Recalled | None = None
+    ) -> Out:
         if conn in self.by_customer:
             return _err(conn, "already_waiting", "this connection already waits in a queue")
         if msg.queue.startswith("@"):
             return _err(conn, "personal_queue", "a customer cannot wait in a CSR's own queue")
         if self._full(conn, msg.queue) is not None:
             return self._full(conn, msg.queue) or []
-        ticket_id = secrets.token_hex(6)
-        while ticket_id in self.tickets:
-            ticket_id = secrets.token_hex(6)
         name = "".join(c if c.isprintable() else "?" for c in msg.name)
-        ticket = Ticket(ticket_id, msg.queue, conn, name, now)
-        self.tickets[ticket_id] = ticket
+        if (
+            recalled is not None
+            and recalled.ticket == msg.ticket
+            and recalled.queue == msg.queue
+            and recalled.ticket not in self.tickets  # never two customers on one ticket
+        ):
+            since = min(now, recalled.since)
+            ticket = Ticket(recalled.ticket, msg.queue, conn, name, since, recalled.note)
+        else:
+            ticket_id = secrets.token_hex(6)
+            while ticket_id in self.tickets:
+                ticket_id = secrets.token_hex(6)
+            ticket = Ticket(ticket_id, msg.queue, conn, name, now)
+        self.tickets[ticket.id] = ticket
         self.by_customer[conn] = ticket
+        self.store.append(Remember(ticket.id, ticket.queue, ticket.since, ticket.note))
         return self._insert(ticket, now)
 
     def _serve(self, conn: Connection, msg: Serve, now: float) -> Out:
@@ -184,6 +230,7 @@ class Queues:
         out = self._remove(ticket, now)
         ticket.holder = csr.name
         ticket.told = 0
+        self.store.append(Forget(ticket.id))
         out.append((ticket.customer, Assigned(ticket=ticket.id, room=msg.room, csr=csr.name)))
         out.append(
             (conn, Taken(ticket=ticket.id, queue=msg.queue, name=ticket.name, note=ticket.note))
@@ -220,6 +267,7 @@ class Queues:
         ticket.holder = None
         ticket.queue = target
         ticket.note = msg.message
+        self.store.append(Remember(ticket.id, ticket.queue, ticket.since, ticket.note))
         out: Out = [(conn, Transferred(ticket=ticket.id, queue=target))]
         return out + self._insert(ticket, now)
 

@@ -79,7 +79,7 @@ from signaling import cluster
 from signaling.cluster import Cluster
 from signaling.logs import configure_logging
 from signaling.options import add_arguments
-from signaling.queues import Queues
+from signaling.queues import Forget, Queues, Recalled, Remember
 from signaling.turn import TurnSecret
 
 log = logging.getLogger("peerdesk.signaling")
@@ -290,7 +290,27 @@ class Touch:
     room: str
 
 
-Action: TypeAlias = Deliver | Disconnect | Claim | Locate | LocateQueues | Forward | Release | Touch
+@dataclass(frozen=True)
+class Recall:
+    """With Redis: look up the stored place of ``msg.ticket``, then call ``Hub.recalled``."""
+
+    conn: Connection
+    msg: Wait
+
+
+Action: TypeAlias = (
+    Deliver
+    | Disconnect
+    | Claim
+    | Locate
+    | LocateQueues
+    | Forward
+    | Release
+    | Touch
+    | Recall
+    | Remember
+    | Forget
+)
 
 MAX_CLAIM_ATTEMPTS = 20
 
@@ -366,7 +386,7 @@ class Hub:
         if self.connections.get(conn.id) is not conn:
             return []
         del self.connections[conn.id]
-        out: list[Action] = [Deliver(c, m) for c, m in self.queues.disconnect(conn, now)]
+        out: list[Action] = self._queue_out(self.queues.disconnect(conn, now))
         for room in list(conn.hosted.values()):
             for joiner in room.joiners.values():
                 joiner.joined = None
@@ -425,7 +445,7 @@ class Hub:
         if isinstance(msg, Wait | Serve | ListQueue | Take | Transfer):
             if self.shared and conn.node is None and not self.queues.involves(conn):
                 return [LocateQueues(conn, msg)]
-            return [Deliver(c, m) for c, m in self.queues.handle(conn, msg, now)]
+            return self._queue_message(conn, msg, now)
         return self._close(conn, msg)
 
     def expire(self, now: float) -> list[Action]:
@@ -574,7 +594,7 @@ class Hub:
         if self.connections.get(conn.id) is not conn:
             return []
         if node == "":
-            return [Deliver(c, m) for c, m in self.queues.handle(conn, msg, now)]
+            return self._queue_message(conn, msg, now)
         if node is None:
             return _error(conn, "unavailable", "the queues cannot be reached; try again shortly")
         if conn.hosted or conn.joined is not None:
@@ -587,6 +607,28 @@ class Hub:
         del self.connections[conn.id]
         _event("forwarded", peer=conn.id, node=node, to="queues")
         return [Forward(conn, node, encode(msg))]
+
+    def _queue_message(
+        self, conn: Connection, msg: Wait | Serve | ListQueue | Take | Transfer, now: float
+    ) -> list[Action]:
+        wait_again = isinstance(msg, Wait) and msg.ticket and conn not in self.queues.by_customer
+        if self.shared and wait_again and isinstance(msg, Wait):
+            return [Recall(conn, msg)]
+        return self._queue_out(self.queues.handle(conn, msg, now))
+
+    def _queue_out(self, out: list[tuple[Connection, ServerMessage]]) -> list[Action]:
+        actions: list[Action] = [Deliver(c, m) for c, m in out]
+        if self.shared:
+            actions.extend(self.queues.store)
+        self.queues.store.clear()
+        return actions
+
+    def recalled(self, recall: Recall, place: Recalled | None, now: float) -> list[Action]:
+        """The shared store answered ``recall`` with the ticket's place, or None."""
+        conn = recall.conn
+        if self.connections.get(conn.id) is not conn:
+            return []
+        return self._queue_out(self.queues.wait(conn, recall.msg, place, now))
 
     def _room_limited(self, conn: Connection, room: Room, now: float) -> list[Action] | None:
         cfg = self.config
@@ -836,9 +878,11 @@ class _State:
         self.draining = False
         self.slow_dropped = 0
 
-    def dispatch(self, actions: Iterable[Action]) -> list[Claim | Locate | LocateQueues | Forward]:
+    def dispatch(
+        self, actions: Iterable[Action]
+    ) -> list[Claim | Locate | LocateQueues | Recall | Forward]:
         """Carry out what needs no waiting; return the actions that need Redis."""
-        later: list[Claim | Locate | LocateQueues | Forward] = []
+        later: list[Claim | Locate | LocateQueues | Recall | Forward] = []
         for action in actions:
             if isinstance(action, Deliver):
                 to = action.to
@@ -871,6 +915,13 @@ class _State:
             elif isinstance(action, Touch):
                 if self.cluster is not None:
                     self.cluster.touch(action.room, self.config.room_idle_ttl)
+            elif isinstance(action, Remember):
+                if self.cluster is not None:
+                    since_wall = time.time() - (self.config.clock() - action.since)
+                    self.cluster.remember(action.ticket, action.queue, since_wall, action.note)
+            elif isinstance(action, Forget):
+                if self.cluster is not None:
+                    self.cluster.forget(action.ticket)
             else:
                 later.append(action)
         return later
@@ -889,6 +940,15 @@ class _State:
             elif isinstance(action, Locate):
                 node = await store.locate(action.room)
                 pending += self.dispatch(self.hub.located(action, node, self.config.clock()))
+            elif isinstance(action, Recall):
+                stored = await store.recall(action.msg.ticket)
+                place = None
+                if stored is not None:
+                    queue, since_wall, note = stored
+                    now = self.config.clock()
+                    since = now - max(0.0, time.time() - since_wall)
+                    place = Recalled(action.msg.ticket, queue, since, note)
+                pending += self.dispatch(self.hub.recalled(action, place, self.config.clock()))
             elif isinstance(action, LocateQueues):
                 node = await store.queue_node()
                 pending += self.dispatch(self.hub.queues_located(action, node, self.config.clock()))

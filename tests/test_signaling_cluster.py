@@ -281,14 +281,16 @@ async def test_a_node_stopped_gracefully_frees_its_rooms_and_others_notice_at_on
 
 def test_a_connection_with_state_here_is_not_forwarded() -> None:
     from agent.protocol.signaling import Join, Wait, encode
+    from signaling.queues import Remember
     from signaling.server import Forward, Locate, LocateQueues
 
     hub = Hub(ServerConfig(), shared=True)
     conn = hub.connect(0.0)
     (where,) = hub.handle(conn, Wait(queue="support", name="Ann"), 0.0)
     assert isinstance(where, LocateQueues)
-    (waiting,) = hub.queues_located(where, "", 0.0)  # this node holds the queues
+    waiting, remember = hub.queues_located(where, "", 0.0)  # this node holds the queues
     assert waiting.message.type == "waiting"  # type: ignore[union-attr]
+    assert isinstance(remember, Remember)  # its place, for other nodes should this one die
     (locate,) = hub.receive(conn, '{"type":"join","room":"123456"}', 0.0)
     assert isinstance(locate, Locate)
     (err,) = hub.located(locate, "othernode", 0.0)
@@ -336,7 +338,7 @@ async def test_queues_across_nodes(http: aiohttp.ClientSession, redis_url: str) 
         assert len(a.events("forwarded") + b.events("forwarded")) == 1
 
 
-async def test_a_waiting_customer_reconnects_when_the_queue_node_dies(
+async def test_a_waiting_customer_reconnects_and_keeps_its_place_when_the_queue_node_dies(
     http: aiohttp.ClientSession, redis_url: str
 ) -> None:
     import json
@@ -368,16 +370,39 @@ async def test_a_waiting_customer_reconnects_when_the_queue_node_dies(
             first = await line()
             assert (first["event"], first["position"]) == ("waiting", 1)
             assert b.events("forwarded"), "b forwarded the customer to a, which holds the queues"
+            bob = await client(http, b)  # behind Alice
+            await bob.send("wait", queue="support", name="Bob")
+            assert (await bob.recv(TIMEOUT))["position"] == 2
+
             a.kill()
+            # Bob comes back first, without his ticket: a new customer at the end of the line
+            msg = await bob.ws.receive(timeout=cluster.HEARTBEAT_TTL + 5)
+            assert (msg.type, msg.data) == (WSMsgType.CLOSE, CLOSE_SERVICE_RESTART)
+            bob = await client(http, b)
+            await bob.send("wait", queue="support", name="Bob")
+            assert (await bob.recv(TIMEOUT))["position"] == 1
+            # Alice's agent reconnects with her ticket and gets her place back, ahead of Bob
             assert (await line())["event"] == "reconnecting"
             again = await line()
             assert (again["event"], again["queue"], again["position"]) == ("waiting", "support", 1)
-            # b holds the queues now, and a CSR there sees the customer
+            assert again["ticket"] == first["ticket"]
+            assert (await bob.recv(TIMEOUT))["position"] == 2
+            # b holds the queues now, and a CSR there sees both in that order
             carol = await client(http, b)
             await carol.send("serve", name="carol", queues=["support"])
             seen = [await carol.recv(TIMEOUT) for _ in range(2)]
             support = next(m for m in seen if m["queue"] == "support")
-            assert [t["name"] for t in support["waiting"]] == ["Alice"]
+            assert [t["name"] for t in support["waiting"]] == ["Alice", "Bob"]
+            # a taken ticket's place is forgotten: coming back with it is a new wait
+            await carol.send("take", queue="support", room="123456")
+            while (await carol.recv(TIMEOUT))["type"] != "taken":
+                pass
+            assert (await line())["event"] == "assigned"
+            late = await client(http, b)
+            await late.send("wait", queue="support", name="Alice", ticket=first["ticket"])
+            body = await late.recv(TIMEOUT)
+            assert body["ticket"] != first["ticket"]
+            assert body["position"] == 2  # behind Bob
         finally:
             if proc.returncode is None:
                 proc.kill()

@@ -163,6 +163,9 @@ class Wait:
     queue: str
     name: str
     "How the customer is shown to CSRs, at most 64 characters."
+    ticket: str = ""
+    """The ticket of an earlier wait in ``queue`` that this customer lost with its server:
+    with several nodes, it gets its place back (for 15 minutes). Empty: a new wait."""
 
 
 @dataclass(frozen=True)
@@ -394,7 +397,11 @@ _CLIENT = {
     "join": lambda o: Join(room=_room(o)),
     "send": lambda o: Send(to=_peer(o, "to"), data=_data(o)),
     "close": lambda o: Close(room=_room(o), reason=_reason(o) if "reason" in o else "closed"),
-    "wait": lambda o: Wait(queue=_queue(o), name=_display(o)),
+    "wait": lambda o: Wait(
+        queue=_queue(o),
+        name=_display(o),
+        ticket=wire.get_str(o, "ticket", pattern=TICKET_RE) if o.get("ticket") else "",
+    ),
     "serve": _serve,
     "list": lambda o: ListQueue(queue=_queue(o)),
     "take": _take,
