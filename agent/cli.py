@@ -4,7 +4,8 @@ peerdesk                      start a session (console until the tray lands)
 peerdesk start [--signal URL | --lan] [--headless --json]
 peerdesk join CODE|LINK [--signal URL] [--headless --json] [--name NAME]
 peerdesk discover [--timeout S] [--json]
-peerdesk signal [--host H] [--port P]
+peerdesk signal [--host H] [--port P] [--redis URL] [--turn-url URL --turn-secret S] [--drain S]
+peerdesk queue wait|list|take|transfer ...   support queues (see agent/queue_cli.py)
 peerdesk id [--name NAME]
 peerdesk bench [join]
 """
@@ -110,6 +111,9 @@ def _parser() -> argparse.ArgumentParser:
     sig = sub.add_parser("signal", help="run a signaling server")
     sig.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")  # noqa: S104
     sig.add_argument("--port", type=int, default=8765, help="port (default 8765)")
+    from signaling.options import add_arguments as add_signal_arguments
+
+    add_signal_arguments(sig)
 
     ident = sub.add_parser("id", help="show (or name) this agent's identity")
     ident.add_argument("--name", help="set the display name")
@@ -119,6 +123,7 @@ def _parser() -> argparse.ArgumentParser:
         ("team", "the team roster of trusted CSR keys: add, list, remove, export, import"),
         ("sessions", "list past sessions and their reports"),
         ("report", "show one session's activity report"),
+        ("queue", "support queues: wait (customer), list, take, transfer (CSR)"),
     ):
         passthrough = sub.add_parser(name, help=text, add_help=False)
         passthrough.add_argument("rest", nargs=argparse.REMAINDER)
@@ -129,7 +134,7 @@ def _parser() -> argparse.ArgumentParser:
         nargs="*",
         default=["join"],
         help="figures to measure: join, control, files, screen, log, idle, transfer, "
-        "failover, lan (root: two network namespaces), all (default: join)",
+        "failover, lan (root: two network namespaces), signaling, all (default: join)",
     )
     bench.add_argument("--runs", type=int, default=20)
     bench.add_argument("--record", metavar="FILE", help="append the figures to this Markdown file")
@@ -143,6 +148,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from agent import logverify
 
         return logverify.main(argv[1:])
+    if argv and argv[0] == "queue":  # support queues: wait, list, take, transfer
+        from agent import queue_cli
+
+        return queue_cli.main(argv[1:])
     if argv and argv[0] in ("team", "sessions", "report"):
         from agent import report, team
 
@@ -154,9 +163,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "signal":
-        from signaling.server import run
+        from signaling.server import options, run
 
-        run(args.host, args.port)  # JSON-line logs on stderr
+        try:
+            config, redis_url, turn = options(args)
+        except ValueError as exc:
+            print(f"peerdesk signal: {exc}", file=sys.stderr)
+            return 2
+        try:  # JSON-line logs on stderr
+            run(args.host, args.port, config, redis_url=redis_url, turn=turn)
+        except ConnectionError as exc:
+            print(f"peerdesk signal: {exc}", file=sys.stderr)
+            return 1
         return 0
     logging.basicConfig(
         level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],

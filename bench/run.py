@@ -123,6 +123,14 @@ def _lan(runs: int) -> list[str]:
     return rows(f)
 
 
+def _signaling(runs: int) -> list[str]:
+    from bench.signaling import measure, report, rows
+
+    f = measure()
+    print("\n".join(report(f)))
+    return rows(f)
+
+
 BENCHES = {
     "join": _join,
     "control": _control,
@@ -133,6 +141,7 @@ BENCHES = {
     "transfer": _transfer,
     "failover": _failover,
     "lan": _lan,
+    "signaling": _signaling,
 }
 
 

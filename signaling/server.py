@@ -32,15 +32,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import html
 import json
 import logging
+import os
 import secrets
 import signal
 import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeAlias
+from urllib.parse import quote
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
@@ -49,6 +53,7 @@ from agent.errors import DecodeError
 from agent.protocol.signaling import (
     HOST,
     MAX_MESSAGE_BYTES,
+    QUEUE_RE,
     ClientMessage,
     Close,
     Closed,
@@ -58,15 +63,24 @@ from agent.protocol.signaling import (
     Gone,
     Join,
     Joined,
+    ListQueue,
     Peer,
     Relay,
     Send,
+    Serve,
     ServerMessage,
+    Take,
+    Transfer,
+    Wait,
     decode_client,
     encode,
 )
-from signaling import landing
+from signaling import cluster, landing
+from signaling.cluster import Cluster
 from signaling.logs import configure_logging
+from signaling.options import add_arguments
+from signaling.queues import Forget, Queues, Recalled, Remember
+from signaling.turn import TurnSecret
 
 log = logging.getLogger("peerdesk.signaling")
 
@@ -77,6 +91,8 @@ DEFAULT_PORT = 8765
 CLOSE_POLICY = int(WSCloseCode.POLICY_VIOLATION)  # 1008
 #: WebSocket close code sent to every client when the server stops.
 CLOSE_GOING_AWAY = int(WSCloseCode.GOING_AWAY)  # 1001
+#: WebSocket close code for a client whose room's node died: reconnect, to any node.
+CLOSE_SERVICE_RESTART = int(WSCloseCode.SERVICE_RESTART)  # 1012
 
 
 @dataclass(frozen=True)
@@ -109,6 +125,26 @@ class ServerConfig:
     "Messages waiting to be written to one client; a client that lets more pile up is dropped."
     shutdown_timeout: float = 5.0
     "Seconds to wait for clients to acknowledge the close when the server stops."
+    drain_timeout: float = 0.0
+    """Seconds a stopping server waits for the joins in progress (rooms with a joiner) to
+    finish, refusing new connections and rooms (``/healthz`` answers 503 ``draining``),
+    before it closes every client with 1001. 0 closes at once."""
+    max_connections: int = 20_000
+    "WebSockets this server holds at once; the next upgrade gets HTTP 503."
+    max_connections_per_ip: int = 64
+    "WebSockets one client address holds at once; the next gets HTTP 429."
+    connect_rate_per_ip: float = 10.0
+    "New WebSockets per second one client address may open, sustained."
+    connect_burst_per_ip: float = 40.0
+    "New WebSockets one client address may open at once."
+    room_rate: float = 200.0
+    """Messages per second relayed within one room, all senders together, sustained (a
+    cap on the room, below the sum of its members' own limits: 17 x 20/s)."""
+    room_burst: float = 1000.0
+    """Messages one room may relay at once (every member's burst at once fits); past it
+    senders get ``room_rate_limited``."""
+    csr_token: str | None = None
+    "The team's token a CSR must give to ``serve`` queues; None lets anyone serve (a LAN)."
     clock: Callable[[], float] = field(default=time.monotonic)
     "Monotonic time in seconds; tests inject a fake one to expire rooms without waiting."
 
@@ -123,12 +159,23 @@ class ServerConfig:
             "room_idle_ttl": self.room_idle_ttl,
             "sweep_interval": self.sweep_interval,
             "send_queue_limit": self.send_queue_limit,
+            "max_connections": self.max_connections,
+            "max_connections_per_ip": self.max_connections_per_ip,
+            "connect_rate_per_ip": self.connect_rate_per_ip,
+            "room_rate": self.room_rate,
         }
         for name, value in positive.items():
             if not value > 0:
                 raise ValueError(f"ServerConfig.{name} must be positive, got {value!r}")
-        if self.burst < 1:
-            raise ValueError(f"ServerConfig.burst must be at least 1, got {self.burst!r}")
+        for name, value in (
+            ("burst", self.burst),
+            ("connect_burst_per_ip", self.connect_burst_per_ip),
+            ("room_burst", self.room_burst),
+        ):
+            if value < 1:
+                raise ValueError(f"ServerConfig.{name} must be at least 1, got {value!r}")
+        if self.drain_timeout < 0:
+            raise ValueError("ServerConfig.drain_timeout must not be negative")
         if self.frame_limit_bytes < self.max_message_bytes:
             raise ValueError("ServerConfig.frame_limit_bytes must be at least max_message_bytes")
 
@@ -152,6 +199,11 @@ class Connection:
     "Live rooms this connection hosts, by id."
     joined: Room | None = None
     "The room this connection is a joiner of, if any."
+    node: str | None = None
+    """With Redis: the node that holds this client's WebSocket, when it is not this one
+    (the client joined a room of this node through its own node). None: a local client."""
+    claiming: int = 0
+    "Room ids being claimed in the shared store for this connection's ``create``."
 
 
 @dataclass(eq=False)
@@ -161,6 +213,9 @@ class Room:
     id: str
     host: Connection
     last_used: float
+    tokens: float
+    "Room rate-limit tokens left (messages relayed within the room)."
+    refilled: float
     joiners: dict[str, Connection] = field(default_factory=dict)
 
 
@@ -181,11 +236,92 @@ class Disconnect:
     reason: str
 
 
-Action: TypeAlias = Deliver | Disconnect
+@dataclass(frozen=True)
+class Claim:
+    """With Redis: claim ``room`` for this node (``SET NX EX``), then call ``Hub.claimed``."""
+
+    conn: Connection
+    room: str
+    attempt: int
+    "How many ids were already taken elsewhere for this ``create`` (at most 20 tries)."
+
+
+@dataclass(frozen=True)
+class Locate:
+    """With Redis: find the live node holding ``room``, then call ``Hub.located``."""
+
+    conn: Connection
+    room: str
+
+
+@dataclass(frozen=True)
+class Forward:
+    """With Redis: ``conn`` is served by ``node`` from now on (it joins a room there, or
+    uses the queues, which one node holds); ``frame`` is its message that goes first.
+
+    The hub has forgotten ``conn``; the glue carries its frames to ``node`` and writes
+    what ``node`` answers back to its WebSocket.
+    """
+
+    conn: Connection
+    node: str
+    frame: str
+
+
+@dataclass(frozen=True)
+class LocateQueues:
+    """With Redis: find the node that holds the queues, then call ``Hub.queues_located``."""
+
+    conn: Connection
+    msg: Wait | Serve | ListQueue | Take | Transfer
+
+
+@dataclass(frozen=True)
+class Release:
+    """With Redis: ``room`` is gone here; free its id in the shared store."""
+
+    room: str
+
+
+@dataclass(frozen=True)
+class Touch:
+    """With Redis: ``room`` was used; extend its claim by the idle TTL."""
+
+    room: str
+
+
+@dataclass(frozen=True)
+class Recall:
+    """With Redis: look up the stored place of ``msg.ticket``, then call ``Hub.recalled``."""
+
+    conn: Connection
+    msg: Wait
+
+
+Action: TypeAlias = (
+    Deliver
+    | Disconnect
+    | Claim
+    | Locate
+    | LocateQueues
+    | Forward
+    | Release
+    | Touch
+    | Recall
+    | Remember
+    | Forget
+)
+
+MAX_CLAIM_ATTEMPTS = 20
 
 
 def _error(conn: Connection, code: str, message: str) -> list[Action]:
     return [Deliver(conn, Error(code=code, message=_printable(message)))]
+
+
+def _refill(tokens: float, refilled: float, now: float, rate: float, burst: float) -> float:
+    """A token bucket's level at ``now``."""
+    return min(burst, tokens + max(0.0, now - refilled) * rate)
 
 
 def _printable(text: str, limit: int = 500) -> str:
@@ -203,10 +339,21 @@ def _utf8_len(text: str) -> int:
 class Hub:
     """Every room and connection of one server; no I/O (see the module docstring)."""
 
-    def __init__(self, config: ServerConfig | None = None) -> None:
+    def __init__(self, config: ServerConfig | None = None, *, shared: bool = False) -> None:
+        """``shared``: room ids live in a store other nodes share (Redis); the hub then
+        answers ``Claim``, ``Locate``, ``Forward``, ``Release`` and ``Touch`` actions."""
         self.config = config if config is not None else ServerConfig()
+        self.shared = shared
         self.rooms: dict[str, Room] = {}
         self.connections: dict[str, Connection] = {}
+        self.claiming = 0
+        "Room ids being claimed right now, over all connections."
+        self.draining = False
+        "Set when the server stops: existing rooms go on, new ``create`` gets ``draining``."
+        self.counters: Counter[str] = Counter()
+        "Totals for ``/metrics``: messages, relays, refusals by code."
+        self.queues = Queues(self.config.csr_token)
+        "Support queues (``wait``, ``serve``, ``list``, ``take``, ``transfer``)."
 
     # -- connections
 
@@ -219,18 +366,33 @@ class Hub:
         self.connections[conn_id] = conn
         return conn
 
+    def attach(self, conn_id: str, node: str, now: float) -> Connection | None:
+        """With Redis: a client of ``node`` joins one of our rooms; None if its id is taken."""
+        if conn_id in self.connections:
+            return None
+        conn = Connection(id=conn_id, tokens=self.config.burst, refilled=now, node=node)
+        self.connections[conn_id] = conn
+        return conn
+
+    def drop_node(self, node: str, now: float) -> list[Action]:
+        """With Redis: ``node`` died; every client it held here is gone."""
+        out: list[Action] = []
+        for conn in [c for c in self.connections.values() if c.node == node]:
+            out.extend(self.disconnect(conn, now))
+        return out
+
     def disconnect(self, conn: Connection, now: float) -> list[Action]:
         """Forget ``conn``: its rooms close, its host and joiners are told it is gone."""
         if self.connections.get(conn.id) is not conn:
             return []
         del self.connections[conn.id]
-        out: list[Action] = []
+        out: list[Action] = self._queue_out(self.queues.disconnect(conn, now))
         for room in list(conn.hosted.values()):
             for joiner in room.joiners.values():
                 joiner.joined = None
                 out.append(Deliver(joiner, Gone(room=room.id, peer=HOST)))
             room.joiners.clear()
-            self._drop(room)
+            out.extend(self._drop(room))
             _event("room_removed", room=room.id, reason="host_gone")
         joined = conn.joined
         if joined is not None:
@@ -245,8 +407,10 @@ class Hub:
     def receive(self, conn: Connection, frame: str | bytes, now: float) -> list[Action]:
         """Handle one WebSocket message from ``conn``; never raises."""
         try:
+            self.counters["messages_in"] += 1
             limited = self._rate_limit(conn, now)
             if limited is not None:
+                self.counters["rate_limited"] += 1
                 return limited
             if isinstance(frame, bytes):
                 return _error(
@@ -277,7 +441,11 @@ class Hub:
         if isinstance(msg, Join):
             return self._join(conn, msg.room, now)
         if isinstance(msg, Send):
-            return self._send(conn, msg.to, msg.data)
+            return self._send(conn, msg.to, msg.data, now)
+        if isinstance(msg, Wait | Serve | ListQueue | Take | Transfer):
+            if self.shared and conn.node is None and not self.queues.involves(conn):
+                return [LocateQueues(conn, msg)]
+            return self._queue_message(conn, msg, now)
         return self._close(conn, msg)
 
     def expire(self, now: float) -> list[Action]:
@@ -300,25 +468,64 @@ class Hub:
 
     def _create(self, conn: Connection, now: float) -> list[Action]:
         cfg = self.config
-        if len(conn.hosted) >= cfg.max_rooms_per_connection:
+        if self.draining:
+            return _error(
+                conn, "draining", "this server is shutting down; open rooms on another one"
+            )
+        if len(conn.hosted) + conn.claiming >= cfg.max_rooms_per_connection:
             return _error(
                 conn,
                 "too_many_rooms",
                 f"a connection may host at most {cfg.max_rooms_per_connection} rooms at once; "
                 "close one first",
             )
-        if len(self.rooms) >= cfg.max_rooms:
+        if len(self.rooms) + self.claiming >= cfg.max_rooms:
             _event("server_full", level=logging.WARNING, rooms=len(self.rooms))
             return _error(conn, "server_full", "this server has no free room; try again later")
         room_id = self._new_room_id()
         if room_id is None:
             return _error(conn, "server_full", "this server has no free room; try again later")
-        room = Room(id=room_id, host=conn, last_used=now)
+        if self.shared:
+            conn.claiming += 1
+            self.claiming += 1
+            return [Claim(conn, room_id, 0)]
+        return self._open(conn, room_id, now)
+
+    def _open(self, conn: Connection, room_id: str, now: float) -> list[Action]:
+        cfg = self.config
+        room = Room(id=room_id, host=conn, last_used=now, tokens=cfg.room_burst, refilled=now)
         self.rooms[room_id] = room
         conn.hosted[room_id] = room
+        self.counters["rooms_created"] += 1
         _event("room_created", room=room_id, peer=conn.id, rooms=len(self.rooms))
         expires_in = max(0, min(86400, int(cfg.room_idle_ttl)))
         return [Deliver(conn, Created(room=room_id, expires_in=expires_in))]
+
+    def claimed(self, claim: Claim, won: bool | None, now: float) -> list[Action]:
+        """The shared store answered ``claim``: ``won`` True (ours), False (taken), None
+        (the store is unreachable)."""
+        conn, room_id = claim.conn, claim.room
+        conn.claiming = max(0, conn.claiming - 1)
+        self.claiming = max(0, self.claiming - 1)
+        if self.connections.get(conn.id) is not conn:  # the client left meanwhile
+            return [Release(room_id)] if won else []
+        if won is None:
+            return _error(
+                conn, "unavailable", "the shared room store is unreachable; try again shortly"
+            )
+        if won and room_id not in self.rooms:
+            return self._open(conn, room_id, now)
+        if won:  # ours in the store, yet live here: cannot happen, but never share an id
+            return [Release(room_id), *self._retry(claim)]
+        return self._retry(claim)
+
+    def _retry(self, claim: Claim) -> list[Action]:
+        room_id = self._new_room_id()
+        if room_id is None or claim.attempt + 1 >= MAX_CLAIM_ATTEMPTS:
+            return _error(claim.conn, "server_full", "no free room id; try again later")
+        claim.conn.claiming += 1
+        self.claiming += 1
+        return [Claim(claim.conn, room_id, claim.attempt + 1)]
 
     def _new_room_id(self) -> str | None:
         for _ in range(100):
@@ -336,6 +543,8 @@ class Hub:
                 "open another connection to join a second room",
             )
         room = self.rooms.get(room_id)
+        if room is None and self.shared and conn.node is None:
+            return [Locate(conn, room_id)]
         if room is None:
             return _error(conn, "room_not_found", f"room {room_id} does not exist or has closed")
         if room.host is conn:
@@ -350,16 +559,101 @@ class Hub:
         room.last_used = now
         conn.joined = room
         _event("room_joined", room=room_id, peer=conn.id, joiners=len(room.joiners))
-        return [
+        out: list[Action] = [
             Deliver(conn, Joined(room=room_id, peer=conn.id)),
             Deliver(room.host, Peer(room=room_id, peer=conn.id)),
         ]
+        if self.shared:
+            out.append(Touch(room_id))
+        return out
 
-    def _send(self, conn: Connection, to: str, data: str) -> list[Action]:
+    def located(self, locate: Locate, node: str | None, now: float) -> list[Action]:
+        """The shared store answered ``locate``: the live node holding the room, or None."""
+        conn, room_id = locate.conn, locate.room
+        if self.connections.get(conn.id) is not conn:
+            return []
+        if room_id in self.rooms:  # opened here meanwhile
+            return self._join(conn, room_id, now)
+        if node is None:
+            return _error(conn, "room_not_found", f"room {room_id} does not exist or has closed")
+        if conn.hosted or conn.joined is not None or self.queues.involves(conn):
+            return _error(
+                conn,
+                "room_elsewhere",
+                f"room {room_id} is served by another node and this connection hosts rooms "
+                "or uses queues here; open another connection to join it",
+            )
+        del self.connections[conn.id]
+        _event("forwarded", room=room_id, peer=conn.id, node=node)
+        return [Forward(conn, node, encode(Join(room=room_id)))]
+
+    def queues_located(self, locate: LocateQueues, node: str | None, now: float) -> list[Action]:
+        """The shared store answered ``locate``: ``""`` (this node holds the queues), the
+        live node that does, or None (unknown right now)."""
+        conn, msg = locate.conn, locate.msg
+        if self.connections.get(conn.id) is not conn:
+            return []
+        if node == "":
+            return self._queue_message(conn, msg, now)
+        if node is None:
+            return _error(conn, "unavailable", "the queues cannot be reached; try again shortly")
+        if conn.hosted or conn.joined is not None:
+            return _error(
+                conn,
+                "queues_elsewhere",
+                "another node holds the queues and this connection has rooms here; "
+                "use another connection for queues",
+            )
+        del self.connections[conn.id]
+        _event("forwarded", peer=conn.id, node=node, to="queues")
+        return [Forward(conn, node, encode(msg))]
+
+    def _queue_message(
+        self, conn: Connection, msg: Wait | Serve | ListQueue | Take | Transfer, now: float
+    ) -> list[Action]:
+        wait_again = isinstance(msg, Wait) and msg.ticket and conn not in self.queues.by_customer
+        if self.shared and wait_again and isinstance(msg, Wait):
+            return [Recall(conn, msg)]
+        return self._queue_out(self.queues.handle(conn, msg, now))
+
+    def _queue_out(self, out: list[tuple[Connection, ServerMessage]]) -> list[Action]:
+        actions: list[Action] = [Deliver(c, m) for c, m in out]
+        if self.shared:
+            actions.extend(self.queues.store)
+        self.queues.store.clear()
+        return actions
+
+    def recalled(self, recall: Recall, place: Recalled | None, now: float) -> list[Action]:
+        """The shared store answered ``recall`` with the ticket's place, or None."""
+        conn = recall.conn
+        if self.connections.get(conn.id) is not conn:
+            return []
+        return self._queue_out(self.queues.wait(conn, recall.msg, place, now))
+
+    def _room_limited(self, conn: Connection, room: Room, now: float) -> list[Action] | None:
+        cfg = self.config
+        room.tokens = _refill(room.tokens, room.refilled, now, cfg.room_rate, cfg.room_burst)
+        room.refilled = now
+        if room.tokens >= 1.0:
+            room.tokens -= 1.0
+            self.counters["relayed"] += 1
+            return None
+        self.counters["room_rate_limited"] += 1
+        return _error(
+            conn,
+            "room_rate_limited",
+            f"room {room.id} relays at most {cfg.room_rate:g} messages per second; "
+            "this one was dropped",
+        )
+
+    def _send(self, conn: Connection, to: str, data: str, now: float) -> list[Action]:
         if to == HOST:
             room = conn.joined
             if room is None:
                 return _error(conn, "not_in_room", 'join a room before sending to "host"')
+            limited = self._room_limited(conn, room, now)
+            if limited is not None:
+                return limited
             _event(
                 "relay", level=logging.DEBUG, room=room.id, peer=conn.id, to=HOST, size=len(data)
             )
@@ -368,6 +662,9 @@ class Hub:
         room = target.joined if target is not None else None
         if target is None or room is None or room.host is not conn:
             return _error(conn, "peer_not_found", f"no joiner {to} in a room you host")
+        limited = self._room_limited(conn, room, now)
+        if limited is not None:
+            return limited
         _event("relay", level=logging.DEBUG, room=room.id, peer=HOST, to=to, size=len(data))
         return [Deliver(target, Relay(room=room.id, sender=HOST, data=data))]
 
@@ -387,18 +684,20 @@ class Hub:
             out.append(Deliver(joiner, Closed(room=room.id, reason=reason)))
         _event("room_closed", room=room.id, reason=reason, joiners=len(room.joiners))
         room.joiners.clear()
-        self._drop(room)
+        out.extend(self._drop(room))
         return out
 
-    def _drop(self, room: Room) -> None:
+    def _drop(self, room: Room) -> list[Action]:
+        room.host.hosted.pop(room.id, None)
         if self.rooms.get(room.id) is room:
             del self.rooms[room.id]
-        room.host.hosted.pop(room.id, None)
+            if self.shared:
+                return [Release(room.id)]
+        return []
 
     def _rate_limit(self, conn: Connection, now: float) -> list[Action] | None:
         cfg = self.config
-        elapsed = max(0.0, now - conn.refilled)
-        conn.tokens = min(cfg.burst, conn.tokens + elapsed * cfg.rate)
+        conn.tokens = _refill(conn.tokens, conn.refilled, now, cfg.rate, cfg.burst)
         conn.refilled = now
         if conn.tokens >= 1.0:
             conn.tokens -= 1.0
@@ -420,9 +719,77 @@ class Hub:
 
     # -- status
 
+    def joining(self) -> int:
+        """Rooms with a joiner in them: joins in progress (a drain waits for them)."""
+        return sum(1 for room in self.rooms.values() if room.joiners)
+
     def stats(self) -> dict[str, int]:
         """Counts for ``/healthz``."""
         return {"rooms": len(self.rooms), "connections": len(self.connections)}
+
+
+@dataclass
+class _Address:
+    connections: int
+    tokens: float
+    refilled: float
+
+
+class Admission:
+    """Who may open a WebSocket: caps on connections, per address and in all, and a
+    token bucket of new connections per address. No I/O; the glue asks before upgrading."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.total = 0
+        self.addresses: dict[str, _Address] = {}
+        self.refused: Counter[str] = Counter()
+
+    def admit(self, ip: str, now: float) -> tuple[int, str] | None:
+        """None to let ``ip`` in (then call ``release`` when it leaves), else (HTTP status, why)."""
+        cfg = self.config
+        if self.total >= cfg.max_connections:
+            self.refused["server_full"] += 1
+            return 503, "this server holds as many connections as it can; try another node"
+        addr = self.addresses.get(ip)
+        if addr is None:
+            addr = self.addresses[ip] = _Address(0, cfg.connect_burst_per_ip, now)
+        addr.tokens = _refill(
+            addr.tokens, addr.refilled, now, cfg.connect_rate_per_ip, cfg.connect_burst_per_ip
+        )
+        addr.refilled = now
+        if addr.connections >= cfg.max_connections_per_ip:
+            self.refused["per_ip_cap"] += 1
+            return 429, f"at most {cfg.max_connections_per_ip} connections from one address"
+        if addr.tokens < 1.0:
+            self.refused["per_ip_rate"] += 1
+            return 429, f"at most {cfg.connect_rate_per_ip:g} new connections per second"
+        addr.tokens -= 1.0
+        addr.connections += 1
+        self.total += 1
+        return None
+
+    def release(self, ip: str) -> None:
+        """An admitted connection from ``ip`` closed."""
+        self.total = max(0, self.total - 1)
+        addr = self.addresses.get(ip)
+        if addr is None:
+            return
+        addr.connections -= 1
+
+    def sweep(self, now: float) -> None:
+        """Forget addresses with no connection whose bucket has refilled (owed nothing)."""
+        cfg = self.config
+        for ip in [
+            ip
+            for ip, a in self.addresses.items()
+            if a.connections <= 0
+            and _refill(
+                a.tokens, a.refilled, now, cfg.connect_rate_per_ip, cfg.connect_burst_per_ip
+            )
+            >= cfg.connect_burst_per_ip
+        ]:
+            del self.addresses[ip]
 
 
 def _event(name: str, *, level: int = logging.INFO, **fields: object) -> None:
@@ -445,6 +812,7 @@ class _Client:
         self.limit = limit
         self.queue: asyncio.Queue[str | Disconnect | None] = asyncio.Queue()
         self.closing = False
+        self.slow = False
         self.task = asyncio.create_task(self._write_loop())
 
     def send(self, text: str) -> None:
@@ -452,6 +820,7 @@ class _Client:
             return
         if self.queue.qsize() >= self.limit:
             _event("slow_client", level=logging.WARNING, peer=self.conn.id)
+            self.slow = True
             self.abort()
             return
         self.queue.put_nowait(text)
@@ -492,38 +861,272 @@ class _Client:
 
 
 class _State:
-    """What one running app holds: the hub, the live clients, the expiry task."""
+    """What one running app holds: the hub, the live clients, admission, the cluster link."""
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(
+        self, config: ServerConfig, cluster: Cluster | None, turn: TurnSecret | None
+    ) -> None:
         self.config = config
-        self.hub = Hub(config)
+        self.hub = Hub(config, shared=cluster is not None)
+        self.admission = Admission(config)
+        self.cluster = cluster
+        self.turn = turn
         self.clients: dict[Connection, _Client] = {}
+        "Local clients the hub serves."
+        self.forwarded: dict[str, tuple[str, _Client]] = {}
+        "Local clients served by another node (their room's), by connection id: (node, client)."
+        self.draining = False
+        self.slow_dropped = 0
 
-    def dispatch(self, actions: Iterable[Action]) -> None:
+    def dispatch(
+        self, actions: Iterable[Action]
+    ) -> list[Claim | Locate | LocateQueues | Recall | Forward]:
+        """Carry out what needs no waiting; return the actions that need Redis."""
+        later: list[Claim | Locate | LocateQueues | Recall | Forward] = []
         for action in actions:
             if isinstance(action, Deliver):
-                client = self.clients.get(action.to)
+                to = action.to
+                if to.node is not None:
+                    if self.cluster is not None:
+                        self.cluster.post(to.node, cluster.OUT, to.id, encode(action.message))
+                    continue
+                client = self.clients.get(to)
                 if client is not None:
                     client.send(encode(action.message))
-            else:
+                    if client.slow:
+                        self.slow_dropped += 1
+                        client.slow = False
+            elif isinstance(action, Disconnect):
+                if action.conn.node is not None:
+                    if self.cluster is not None:
+                        self.cluster.post(
+                            action.conn.node,
+                            cluster.CLOSE,
+                            action.conn.id,
+                            f"{action.code} {action.reason}",
+                        )
+                    continue
                 client = self.clients.get(action.conn)
                 if client is not None:
                     client.close(action)
+            elif isinstance(action, Release):
+                if self.cluster is not None:
+                    self.cluster.release(action.room)
+            elif isinstance(action, Touch):
+                if self.cluster is not None:
+                    self.cluster.touch(action.room, self.config.room_idle_ttl)
+            elif isinstance(action, Remember):
+                if self.cluster is not None:
+                    since_wall = time.time() - (self.config.clock() - action.since)
+                    self.cluster.remember(action.ticket, action.queue, since_wall, action.note)
+            elif isinstance(action, Forget):
+                if self.cluster is not None:
+                    self.cluster.forget(action.ticket)
+            else:
+                later.append(action)
+        return later
+
+    async def perform(self, actions: Iterable[Action]) -> None:
+        """Carry out ``actions``, awaiting Redis where the hub asked for it, in order."""
+        pending = self.dispatch(actions)
+        while pending:
+            action = pending.pop(0)
+            store = self.cluster
+            if store is None:  # the hub only asks these of a shared hub
+                continue
+            if isinstance(action, Claim):
+                won = await store.claim(action.room, self.config.room_idle_ttl)
+                pending += self.dispatch(self.hub.claimed(action, won, self.config.clock()))
+            elif isinstance(action, Locate):
+                node = await store.locate(action.room)
+                pending += self.dispatch(self.hub.located(action, node, self.config.clock()))
+            elif isinstance(action, Recall):
+                stored = await store.recall(action.msg.ticket)
+                place = None
+                if stored is not None:
+                    queue, since_wall, note = stored
+                    now = self.config.clock()
+                    since = now - max(0.0, time.time() - since_wall)
+                    place = Recalled(action.msg.ticket, queue, since, note)
+                pending += self.dispatch(self.hub.recalled(action, place, self.config.clock()))
+            elif isinstance(action, LocateQueues):
+                node = await store.queue_node()
+                pending += self.dispatch(self.hub.queues_located(action, node, self.config.clock()))
+            else:
+                client = self.clients.pop(action.conn, None)
+                if client is None:
+                    continue
+                self.forwarded[action.conn.id] = (action.node, client)
+                store.post(action.node, cluster.ATTACH, action.conn.id)
+                store.post(action.node, cluster.FRAME, action.conn.id, action.frame)
+
+    async def on_mail(self, mail: cluster.Mail) -> None:
+        """Mail from another node (see ``signaling.cluster``)."""
+        now = self.config.clock()
+        if mail.kind in (cluster.OUT, cluster.CLOSE):
+            entry = self.forwarded.get(mail.conn)
+            if entry is None or entry[0] != mail.node:
+                return
+            client = entry[1]
+            if mail.kind == cluster.OUT:
+                client.send(mail.data)
+                return
+            code_text, _, reason = mail.data.partition(" ")
+            code = int(code_text) if code_text.isdigit() else CLOSE_POLICY
+            code = code if 1000 <= code <= 4999 else CLOSE_POLICY
+            client.close(Disconnect(client.conn, code, _printable(reason, 120)))
+            return
+        proxy = self.hub.connections.get(mail.conn)
+        if mail.kind == cluster.ATTACH:
+            assert self.cluster is not None
+            self.cluster.peers.add(mail.node)  # watch its heartbeat from now on
+            if proxy is not None or self.hub.attach(mail.conn, mail.node, now) is None:
+                self.cluster.post(mail.node, cluster.CLOSE, mail.conn, "1011 connection id clash")
+            return
+        if proxy is None or proxy.node != mail.node:
+            return
+        if mail.kind == cluster.FRAME:
+            await self.perform(self.hub.receive(proxy, mail.data, now))
+        else:  # DETACH
+            self.dispatch(self.hub.disconnect(proxy, now))
+
+    def on_node_dead(self, node: str) -> None:
+        """``node`` stopped its heartbeat: drop its clients here, close ours served there."""
+        self.dispatch(self.hub.drop_node(node, self.config.clock()))
+        for _conn_id, (where, client) in list(self.forwarded.items()):
+            if where == node:
+                client.close(
+                    Disconnect(client.conn, CLOSE_SERVICE_RESTART, "room's node went away")
+                )
 
     async def sweep_forever(self) -> None:
         while True:
             await asyncio.sleep(self.config.sweep_interval)
             try:
-                self.dispatch(self.hub.expire(self.config.clock()))
+                now = self.config.clock()
+                self.dispatch(self.hub.expire(now))
+                self.admission.sweep(now)
             except Exception:
                 log.exception("sweep_failed")
+
+    async def drain(self, seconds: float, hard: asyncio.Event) -> None:
+        """Refuse newcomers and new rooms; wait up to ``seconds`` for the joins in progress
+        (rooms with a joiner) to finish. Hosts waiting for a joiner reconnect elsewhere."""
+        self.draining = True
+        self.hub.draining = True
+        _event("draining", rooms=len(self.hub.rooms), seconds=seconds)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while self.hub.joining() and loop.time() < deadline and not hard.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(hard.wait(), min(0.1, max(0.0, deadline - loop.time())))
+
+    def stats(self) -> dict[str, object]:
+        body: dict[str, object] = {
+            "status": "draining" if self.draining else "ok",
+            **self.hub.stats(),
+        }
+        if self.cluster is not None:
+            body["node"] = self.cluster.node
+            body["forwarded"] = len(self.forwarded)
+        return body
+
+    def metrics(self) -> str:
+        """Prometheus text exposition (version 0.0.4) of this node."""
+        hub, c = self.hub, self.hub.counters
+        local = sum(1 for conn in hub.connections.values() if conn.node is None)
+        lines: list[str] = []
+
+        def metric(name: str, kind: str, text: str, values: dict[str, float]) -> None:
+            lines.append(f"# HELP peerdesk_{name} {text}")
+            lines.append(f"# TYPE peerdesk_{name} {kind}")
+            for labels, value in values.items():
+                lines.append(f"peerdesk_{name}{labels} {value:g}")
+
+        metric("up", "gauge", "1 while serving, 0 while draining.", {"": 0 if self.draining else 1})
+        metric(
+            "connections",
+            "gauge",
+            "WebSockets on this node, and remote clients served here for their room.",
+            {
+                '{kind="local"}': local + len(self.forwarded),
+                '{kind="remote"}': len(hub.connections) - local,
+            },
+        )
+        metric("rooms", "gauge", "Live rooms held by this node.", {"": len(hub.rooms)})
+        metric("rooms_created_total", "counter", "Rooms opened.", {"": c["rooms_created"]})
+        metric(
+            "messages_total", "counter", "Messages received from clients.", {"": c["messages_in"]}
+        )
+        metric("relayed_total", "counter", "Messages relayed in rooms.", {"": c["relayed"]})
+        metric(
+            "rate_limited_total",
+            "counter",
+            "Messages refused by a rate limit.",
+            {'{scope="connection"}': c["rate_limited"], '{scope="room"}': c["room_rate_limited"]},
+        )
+        refused = self.admission.refused
+        metric(
+            "connections_refused_total",
+            "counter",
+            "WebSocket upgrades refused.",
+            {
+                f'{{reason="{r}"}}': refused[r]
+                for r in ("server_full", "per_ip_cap", "per_ip_rate", "draining")
+            },
+        )
+        queues = hub.queues
+        metric(
+            "queue_customers",
+            "gauge",
+            "Customers in the support queues held here: waiting, or taken by a CSR.",
+            {
+                '{state="waiting"}': sum(len(line) for line in queues.waiting.values()),
+                '{state="taken"}': sum(1 for t in queues.tickets.values() if t.holder),
+            },
+        )
+        metric("queue_csrs", "gauge", "CSRs serving queues here.", {"": len(queues.csrs)})
+        metric(
+            "slow_clients_dropped_total",
+            "counter",
+            "Clients dropped for not reading.",
+            {"": self.slow_dropped},
+        )
+        if self.cluster is not None:
+            metric(
+                "cluster_mail_total",
+                "counter",
+                "Mail between nodes through Redis.",
+                {
+                    '{direction="posted"}': self.cluster.posted,
+                    '{direction="received"}': self.cluster.received,
+                },
+            )
+        return "\n".join(lines) + "\n"
 
 
 STATE = web.AppKey("peerdesk_signaling_state", _State)
 
 
-async def _websocket(request: web.Request) -> web.WebSocketResponse:
+async def _websocket(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
+    cfg = state.config
+    if state.draining:
+        state.admission.refused["draining"] += 1
+        return web.Response(status=503, text="this server is shutting down; use another node\n")
+    ip = request.remote or "unknown"
+    refused = state.admission.admit(ip, cfg.clock())
+    if refused is not None:
+        status, why = refused
+        _event("refused", level=logging.DEBUG, ip=ip, why=why)
+        return web.Response(status=status, text=why + "\n")
+    try:
+        return await _serve_websocket(request, state)
+    finally:
+        state.admission.release(ip)
+
+
+async def _serve_websocket(request: web.Request, state: _State) -> web.WebSocketResponse:
     cfg = state.config
     ws = web.WebSocketResponse(
         heartbeat=cfg.heartbeat, max_msg_size=cfg.frame_limit_bytes, compress=False
@@ -538,7 +1141,16 @@ async def _websocket(request: web.Request) -> web.WebSocketResponse:
         _event("connected", peer=conn.id, connections=len(state.hub.connections))
         async for msg in ws:
             if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
-                state.dispatch(state.hub.receive(conn, msg.data, cfg.clock()))
+                forward = state.forwarded.get(conn.id)
+                if forward is not None and state.cluster is not None:
+                    if isinstance(msg.data, str):
+                        state.cluster.post(forward[0], cluster.FRAME, conn.id, msg.data)
+                    else:
+                        client.send(
+                            encode(Error(code="malformed", message="send text frames: JSON"))
+                        )
+                else:
+                    await state.perform(state.hub.receive(conn, msg.data, cfg.clock()))
                 # Let the writers run: a client's queue then only grows while its
                 # socket is really backed up, not while this loop reads a burst.
                 await asyncio.sleep(0)
@@ -546,8 +1158,13 @@ async def _websocket(request: web.Request) -> web.WebSocketResponse:
                 _event("ws_error", peer=conn.id, error=str(ws.exception()))
                 break
     finally:
-        state.dispatch(state.hub.disconnect(conn, cfg.clock()))
-        del state.clients[conn]
+        forward = state.forwarded.pop(conn.id, None)
+        if forward is not None:
+            if state.cluster is not None:
+                state.cluster.post(forward[0], cluster.DETACH, conn.id)
+        else:
+            state.dispatch(state.hub.disconnect(conn, cfg.clock()))
+            state.clients.pop(conn, None)
         client.finish()
         try:
             # asyncio.wait, not wait_for: a writer cancelled by abort() is not our cancellation
@@ -569,22 +1186,72 @@ async def _websocket(request: web.Request) -> web.WebSocketResponse:
 
 async def _healthz(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    return web.json_response({"status": "ok", **state.hub.stats(), "version": agent.__version__})
+    return web.json_response(
+        {**state.stats(), "version": agent.__version__}, status=503 if state.draining else 200
+    )
 
 
-async def _sweeper(app: web.Application) -> AsyncIterator[None]:
-    task = asyncio.create_task(app[STATE].sweep_forever())
+async def _metrics(request: web.Request) -> web.Response:
+    return web.Response(
+        text=request.app[STATE].metrics(), content_type="text/plain", charset="utf-8"
+    )
+
+
+async def _help(request: web.Request) -> web.Response:
+    """``GET /help/<queue>``: the "get help" page for a queue; opens the agent, which waits."""
+    queue = request.match_info["queue"]
+    if not QUEUE_RE.fullmatch(queue) or queue.startswith("@"):
+        return web.Response(status=404, text="no such queue\n")
+    scheme = "wss" if request.secure else "ws"
+    signal_url = f"{scheme}://{request.host}"
+    link = f"peerdesk://help/{queue}?signal={quote(signal_url, safe='')}"
+    page = (
+        "<!doctype html><meta charset=utf-8><title>PeerDesk: get help</title>"
+        f"<h1>Get help: {html.escape(queue)}</h1>"
+        f'<p><a href="{html.escape(link)}">Open PeerDesk and wait for a support '
+        "representative</a>.</p><p>Without PeerDesk installed, run: <code>peerdesk queue wait "
+        f"{html.escape(link)} --name YOUR-NAME</code></p>"
+    )
+    return web.Response(
+        text=page,
+        content_type="text/html",
+        headers={"Content-Security-Policy": "default-src 'none'", "Cache-Control": "no-store"},
+    )
+
+
+async def _ice(request: web.Request) -> web.Response:
+    """``GET /ice``: ICE servers for agents, with freshly minted TURN credentials."""
+    state = request.app[STATE]
+    ip = request.remote or "unknown"
+    refused = state.admission.admit(ip, state.config.clock())  # same budget as /ws upgrades
+    if refused is not None:
+        return web.Response(status=refused[0], text=refused[1] + "\n")
+    state.admission.release(ip)
+    servers = [] if state.turn is None else [state.turn.mint(time.time()).as_json()]
+    return web.json_response({"iceServers": servers}, headers={"Cache-Control": "no-store"})
+
+
+async def _background(app: web.Application) -> AsyncIterator[None]:
+    state = app[STATE]
+    if state.cluster is not None:
+        await state.cluster.start(state.on_mail, state.on_node_dead)
+    task = asyncio.create_task(state.sweep_forever())
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+    if state.cluster is not None:
+        await state.cluster.stop()
 
 
 async def _on_shutdown(app: web.Application) -> None:
     state = app[STATE]
-    clients = list(state.clients.values())
+    state.draining = True
+    clients = list(state.clients.values()) + [c for _, c in state.forwarded.values()]
     _event("shutting_down", connections=len(clients))
     state.dispatch(state.hub.shutdown())
+    for _node, client in list(state.forwarded.values()):
+        client.close(Disconnect(client.conn, CLOSE_GOING_AWAY, "server shutting down"))
     if clients:
         _done, pending = await asyncio.wait(
             [c.task for c in clients], timeout=state.config.shutdown_timeout
@@ -594,14 +1261,26 @@ async def _on_shutdown(app: web.Application) -> None:
                 client.abort()
 
 
-def create_app(config: ServerConfig | None = None) -> web.Application:
-    """The signaling server as an aiohttp application: ``/ws``, ``/healthz``, ``/j/ROOM``."""
+def create_app(
+    config: ServerConfig | None = None,
+    *,
+    redis_url: str | None = None,
+    node: str | None = None,
+    turn: TurnSecret | None = None,
+) -> web.Application:
+    """The signaling server as an aiohttp application: ``/ws``, ``/healthz``, ``/metrics``,
+    ``/ice``, ``/help/QUEUE``, ``/j/ROOM``. With ``redis_url`` it is one node of several
+    sharing rooms through Redis."""
     app = web.Application()
-    app[STATE] = _State(config if config is not None else ServerConfig())
+    link = cluster.Cluster(redis_url, node=node) if redis_url else None
+    app[STATE] = _State(config if config is not None else ServerConfig(), link, turn)
     app.router.add_get("/ws", _websocket)
     app.router.add_get("/healthz", _healthz)
     landing.setup(app)  # /j/ROOM (one-click link landing page), /install/OS
-    app.cleanup_ctx.append(_sweeper)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/ice", _ice)
+    app.router.add_get("/help/{queue}", _help)
+    app.cleanup_ctx.append(_background)
     app.on_shutdown.append(_on_shutdown)
     return app
 
@@ -610,17 +1289,23 @@ async def start_server(
     host: str | Sequence[str] = "127.0.0.1",
     port: int = DEFAULT_PORT,
     config: ServerConfig | None = None,
+    *,
+    redis_url: str | None = None,
+    node: str | None = None,
+    turn: TurnSecret | None = None,
 ) -> tuple[web.AppRunner, int]:
     """Start a server in the running loop; returns its runner and the port it listens on.
 
     ``port`` 0 picks a free port; with several hosts (``["0.0.0.0", "::"]``) every one
-    listens on the same port. Stop it with ``await runner.cleanup()``.
+    listens on the same port. Stop it with ``await runner.cleanup()``. ``redis_url``
+    makes it a node sharing rooms with the other nodes on that Redis.
     """
     hosts = [host] if isinstance(host, str) else list(host)
     if not hosts:
         raise ValueError("start_server needs at least one host")
     cfg = config if config is not None else ServerConfig()
-    runner = web.AppRunner(create_app(cfg), access_log=None, shutdown_timeout=cfg.shutdown_timeout)
+    app = create_app(cfg, redis_url=redis_url, node=node, turn=turn)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=cfg.shutdown_timeout)
     await runner.setup()
     try:
         for name in hosts:
@@ -635,6 +1320,11 @@ async def start_server(
     return runner, port
 
 
+def state_of(runner: web.AppRunner) -> _State:
+    """The running state of a server started with ``start_server`` (for tests and benches)."""
+    return runner.app[STATE]
+
+
 async def serve(
     host: str | Sequence[str] = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
@@ -642,16 +1332,27 @@ async def serve(
     *,
     on_ready: Callable[[int], None] | None = None,
     stop: asyncio.Event | None = None,
+    redis_url: str | None = None,
+    turn: TurnSecret | None = None,
 ) -> None:
-    """Serve until SIGTERM or SIGINT (or until ``stop`` is set), then close every client."""
+    """Serve until SIGTERM or SIGINT (or until ``stop`` is set), drain, then close every
+    client. A second signal while draining stops at once."""
     stop = stop if stop is not None else asyncio.Event()
+    hard = asyncio.Event()
     loop = asyncio.get_running_loop()
-    runner, actual = await start_server(host, port, config)
+    cfg = config if config is not None else ServerConfig()
+    runner, actual = await start_server(host, port, cfg, redis_url=redis_url, turn=turn)
     handled: list[signal.Signals] = []
+
+    def on_signal() -> None:
+        if stop.is_set():
+            hard.set()
+        stop.set()
+
     try:
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
-                loop.add_signal_handler(sig, stop.set)
+                loop.add_signal_handler(sig, on_signal)
                 handled.append(sig)
             except (NotImplementedError, RuntimeError):  # Windows, or not the main thread
                 pass
@@ -659,6 +1360,8 @@ async def serve(
             on_ready(actual)
         await stop.wait()
         _event("stopping")
+        if cfg.drain_timeout > 0:
+            await state_of(runner).drain(cfg.drain_timeout, hard)
     finally:
         await runner.cleanup()
         for sig in handled:
@@ -672,11 +1375,42 @@ def run(
     config: ServerConfig | None = None,
     *,
     on_ready: Callable[[int], None] | None = None,
+    redis_url: str | None = None,
+    turn: TurnSecret | None = None,
 ) -> None:
     """Run a server until SIGTERM or SIGINT; logs go to stderr as JSON lines."""
     configure_logging()
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(host, port, config, on_ready=on_ready))
+        asyncio.run(serve(host, port, config, on_ready=on_ready, redis_url=redis_url, turn=turn))
+
+
+def options(args: argparse.Namespace) -> tuple[ServerConfig, str | None, TurnSecret | None]:
+    """The config, Redis URL and TURN secret from parsed ``add_arguments`` options;
+    raises ``ValueError`` with a message for the person who typed them."""
+    if args.drain < 0 or args.drain > 3600:
+        raise ValueError("--drain must be between 0 and 3600 seconds")
+    redis_url = args.redis
+    if redis_url is not None and not redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("--redis takes a redis://, rediss:// or unix:// URL")
+    secret = args.turn_secret or os.environ.get("PEERDESK_TURN_SECRET")
+    turn: TurnSecret | None = None
+    if args.turn_url or secret:
+        if not (args.turn_url and secret):
+            raise ValueError("--turn-url and --turn-secret go together")
+        turn = TurnSecret(tuple(args.turn_url), secret, args.turn_ttl)
+    token = getattr(args, "csr_token", None) or os.environ.get("PEERDESK_CSR_TOKEN") or None
+    if token is not None and len(token) < 16:
+        raise ValueError("--csr-token must be at least 16 characters")
+    for flag in ("max_connections", "max_connections_per_ip"):
+        if getattr(args, flag, 1) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be at least 1")
+    config = ServerConfig(
+        drain_timeout=args.drain,
+        csr_token=token,
+        max_connections=getattr(args, "max_connections", 20_000),
+        max_connections_per_ip=getattr(args, "max_connections_per_ip", 64),
+    )
+    return config, redis_url, turn
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -691,13 +1425,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 picks a free port")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    add_arguments(parser)
     args = parser.parse_args(argv)
+    try:
+        config, redis_url, turn = options(args)
+    except ValueError as exc:
+        parser.error(str(exc))
     configure_logging(args.log_level.upper())
 
     def announce(actual: int) -> None:
         print(json.dumps({"event": "listening", "port": actual}), flush=True)
 
-    run(args.host or [DEFAULT_HOST], args.port, on_ready=announce)
+    try:
+        run(
+            args.host or [DEFAULT_HOST],
+            args.port,
+            config,
+            on_ready=announce,
+            redis_url=redis_url,
+            turn=turn,
+        )
+    except ConnectionError as exc:
+        print(f"python -m signaling: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -2,8 +2,10 @@
 
 The SDP that reaches ``answer``/``complete`` has come through the sealed, PAKE-keyed
 handshake, so aiortc's own DTLS fingerprint check binds the channel to the person
-who knew the code. No STUN or TURN server is configured unless one is given: by
-default nothing leaves for any address but the peer's.
+who knew the code. No STUN or TURN server is configured unless the signaling
+server hands some out (``GET /ice``, see ``use_ice_servers``): by default nothing
+leaves for any address but the peer's. With a TURN server, relay candidates are
+gathered too; ICE prefers direct pairs and uses the relay only when they fail.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal
 
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
 from agent.errors import DecodeError, RemoteProtocolError
 from agent.net import ice
 from agent.protocol import channel as ch
+from agent.protocol.signaling import IceServer
 
 log = logging.getLogger(__name__)
 ice.install()
@@ -31,9 +34,41 @@ LOST_AFTER = 2.0
 before it starts (a killed agent's connection does not say goodbye)."""
 
 
+_ice_servers: tuple[IceServer, ...] = ()
+
+
+def use_ice_servers(servers: tuple[IceServer, ...]) -> None:
+    """The TURN/STUN servers (from the signaling server's ``/ice``) that new peer
+    connections of this process gather candidates from."""
+    global _ice_servers
+    _ice_servers = servers
+
+
 def rtc_configuration() -> RTCConfiguration:
-    """No public STUN server: aiortc would otherwise ask Google's."""
-    return RTCConfiguration(iceServers=[])
+    """Only the ICE servers we were handed; never a public STUN server (aiortc would
+    otherwise ask Google's)."""
+    return RTCConfiguration(
+        iceServers=[
+            RTCIceServer(urls=list(s.urls), username=s.username, credential=s.credential)
+            for s in _ice_servers
+        ]
+    )
+
+
+def selected_pair(pc: RTCPeerConnection) -> tuple[str, str] | None:
+    """The (local, remote) candidate types of the ICE pair in use (``host``, ``srflx``,
+    ``relay``), or None before one is chosen."""
+    sctp = pc.sctp
+    if sctp is None:
+        return None
+    try:
+        nominated = sctp.transport.transport._connection._nominated
+        pair = nominated.get(1)
+    except AttributeError:
+        return None
+    if pair is None:
+        return None
+    return str(pair.local_candidate.type), str(pair.remote_candidate.type)
 
 
 CHANNELS = {"main": 0, "control": 1, "files": 2, "log": 3}
@@ -166,6 +201,10 @@ class PeerLink:
             self._on_channel(name, data)
 
     def _on_state(self) -> None:
+        if self.pc.connectionState == "connected":
+            pair = selected_pair(self.pc)
+            if pair is not None:
+                log.info("ice_pair local=%s remote=%s", *pair)
         if self.pc.connectionState in ("failed", "closed"):
             self._lost(f"connection {self.pc.connectionState}")
 

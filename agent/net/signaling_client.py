@@ -25,6 +25,38 @@ def ws_url(url: str) -> str:
     return parts.geturl()
 
 
+def ice_url(url: str) -> str:
+    """The HTTP endpoint listing a signaling server's ICE (TURN) servers."""
+    parts = urlsplit(url)
+    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
+    return parts._replace(scheme=scheme, path="/ice").geturl()
+
+
+async def _fetch_ice(session: aiohttp.ClientSession, url: str) -> None:
+    """Ask the server for TURN servers; without a usable answer, direct paths only (never
+    servers an earlier signaling server handed out)."""
+    from agent.net.peer import use_ice_servers
+
+    servers: tuple[sig.IceServer, ...] = ()
+    try:
+        timeout = aiohttp.ClientTimeout(total=3.0)
+        async with session.get(ice_url(url), timeout=timeout) as resp:
+            if resp.status == 200:
+                body = b""
+                async for chunk in resp.content.iter_chunked(4096):
+                    body += chunk
+                    if len(body) > sig.MAX_ICE_BYTES:
+                        raise DecodeError("the ICE server list is too long")
+                servers = sig.decode_ice(body)
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        log.info("no ICE servers from %s: %s", url, exc or type(exc).__name__)
+    except DecodeError as exc:
+        log.warning("ignored the ICE servers the signaling server offered: %s", exc.message)
+    if servers:
+        log.info("ice_servers %s", " ".join(u for s in servers for u in s.urls))
+    use_ice_servers(servers)
+
+
 class SignalingClient:
     """One connection to a signaling server."""
 
@@ -48,6 +80,7 @@ class SignalingClient:
             raise SignalingUnreachable(
                 f"cannot reach the signaling server at {url}: {exc or type(exc).__name__}"
             ) from None
+        await _fetch_ice(session, url)
         return cls(session, ws)
 
     async def send(self, msg: sig.ClientMessage) -> None:

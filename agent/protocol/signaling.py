@@ -9,6 +9,13 @@ Client to server: ``create``, ``join``, ``send``, ``close``.
 Server to client: ``created``, ``joined``, ``peer``, ``relay``, ``gone``, ``closed``,
 ``error``.
 
+Queues (the "get help" line of a support team): a customer sends ``wait`` and hears
+``waiting`` (its position, again whenever it changes) and ``assigned`` (the room of
+the CSR who took it); a CSR sends ``serve`` (its name and queues), then ``list``
+(answered by ``queue``, also pushed on every change), ``take`` (answered by ``taken``)
+and ``transfer`` with a message of at most 345 characters (answered by
+``transferred``).
+
 The server and the agent import these same definitions.
 """
 
@@ -32,6 +39,16 @@ ROOM_RE = re.compile(r"[0-9]{6}")
 #: Connection ids are made by the server; ``host`` addresses a room's host.
 PEER_RE = re.compile(r"host|[0-9a-f]{12}")
 REASON_RE = re.compile(r"[a-z_]{1,32}")
+#: A queue: ``support``, ``billing-de``; ``@name`` is the personal queue of CSR ``name``.
+QUEUE_RE = re.compile(r"@?[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
+#: A CSR's name as queues route by it.
+CSR_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
+TICKET_RE = re.compile(r"[0-9a-f]{12}")
+#: The most characters a transfer message holds (the seeds' WebACD rule).
+MAX_TRANSFER_MESSAGE = 345
+MAX_NAME_CHARS = 64
+MAX_QUEUES_SERVED = 16
+MAX_LISTED = 200
 
 HOST = "host"
 
@@ -138,8 +155,140 @@ class Error:
     message: str
 
 
-ClientMessage: TypeAlias = Create | Join | Send | Close
-ServerMessage: TypeAlias = Created | Joined | Peer | Relay | Gone | Closed | Error
+@dataclass(frozen=True)
+class Wait:
+    """A customer asks for help in ``queue`` and waits there."""
+
+    type: ClassVar[str] = "wait"
+    queue: str
+    name: str
+    "How the customer is shown to CSRs, at most 64 characters."
+    ticket: str = ""
+    """The ticket of an earlier wait in ``queue`` that this customer lost with its server:
+    with several nodes, it gets its place back (for 15 minutes). Empty: a new wait."""
+
+
+@dataclass(frozen=True)
+class Serve:
+    """A CSR named ``name`` serves ``queues`` (and its personal queue ``@name``)."""
+
+    type: ClassVar[str] = "serve"
+    name: str
+    queues: tuple[str, ...]
+    "At most 16 queue names."
+    token: str = ""
+    "The team's CSR token when the server requires one (``--csr-token``)."
+
+
+@dataclass(frozen=True)
+class ListQueue:
+    """A CSR asks who waits in ``queue``."""
+
+    type: ClassVar[str] = "list"
+    queue: str
+
+
+@dataclass(frozen=True)
+class Take:
+    """A CSR takes ``ticket`` (or, empty, the longest waiting) from ``queue`` into ``room``."""
+
+    type: ClassVar[str] = "take"
+    queue: str
+    room: str
+    "The public room id of the CSR's session, handed to the customer."
+    ticket: str = ""
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """The CSR holding ``ticket`` hands it to ``queue`` or to CSR ``csr`` (exactly one),
+    with ``message`` for whoever takes it next, and lets go of it."""
+
+    type: ClassVar[str] = "transfer"
+    ticket: str
+    message: str
+    "At most MAX_TRANSFER_MESSAGE (345) characters."
+    queue: str = ""
+    csr: str = ""
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """To a customer: ``ticket`` waits in ``queue`` at ``position`` (1 is next)."""
+
+    type: ClassVar[str] = "waiting"
+    queue: str
+    ticket: str
+    position: int
+
+
+@dataclass(frozen=True)
+class Assigned:
+    """To a customer: CSR ``csr`` took ``ticket``; its session is room ``room``."""
+
+    type: ClassVar[str] = "assigned"
+    ticket: str
+    room: str
+    csr: str
+
+
+@dataclass(frozen=True)
+class QueuedTicket:
+    """One waiting customer, as CSRs see it (part of ``queue``)."""
+
+    ticket: str
+    name: str
+    waited: int
+    "Seconds since the customer first asked (kept across transfers)."
+    note: str
+    "The last transfer message, empty if none."
+
+
+@dataclass(frozen=True)
+class QueueState:
+    """To a CSR: who waits in ``queue``, longest first (at most 200 shown)."""
+
+    type: ClassVar[str] = "queue"
+    queue: str
+    waiting: tuple[QueuedTicket, ...]
+    total: int
+
+
+@dataclass(frozen=True)
+class Taken:
+    """To a CSR: it now holds ``ticket`` of customer ``name``; ``note`` from a transfer."""
+
+    type: ClassVar[str] = "taken"
+    ticket: str
+    queue: str
+    name: str
+    note: str
+
+
+@dataclass(frozen=True)
+class Transferred:
+    """To a CSR: ``ticket`` now waits in ``queue``; the CSR no longer holds it."""
+
+    type: ClassVar[str] = "transferred"
+    ticket: str
+    queue: str
+
+
+ClientMessage: TypeAlias = Create | Join | Send | Close | Wait | Serve | ListQueue | Take | Transfer
+ServerMessage: TypeAlias = (
+    Created
+    | Joined
+    | Peer
+    | Relay
+    | Gone
+    | Closed
+    | Error
+    | Waiting
+    | Assigned
+    | QueueState
+    | Taken
+    | Transferred
+)
 Message: TypeAlias = ClientMessage | ServerMessage
 
 
@@ -148,6 +297,10 @@ def encode(msg: Message) -> str:
     body: dict[str, Any] = {"type": msg.type}
     if isinstance(msg, Relay):
         body.update(room=msg.room, **{"from": msg.sender}, data=msg.data)
+    elif isinstance(msg, QueueState):
+        body.update(queue=msg.queue, waiting=[vars(t) for t in msg.waiting], total=msg.total)
+    elif isinstance(msg, Serve):
+        body.update(name=msg.name, queues=list(msg.queues), token=msg.token)
     else:
         body.update(vars(msg))
     return wire.dump(body)
@@ -173,11 +326,86 @@ def _reason(obj: dict[str, Any]) -> str:
     return reason
 
 
+def _queue(obj: dict[str, Any], name: str = "queue") -> str:
+    queue: str = wire.get_str(obj, name, pattern=QUEUE_RE)
+    return queue
+
+
+def _display(obj: dict[str, Any]) -> str:
+    name: str = wire.get_str(obj, "name", max_len=MAX_NAME_CHARS, allow_empty=False)
+    return name
+
+
+def _message(obj: dict[str, Any], key: str = "message") -> str:
+    text = obj.get(key)
+    if isinstance(text, str) and len(text) > MAX_TRANSFER_MESSAGE:
+        raise DecodeError(
+            f"the transfer message has {len(text)} characters; "
+            f"at most {MAX_TRANSFER_MESSAGE} are allowed",
+            code="too_long",
+        )
+    message: str = wire.get_str(obj, key, max_len=MAX_TRANSFER_MESSAGE)
+    return message
+
+
+def _transfer(obj: dict[str, Any]) -> Transfer:
+    queue = _queue(obj) if obj.get("queue") else ""
+    csr: str = wire.get_str(obj, "csr", pattern=CSR_RE) if obj.get("csr") else ""
+    if bool(queue) == bool(csr):
+        raise DecodeError('give exactly one of "queue" and "csr"')
+    ticket: str = wire.get_str(obj, "ticket", pattern=TICKET_RE)
+    return Transfer(ticket=ticket, message=_message(obj), queue=queue, csr=csr)
+
+
+def _take(obj: dict[str, Any]) -> Take:
+    ticket: str = wire.get_str(obj, "ticket", pattern=TICKET_RE) if obj.get("ticket") else ""
+    return Take(queue=_queue(obj), room=_room(obj), ticket=ticket)
+
+
+def _serve(obj: dict[str, Any]) -> Serve:
+    name: str = wire.get_str(obj, "name", pattern=CSR_RE)
+    queues = wire.get_str_list(obj, "queues", max_items=MAX_QUEUES_SERVED, pattern=QUEUE_RE)
+    token: str = wire.get_str(obj, "token", max_len=128, optional=True) or ""
+    return Serve(name=name, queues=tuple(queues or ()), token=token)
+
+
+def _queued(item: Any) -> QueuedTicket:
+    if not isinstance(item, dict):
+        raise DecodeError("each waiting ticket must be an object")
+    ticket: str = wire.get_str(item, "ticket", pattern=TICKET_RE)
+    return QueuedTicket(
+        ticket=ticket,
+        name=wire.get_str(item, "name", max_len=MAX_NAME_CHARS),
+        waited=wire.get_int(item, "waited", lo=0, hi=10**9),
+        note=_message(item, "note"),
+    )
+
+
+def _queue_state(obj: dict[str, Any]) -> QueueState:
+    items = obj.get("waiting")
+    if not isinstance(items, list) or len(items) > MAX_LISTED:
+        raise DecodeError(f'field "waiting" must be a list of at most {MAX_LISTED}')
+    return QueueState(
+        queue=_queue(obj),
+        waiting=tuple(_queued(i) for i in items),
+        total=wire.get_int(obj, "total", lo=0, hi=10**9),
+    )
+
+
 _CLIENT = {
     "create": lambda o: Create(),
     "join": lambda o: Join(room=_room(o)),
     "send": lambda o: Send(to=_peer(o, "to"), data=_data(o)),
     "close": lambda o: Close(room=_room(o), reason=_reason(o) if "reason" in o else "closed"),
+    "wait": lambda o: Wait(
+        queue=_queue(o),
+        name=_display(o),
+        ticket=wire.get_str(o, "ticket", pattern=TICKET_RE) if o.get("ticket") else "",
+    ),
+    "serve": _serve,
+    "list": lambda o: ListQueue(queue=_queue(o)),
+    "take": _take,
+    "transfer": _transfer,
 }
 
 _SERVER = {
@@ -192,6 +420,26 @@ _SERVER = {
     "error": lambda o: Error(
         code=wire.get_str(o, "code", pattern=REASON_RE),
         message=wire.get_str(o, "message", max_len=500),
+    ),
+    "waiting": lambda o: Waiting(
+        queue=_queue(o),
+        ticket=wire.get_str(o, "ticket", pattern=TICKET_RE),
+        position=wire.get_int(o, "position", lo=1, hi=10**9),
+    ),
+    "assigned": lambda o: Assigned(
+        ticket=wire.get_str(o, "ticket", pattern=TICKET_RE),
+        room=_room(o),
+        csr=wire.get_str(o, "csr", pattern=CSR_RE),
+    ),
+    "queue": _queue_state,
+    "taken": lambda o: Taken(
+        ticket=wire.get_str(o, "ticket", pattern=TICKET_RE),
+        queue=_queue(o),
+        name=wire.get_str(o, "name", max_len=MAX_NAME_CHARS),
+        note=_message(o, "note"),
+    ),
+    "transferred": lambda o: Transferred(
+        ticket=wire.get_str(o, "ticket", pattern=TICKET_RE), queue=_queue(o)
     ),
 }
 
@@ -218,3 +466,49 @@ def decode_server(data: str | bytes) -> ServerMessage:
     """Parse a message the server sent to a client; raises ``DecodeError``."""
     msg: ServerMessage = _decode(data, _SERVER, "signaling message")
     return msg
+
+
+# --------------------------------------------------------------------------- ICE servers
+
+#: ``GET /ice`` on a signaling server answers ``{"iceServers": [...]}``, the TURN (and
+#: STUN) servers agents may use, with time-limited credentials minted by the server.
+MAX_ICE_BYTES = 16 * 1024
+MAX_ICE_SERVERS = 4
+ICE_URL_RE = re.compile(
+    r"(turns?|stun):[A-Za-z0-9.\-]{1,253}(:[0-9]{1,5})?(\?transport=(udp|tcp))?"
+)
+
+
+@dataclass(frozen=True)
+class IceServer:
+    """One TURN or STUN server an agent may gather candidates from."""
+
+    urls: tuple[str, ...]
+    "``turn:host:port`` (``?transport=udp|tcp``), ``turns:`` or ``stun:`` URLs, 1 to 4."
+    username: str | None
+    "For TURN: ``<unix expiry>:<label>`` (coturn's REST scheme), at most 256 characters."
+    credential: str | None
+    "For TURN: the password minted for ``username``, at most 256 characters."
+
+
+def decode_ice(data: str | bytes) -> tuple[IceServer, ...]:
+    """Parse a ``/ice`` answer; raises ``DecodeError``. An empty list means none."""
+    obj = wire.parse_object(data, max_bytes=MAX_ICE_BYTES, what="ICE server list")
+    entries = obj.get("iceServers")
+    if not isinstance(entries, list):
+        raise DecodeError('field "iceServers" must be a list')
+    if len(entries) > MAX_ICE_SERVERS:
+        raise DecodeError(f"at most {MAX_ICE_SERVERS} ICE servers")
+    out = []
+    for entry in entries:
+        if not isinstance(entry, dict):
+            raise DecodeError("each ICE server must be an object")
+        urls = wire.get_str_list(entry, "urls", max_items=4, pattern=ICE_URL_RE)
+        if not urls:
+            raise DecodeError("an ICE server needs at least one URL")
+        username = wire.get_str(entry, "username", max_len=256, optional=True)
+        cred = wire.get_str(entry, "credential", max_len=256, optional=True)
+        if any(u.startswith("turn") for u in urls) and (not username or not cred):
+            raise DecodeError("a TURN server needs a username and a credential")
+        out.append(IceServer(tuple(urls), username, cred))
+    return tuple(out)
