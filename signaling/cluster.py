@@ -6,6 +6,13 @@ What lives in Redis, under a key prefix (``peerdesk:`` by default):
   ``SET NX EX`` (the TTL is the room idle TTL plus a minute, renewed on every join),
   deletes it when the room closes (only if it still names that node), and the key
   expires by itself when a node dies.
+- ``resume:<id>`` — the SHA-256 of room ``<id>``'s resume secret, set with the claim
+  (atomically), renewed and deleted with it. A host whose node died sends ``resume``
+  with the secret to any node, which takes the room over (``reclaim``) when the hash
+  matches and the node named by ``room:<id>`` has no heartbeat: one Lua script checks
+  both and sets ``room:<id>`` to itself and the new secret's hash, so two nodes racing
+  for one room cannot both win. A node that stops gracefully leaves its rooms' claims
+  in place (its heartbeat goes at once), so that their hosts resume them elsewhere.
 - ``node:<node>`` — a node's heartbeat, set every second with a 5 s TTL. A node whose
   heartbeat key is missing is dead: its rooms are not found, the clients it forwarded
   to other nodes are dropped there, and clients forwarded to it are closed (1012) so
@@ -78,6 +85,42 @@ _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
 """
+# Claim a room id and store its resume secret's hash, both or neither.
+_CLAIM = """
+if redis.call('set', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[3]) then
+  redis.call('set', KEYS[2], ARGV[2], 'EX', ARGV[3])
+  return 1
+end
+return 0
+"""
+# Free a room id and its resume hash, only if the room is still ours.
+_RELEASE_ROOM = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1], KEYS[2]) end
+return 0
+"""
+# Store a room's new resume hash, only if the room is still ours.
+_REKEY = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('set', KEYS[2], ARGV[2], 'EX', ARGV[3])
+end
+return 0
+"""
+# Take a room over with its resume secret: the stored hash must match, and the node
+# holding the room (if any) must have no heartbeat. ARGV: old hash, new hash, this
+# node, ttl, the heartbeat key prefix. (The owner's heartbeat key is only known inside
+# the script; fine on a single Redis, which is what the nodes share.)
+_RECLAIM = """
+local stored = redis.call('get', KEYS[2])
+if not stored then return 'room_not_found' end
+if stored ~= ARGV[1] then return 'bad_secret' end
+local owner = redis.call('get', KEYS[1])
+if owner and owner ~= ARGV[3] and redis.call('exists', ARGV[5] .. owner) == 1 then
+  return 'owner_alive'
+end
+redis.call('set', KEYS[1], ARGV[3], 'EX', ARGV[4])
+redis.call('set', KEYS[2], ARGV[2], 'EX', ARGV[4])
+return 'ok'
+"""
 # Renew a key only if it still holds our value.
 _RENEW = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('expire', KEYS[1], ARGV[2]) end
@@ -146,6 +189,9 @@ class Cluster:
     def room_key(self, room: str) -> str:
         return f"{self.prefix}room:{room}"
 
+    def resume_key(self, room: str) -> str:
+        return f"{self.prefix}resume:{room}"
+
     def node_key(self, node: str) -> str:
         return f"{self.prefix}node:{node}"
 
@@ -196,14 +242,40 @@ class Cluster:
 
     # -- rooms
 
-    async def claim(self, room: str, ttl: float) -> bool | None:
-        """True if ``room`` is now ours, False if another node holds it, None if Redis fails."""
+    async def claim(self, room: str, ttl: float, secret_hash: str) -> bool | None:
+        """True if ``room`` is now ours (with ``secret_hash`` stored for resuming it),
+        False if another node holds it, None if Redis fails."""
+        keys = (self.room_key(room), self.resume_key(room))
         try:
-            won = await self.redis.set(self.room_key(room), self.node, nx=True, ex=_ttl(ttl))
+            won = await self.redis.eval(_CLAIM, 2, *keys, self.node, secret_hash, _ttl(ttl))
         except (RedisError, OSError) as exc:
             log.warning("claim_failed", extra={"fields": {"room": room, "error": str(exc)}})
             return None
         return bool(won)
+
+    async def reclaim(self, room: str, old_hash: str, new_hash: str, ttl: float) -> str | None:
+        """Take ``room`` over for this node (see ``resume:<id>`` above): ``ok``,
+        ``bad_secret``, ``room_not_found``, ``owner_alive``, or None if Redis fails."""
+        keys = (self.room_key(room), self.resume_key(room))
+        try:
+            result = await self.redis.eval(
+                _RECLAIM,
+                2,
+                *keys,
+                old_hash,
+                new_hash,
+                self.node,
+                _ttl(ttl),
+                f"{self.prefix}node:",
+            )
+        except (RedisError, OSError) as exc:
+            log.warning("reclaim_failed", extra={"fields": {"room": room, "error": str(exc)}})
+            return None
+        if result not in ("ok", "bad_secret", "room_not_found", "owner_alive"):
+            return None
+        if result == "ok":
+            log.info("room_reclaimed", extra={"fields": {"room": room, "node": self.node}})
+        return str(result)
 
     async def locate(self, room: str) -> str | None:
         """The live node (not this one) that holds ``room``, if any."""
@@ -274,6 +346,10 @@ class Cluster:
         """Renew ``room``'s claim for ``ttl`` seconds (queued)."""
         self._queue("touch", room, ttl)
 
+    def rekey(self, room: str, secret_hash: str, ttl: float) -> None:
+        """Store ``room``'s new resume secret hash, if the room is still ours (queued)."""
+        self._queue("rekey", room, secret_hash, ttl)
+
     # -- mail
 
     def post(self, node: str, kind: str, conn: str, data: str = "") -> None:
@@ -312,9 +388,16 @@ class Cluster:
                         approximate=True,
                     )
                 elif op == "release":
-                    pipe.eval(_RELEASE, 1, self.room_key(args[0]), self.node)
+                    room = args[0]
+                    keys = (self.room_key(room), self.resume_key(room))
+                    pipe.eval(_RELEASE_ROOM, 2, *keys, self.node)
                 elif op == "touch":
                     pipe.expire(self.room_key(args[0]), _ttl(args[1]))
+                    pipe.expire(self.resume_key(args[0]), _ttl(args[1]))
+                elif op == "rekey":
+                    room, digest, ttl = args
+                    keys = (self.room_key(room), self.resume_key(room))
+                    pipe.eval(_REKEY, 2, *keys, self.node, digest, _ttl(ttl))
                 elif op == "remember":
                     pipe.set(self.ticket_key(args[0]), args[1], ex=TICKET_TTL)
                 elif op == "forget":

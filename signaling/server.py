@@ -24,7 +24,21 @@ Invariants of the ``Hub``:
 - a connection is the joiner of at most one room, ``conn.joined``, and is then in
   that room's ``joiners`` under its own id;
 - every message a client sends costs one token of its bucket; a client with no token
-  left gets ``rate_limited``, and one that keeps sending is disconnected (1008).
+  left gets ``rate_limited``, and one that keeps sending is disconnected (1008);
+- a room whose host's connection dropped is *away* (``room.away_since`` set) for at most
+  ``resume_grace`` seconds: it is in ``rooms`` but in no connection's ``hosted``, has no
+  joiners and admits none (``host_away``); its host comes back with ``resume`` and the
+  room's secret, or the room closes (``host_gone``).
+
+Resuming. ``created`` hands the host a resume secret; the hub keeps only its SHA-256
+(``Room.secret_hash``, and with Redis the ``resume:<room>`` key). ``resume`` with the
+right secret re-attaches a new connection as the host: of an away room on this node
+at once; with Redis, of a room whose node died (its heartbeat lapsed) by re-claiming
+the room for this node with a compare-and-set (``Reclaim``). Every successful resume
+hands out a new secret, so a secret works once. A wrong secret, an unknown room, a
+room whose host is still connected (``host_connected``) or whose node is alive
+(``owner_alive``) is refused with an ``error``; a connection refused
+``max_resume_failures`` times (wrong secret or unknown room) is disconnected (1008).
 """
 
 from __future__ import annotations
@@ -32,6 +46,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import html
 import json
 import logging
@@ -66,6 +82,8 @@ from agent.protocol.signaling import (
     ListQueue,
     Peer,
     Relay,
+    Resume,
+    Resumed,
     Send,
     Serve,
     ServerMessage,
@@ -143,6 +161,11 @@ class ServerConfig:
     room_burst: float = 1000.0
     """Messages one room may relay at once (every member's burst at once fits); past it
     senders get ``room_rate_limited``."""
+    resume_grace: float = 30.0
+    """Seconds a room waits for its host to ``resume`` after the host's connection
+    dropped; joiners meanwhile get ``host_away``. 0 closes the room at once."""
+    max_resume_failures: int = 3
+    "Refused resumes (wrong secret, unknown room) a connection may make; then 1008."
     csr_token: str | None = None
     "The team's token a CSR must give to ``serve`` queues; None lets anyone serve (a LAN)."
     clock: Callable[[], float] = field(default=time.monotonic)
@@ -174,6 +197,10 @@ class ServerConfig:
         ):
             if value < 1:
                 raise ValueError(f"ServerConfig.{name} must be at least 1, got {value!r}")
+        if self.resume_grace < 0:
+            raise ValueError("ServerConfig.resume_grace must not be negative")
+        if self.max_resume_failures < 1:
+            raise ValueError("ServerConfig.max_resume_failures must be at least 1")
         if self.drain_timeout < 0:
             raise ValueError("ServerConfig.drain_timeout must not be negative")
         if self.frame_limit_bytes < self.max_message_bytes:
@@ -204,6 +231,8 @@ class Connection:
     (the client joined a room of this node through its own node). None: a local client."""
     claiming: int = 0
     "Room ids being claimed in the shared store for this connection's ``create``."
+    resume_failures: int = 0
+    "Resumes refused for a wrong secret or an unknown room."
 
 
 @dataclass(eq=False)
@@ -217,6 +246,10 @@ class Room:
     "Room rate-limit tokens left (messages relayed within the room)."
     refilled: float
     joiners: dict[str, Connection] = field(default_factory=dict)
+    secret_hash: str = ""
+    "SHA-256 (hex) of the room's current resume secret; empty: not resumable."
+    away_since: float | None = None
+    "When the host's connection dropped (clock seconds); None while the host is here."
 
 
 @dataclass(frozen=True)
@@ -244,6 +277,28 @@ class Claim:
     room: str
     attempt: int
     "How many ids were already taken elsewhere for this ``create`` (at most 20 tries)."
+    secret: str = ""
+    "The resume secret the room gets if the claim wins (its hash goes into the store)."
+
+
+@dataclass(frozen=True)
+class Reclaim:
+    """With Redis: take ``room`` over for this node if the store holds ``old_hash`` for it
+    and its node is dead (or it is free), storing ``new_hash``; then call ``Hub.reclaimed``
+    with ``ok``, ``bad_secret``, ``room_not_found``, ``owner_alive`` or None (store down)."""
+
+    conn: Connection
+    room: str
+    old_hash: str
+    new_secret: str
+
+
+@dataclass(frozen=True)
+class Rekey:
+    """With Redis: ``room``'s resume secret changed to the one hashed ``new_hash``."""
+
+    room: str
+    new_hash: str
 
 
 @dataclass(frozen=True)
@@ -302,6 +357,8 @@ Action: TypeAlias = (
     Deliver
     | Disconnect
     | Claim
+    | Reclaim
+    | Rekey
     | Locate
     | LocateQueues
     | Forward
@@ -313,6 +370,16 @@ Action: TypeAlias = (
 )
 
 MAX_CLAIM_ATTEMPTS = 20
+
+
+def resume_digest(secret: str) -> str:
+    """What the server keeps of a resume secret: its SHA-256, hex (the secret has 256
+    random bits, so a fast hash is enough)."""
+    return hashlib.sha256(secret.encode("ascii", "replace")).hexdigest()
+
+
+def _new_secret() -> str:
+    return secrets.token_hex(32)
 
 
 def _error(conn: Connection, code: str, message: str) -> list[Action]:
@@ -350,6 +417,8 @@ class Hub:
         "Room ids being claimed right now, over all connections."
         self.draining = False
         "Set when the server stops: existing rooms go on, new ``create`` gets ``draining``."
+        self.stopping = False
+        "Set by ``shutdown``: hosts' rooms are not kept away (with Redis: left to resume)."
         self.counters: Counter[str] = Counter()
         "Totals for ``/metrics``: messages, relays, refusals by code."
         self.queues = Queues(self.config.csr_token)
@@ -392,8 +461,19 @@ class Hub:
                 joiner.joined = None
                 out.append(Deliver(joiner, Gone(room=room.id, peer=HOST)))
             room.joiners.clear()
-            out.extend(self._drop(room))
-            _event("room_removed", room=room.id, reason="host_gone")
+            if self.stopping and self.shared:
+                # the node stops: keep the claim in the store (with no live node behind
+                # it) so that the host can resume the room on another node
+                conn.hosted.pop(room.id, None)
+                self.rooms.pop(room.id, None)
+                _event("room_left_resumable", room=room.id)
+            elif self.config.resume_grace > 0 and room.secret_hash and not self.stopping:
+                conn.hosted.pop(room.id, None)
+                room.away_since = now
+                _event("room_away", room=room.id, grace=self.config.resume_grace)
+            else:
+                out.extend(self._drop(room))
+                _event("room_removed", room=room.id, reason="host_gone")
         joined = conn.joined
         if joined is not None:
             joined.joiners.pop(conn.id, None)
@@ -442,6 +522,8 @@ class Hub:
             return self._join(conn, msg.room, now)
         if isinstance(msg, Send):
             return self._send(conn, msg.to, msg.data, now)
+        if isinstance(msg, Resume):
+            return self._resume(conn, msg, now)
         if isinstance(msg, Wait | Serve | ListQueue | Take | Transfer):
             if self.shared and conn.node is None and not self.queues.involves(conn):
                 return [LocateQueues(conn, msg)]
@@ -450,15 +532,21 @@ class Hub:
 
     def expire(self, now: float) -> list[Action]:
         """Close every room unused for ``room_idle_ttl`` seconds."""
-        ttl = self.config.room_idle_ttl
+        ttl, grace = self.config.room_idle_ttl, self.config.resume_grace
         out: list[Action] = []
-        for room in [r for r in self.rooms.values() if now - r.last_used >= ttl]:
-            out.append(Deliver(room.host, Closed(room=room.id, reason="expired")))
-            out.extend(self._close_room(room, "expired"))
+        for room in list(self.rooms.values()):
+            if room.away_since is not None and now - room.away_since >= grace:
+                _event("room_removed", room=room.id, reason="host_gone")
+                out.extend(self._close_room(room, "host_gone"))
+            elif now - room.last_used >= ttl:
+                if room.away_since is None:
+                    out.append(Deliver(room.host, Closed(room=room.id, reason="expired")))
+                out.extend(self._close_room(room, "expired"))
         return out
 
     def shutdown(self) -> list[Action]:
         """Close every connection with 1001, as the server stops."""
+        self.stopping = True
         return [
             Disconnect(conn, CLOSE_GOING_AWAY, "server shutting down")
             for conn in self.connections.values()
@@ -485,21 +573,29 @@ class Hub:
         room_id = self._new_room_id()
         if room_id is None:
             return _error(conn, "server_full", "this server has no free room; try again later")
+        secret = _new_secret()
         if self.shared:
             conn.claiming += 1
             self.claiming += 1
-            return [Claim(conn, room_id, 0)]
-        return self._open(conn, room_id, now)
+            return [Claim(conn, room_id, 0, secret)]
+        return self._open(conn, room_id, now, secret)
 
-    def _open(self, conn: Connection, room_id: str, now: float) -> list[Action]:
+    def _open(self, conn: Connection, room_id: str, now: float, secret: str) -> list[Action]:
         cfg = self.config
-        room = Room(id=room_id, host=conn, last_used=now, tokens=cfg.room_burst, refilled=now)
+        room = Room(
+            id=room_id,
+            host=conn,
+            last_used=now,
+            tokens=cfg.room_burst,
+            refilled=now,
+            secret_hash=resume_digest(secret),
+        )
         self.rooms[room_id] = room
         conn.hosted[room_id] = room
         self.counters["rooms_created"] += 1
         _event("room_created", room=room_id, peer=conn.id, rooms=len(self.rooms))
         expires_in = max(0, min(86400, int(cfg.room_idle_ttl)))
-        return [Deliver(conn, Created(room=room_id, expires_in=expires_in))]
+        return [Deliver(conn, Created(room=room_id, expires_in=expires_in, resume=secret))]
 
     def claimed(self, claim: Claim, won: bool | None, now: float) -> list[Action]:
         """The shared store answered ``claim``: ``won`` True (ours), False (taken), None
@@ -514,7 +610,7 @@ class Hub:
                 conn, "unavailable", "the shared room store is unreachable; try again shortly"
             )
         if won and room_id not in self.rooms:
-            return self._open(conn, room_id, now)
+            return self._open(conn, room_id, now, claim.secret)
         if won:  # ours in the store, yet live here: cannot happen, but never share an id
             return [Release(room_id), *self._retry(claim)]
         return self._retry(claim)
@@ -525,7 +621,7 @@ class Hub:
             return _error(claim.conn, "server_full", "no free room id; try again later")
         claim.conn.claiming += 1
         self.claiming += 1
-        return [Claim(claim.conn, room_id, claim.attempt + 1)]
+        return [Claim(claim.conn, room_id, claim.attempt + 1, _new_secret())]
 
     def _new_room_id(self) -> str | None:
         for _ in range(100):
@@ -549,6 +645,13 @@ class Hub:
             return _error(conn, "room_not_found", f"room {room_id} does not exist or has closed")
         if room.host is conn:
             return _error(conn, "own_room", f"you host room {room_id}; you cannot also join it")
+        if room.away_since is not None:
+            return _error(
+                conn,
+                "host_away",
+                f"the host of room {room_id} lost its connection to the server and may come "
+                f"back within {self.config.resume_grace:g} s; try again shortly",
+            )
         if len(room.joiners) >= self.config.max_joiners_per_room:
             return _error(
                 conn,
@@ -630,6 +733,106 @@ class Hub:
             return []
         return self._queue_out(self.queues.wait(conn, recall.msg, place, now))
 
+    def _resume(self, conn: Connection, msg: Resume, now: float) -> list[Action]:
+        cfg = self.config
+        if self.draining:
+            return _error(conn, "draining", "this server is shutting down; resume on another one")
+        if conn.joined is not None:
+            return _error(
+                conn, "already_joined", "a joiner's connection cannot host; open another one"
+            )
+        if len(conn.hosted) + conn.claiming >= cfg.max_rooms_per_connection:
+            return _error(
+                conn,
+                "too_many_rooms",
+                f"a connection may host at most {cfg.max_rooms_per_connection} rooms at once",
+            )
+        room = self.rooms.get(msg.room)
+        if room is None:
+            if not self.shared or conn.node is not None:
+                return self._resume_refused(conn, "room_not_found", msg.room)
+            conn.claiming += 1
+            self.claiming += 1
+            return [Reclaim(conn, msg.room, resume_digest(msg.secret), _new_secret())]
+        if room.host is conn:
+            return _error(conn, "already_host", f"you already host room {msg.room}")
+        if not room.secret_hash or not hmac.compare_digest(
+            room.secret_hash, resume_digest(msg.secret)
+        ):
+            return self._resume_refused(conn, "bad_secret", msg.room)
+        if room.away_since is None:
+            return _error(
+                conn,
+                "host_connected",
+                f"the host of room {msg.room} is still connected to this server; "
+                "try again once that connection has closed",
+            )
+        room.host = conn
+        room.away_since = None
+        conn.hosted[room.id] = room
+        secret = _new_secret()
+        room.secret_hash = resume_digest(secret)
+        self.counters["rooms_resumed"] += 1
+        _event("room_resumed", room=room.id, peer=conn.id)
+        out: list[Action] = [Deliver(conn, Resumed(room=room.id, resume=secret))]
+        if self.shared:
+            out.append(Rekey(room.id, room.secret_hash))
+        return out
+
+    def _resume_refused(self, conn: Connection, code: str, room_id: str) -> list[Action]:
+        conn.resume_failures += 1
+        self.counters["resume_refused"] += 1
+        _event("resume_refused", level=logging.INFO, room=room_id, peer=conn.id, code=code)
+        text = (
+            f"room {room_id} does not exist, has closed, or waited too long for its host"
+            if code == "room_not_found"
+            else f"that is not room {room_id}'s resume secret (each secret works once)"
+        )
+        out = _error(conn, code, text)
+        if conn.resume_failures >= self.config.max_resume_failures:
+            _event("resume_close", level=logging.WARNING, peer=conn.id)
+            out.append(Disconnect(conn, CLOSE_POLICY, "too many refused resumes"))
+        return out
+
+    def reclaimed(self, reclaim: Reclaim, result: str | None, now: float) -> list[Action]:
+        """The shared store answered ``reclaim``: ``ok`` (the room is this node's now, with
+        the new secret stored), ``bad_secret``, ``room_not_found``, ``owner_alive``, or
+        None (the store is unreachable)."""
+        conn, room_id = reclaim.conn, reclaim.room
+        conn.claiming = max(0, conn.claiming - 1)
+        self.claiming = max(0, self.claiming - 1)
+        if self.connections.get(conn.id) is not conn:  # the client left meanwhile
+            return [Release(room_id)] if result == "ok" else []
+        if result is None:
+            return _error(
+                conn, "unavailable", "the shared room store is unreachable; try again shortly"
+            )
+        if result == "owner_alive":
+            return _error(
+                conn,
+                "owner_alive",
+                f"room {room_id} is held by another node that is alive; resume there, or "
+                "try again once that node has gone",
+            )
+        if result != "ok":
+            return self._resume_refused(conn, result, room_id)
+        if room_id in self.rooms:  # opened here meanwhile: cannot happen (the id was claimed)
+            return _error(conn, "room_not_found", f"room {room_id} cannot be resumed here")
+        cfg = self.config
+        room = Room(
+            id=room_id,
+            host=conn,
+            last_used=now,
+            tokens=cfg.room_burst,
+            refilled=now,
+            secret_hash=resume_digest(reclaim.new_secret),
+        )
+        self.rooms[room_id] = room
+        conn.hosted[room_id] = room
+        self.counters["rooms_resumed"] += 1
+        _event("room_resumed", room=room_id, peer=conn.id, reclaimed=True)
+        return [Deliver(conn, Resumed(room=room_id, resume=reclaim.new_secret))]
+
     def _room_limited(self, conn: Connection, room: Room, now: float) -> list[Action] | None:
         cfg = self.config
         room.tokens = _refill(room.tokens, room.refilled, now, cfg.room_rate, cfg.room_burst)
@@ -688,7 +891,8 @@ class Hub:
         return out
 
     def _drop(self, room: Room) -> list[Action]:
-        room.host.hosted.pop(room.id, None)
+        if room.host.hosted.get(room.id) is room:
+            room.host.hosted.pop(room.id, None)
         if self.rooms.get(room.id) is room:
             del self.rooms[room.id]
             if self.shared:
@@ -880,9 +1084,9 @@ class _State:
 
     def dispatch(
         self, actions: Iterable[Action]
-    ) -> list[Claim | Locate | LocateQueues | Recall | Forward]:
+    ) -> list[Claim | Reclaim | Locate | LocateQueues | Recall | Forward]:
         """Carry out what needs no waiting; return the actions that need Redis."""
-        later: list[Claim | Locate | LocateQueues | Recall | Forward] = []
+        later: list[Claim | Reclaim | Locate | LocateQueues | Recall | Forward] = []
         for action in actions:
             if isinstance(action, Deliver):
                 to = action.to
@@ -915,6 +1119,9 @@ class _State:
             elif isinstance(action, Touch):
                 if self.cluster is not None:
                     self.cluster.touch(action.room, self.config.room_idle_ttl)
+            elif isinstance(action, Rekey):
+                if self.cluster is not None:
+                    self.cluster.rekey(action.room, action.new_hash, self.config.room_idle_ttl)
             elif isinstance(action, Remember):
                 if self.cluster is not None:
                     since_wall = time.time() - (self.config.clock() - action.since)
@@ -935,8 +1142,18 @@ class _State:
             if store is None:  # the hub only asks these of a shared hub
                 continue
             if isinstance(action, Claim):
-                won = await store.claim(action.room, self.config.room_idle_ttl)
+                won = await store.claim(
+                    action.room, self.config.room_idle_ttl, resume_digest(action.secret)
+                )
                 pending += self.dispatch(self.hub.claimed(action, won, self.config.clock()))
+            elif isinstance(action, Reclaim):
+                result = await store.reclaim(
+                    action.room,
+                    action.old_hash,
+                    resume_digest(action.new_secret),
+                    self.config.room_idle_ttl,
+                )
+                pending += self.dispatch(self.hub.reclaimed(action, result, self.config.clock()))
             elif isinstance(action, Locate):
                 node = await store.locate(action.room)
                 pending += self.dispatch(self.hub.located(action, node, self.config.clock()))
@@ -1055,6 +1272,12 @@ class _State:
         )
         metric("rooms", "gauge", "Live rooms held by this node.", {"": len(hub.rooms)})
         metric("rooms_created_total", "counter", "Rooms opened.", {"": c["rooms_created"]})
+        metric(
+            "rooms_resumed_total",
+            "counter",
+            "Rooms their host resumed after losing its connection or its node; and refusals.",
+            {'{result="ok"}': c["rooms_resumed"], '{result="refused"}': c["resume_refused"]},
+        )
         metric(
             "messages_total", "counter", "Messages received from clients.", {"": c["messages_in"]}
         )

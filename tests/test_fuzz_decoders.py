@@ -83,6 +83,7 @@ near_values = (
 )
 
 SIGNALING_FIELDS = ["room", "to", "data", "reason", "expires_in", "peer", "from", "code", "message"]
+SIGNALING_FIELDS += ["secret", "resume"]
 HANDSHAKE_FIELDS = ["role", "pake", "v", "mac", "sealed", "reason", "remaining"]
 INTRO_FIELDS = ["name", "key", "sig", "sdp"]
 SIGNALING_TYPES = [
@@ -90,7 +91,9 @@ SIGNALING_TYPES = [
     "join",
     "send",
     "close",
+    "resume",
     "created",
+    "resumed",
     "joined",
     "peer",
     "relay",

@@ -5,9 +5,14 @@ allocates rooms and relays opaque ``data`` strings between a room's host and its
 joiners; it never sees a code's secret, a key, or SDP in clear (``data`` is a
 sealed handshake message, see ``agent.protocol.handshake``).
 
-Client to server: ``create``, ``join``, ``send``, ``close``.
+Client to server: ``create``, ``join``, ``send``, ``close``, ``resume``.
 Server to client: ``created``, ``joined``, ``peer``, ``relay``, ``gone``, ``closed``,
-``error``.
+``error``, ``resumed``.
+
+Resuming a room: ``created`` hands the host a resume secret (64 hex digits). A host
+that lost its connection (or its server node) sends ``resume`` with the room and that
+secret on a new connection, to any node, and hosts the room again (``resumed``, with a
+new secret: each secret works once). The server keeps only a hash of the secret.
 
 Queues (the "get help" line of a support team): a customer sends ``wait`` and hears
 ``waiting`` (its position, again whenever it changes) and ``assigned`` (the room of
@@ -44,6 +49,8 @@ QUEUE_RE = re.compile(r"@?[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
 #: A CSR's name as queues route by it.
 CSR_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
 TICKET_RE = re.compile(r"[0-9a-f]{12}")
+#: A room's resume secret: 256 random bits, made by the server, known to the host only.
+RESUME_RE = re.compile(r"[0-9a-f]{64}")
 #: The most characters a transfer message holds (the seeds' WebACD rule).
 MAX_TRANSFER_MESSAGE = 345
 MAX_NAME_CHARS = 64
@@ -91,6 +98,19 @@ class Close:
 
 
 @dataclass(frozen=True)
+class Resume:
+    """The host of ``room``, on a new connection after losing its old one (or its server
+    node), hosts the room again. Answered by ``resumed``, or ``error`` (``bad_secret``,
+    ``room_not_found``, ``host_connected``, ``owner_alive``, ``unavailable``)."""
+
+    type: ClassVar[str] = "resume"
+    room: str
+    "Six-digit public room id."
+    secret: str
+    "The resume secret of the last ``created`` or ``resumed`` for ``room`` (64 hex digits)."
+
+
+@dataclass(frozen=True)
 class Created:
     """A room was allocated for the sender."""
 
@@ -98,6 +118,19 @@ class Created:
     room: str
     expires_in: int
     "Seconds the room lives without a join."
+    resume: str = ""
+    """The secret that lets the host ``resume`` this room after losing its connection
+    (64 hex digits; keep it out of logs); empty when the server does not offer resuming."""
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """The sender hosts ``room`` again (after ``resume``); joiners can join it again."""
+
+    type: ClassVar[str] = "resumed"
+    room: str
+    resume: str
+    "The room's new resume secret (64 hex digits); the one just used no longer works."
 
 
 @dataclass(frozen=True)
@@ -274,9 +307,12 @@ class Transferred:
     queue: str
 
 
-ClientMessage: TypeAlias = Create | Join | Send | Close | Wait | Serve | ListQueue | Take | Transfer
+ClientMessage: TypeAlias = (
+    Create | Join | Send | Close | Resume | Wait | Serve | ListQueue | Take | Transfer
+)
 ServerMessage: TypeAlias = (
     Created
+    | Resumed
     | Joined
     | Peer
     | Relay
@@ -397,6 +433,7 @@ _CLIENT = {
     "join": lambda o: Join(room=_room(o)),
     "send": lambda o: Send(to=_peer(o, "to"), data=_data(o)),
     "close": lambda o: Close(room=_room(o), reason=_reason(o) if "reason" in o else "closed"),
+    "resume": lambda o: Resume(room=_room(o), secret=wire.get_str(o, "secret", pattern=RESUME_RE)),
     "wait": lambda o: Wait(
         queue=_queue(o),
         name=_display(o),
@@ -410,7 +447,12 @@ _CLIENT = {
 
 _SERVER = {
     "created": lambda o: Created(
-        room=_room(o), expires_in=wire.get_int(o, "expires_in", lo=0, hi=86400)
+        room=_room(o),
+        expires_in=wire.get_int(o, "expires_in", lo=0, hi=86400),
+        resume=wire.get_str(o, "resume", pattern=RESUME_RE) if o.get("resume") else "",
+    ),
+    "resumed": lambda o: Resumed(
+        room=_room(o), resume=wire.get_str(o, "resume", pattern=RESUME_RE)
     ),
     "joined": lambda o: Joined(room=_room(o), peer=_peer(o)),
     "peer": lambda o: Peer(room=_room(o), peer=_peer(o)),
