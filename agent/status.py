@@ -103,6 +103,18 @@ class Error(Status):
 
 
 @dataclass(frozen=True)
+class SignalResumed(Status):
+    """CSR: the signaling connection dropped and the agent reconnected and hosts its room
+    again (on whichever node ``signal`` reached): the session code keeps working."""
+
+    event: ClassVar[str] = "signal_resumed"
+    room: str
+    signal: str
+    after_ms: int
+    "From losing the signaling connection to hosting the room again."
+
+
+@dataclass(frozen=True)
 class RosterChanged(Status):
     """Who is in the session now: ``[{"id","name","role","primary"}]`` in join order."""
 

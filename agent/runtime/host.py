@@ -19,7 +19,7 @@ from agent.errors import (
 )
 from agent.identity import Identity
 from agent.net.peer import PeerLink
-from agent.net.signaling_client import SignalingClient
+from agent.net.signaling_client import SignalingClient, SignalingUnreachable
 from agent.protocol import channel as ch
 from agent.protocol import commands as cmds
 from agent.protocol import control as ctl
@@ -50,7 +50,20 @@ class _Member:
 
 
 class CsrSession:
-    """A session hosted by this agent (the primary CSR)."""
+    """A session hosted by this agent (the primary CSR).
+
+    When the signaling connection drops (its node died, or the network blinked), the
+    agent reconnects to ``signal_url`` — in a team setup a name that reaches any live
+    node, through DNS or a load balancer — with a bounded backoff for at most
+    ``resume_within`` seconds, and resumes its room with the secret the server gave
+    (``signal_resumed``): the session code keeps working. If that fails it reports
+    ``signal_lost`` with the reason; the session goes on for those already in it.
+    """
+
+    resume_within: float = 60.0
+    "Seconds to keep trying to resume the room after losing the signaling server."
+    RESUME_FINAL = frozenset({"bad_secret", "room_not_found", "already_joined", "too_many_rooms"})
+    "Refusals of ``resume`` that a retry cannot change."
 
     def __init__(
         self, identity: Identity, signal_url: str, emit: Emit, *, download_dir: Path | None = None
@@ -81,6 +94,8 @@ class CsrSession:
         self._core: hsk.HostHandshake | None = None
         self.code: SessionCode | None = None
         self._ending = False
+        self._resume_secret = ""
+        "The room's current resume secret (from ``created``/``resumed``); empty: none."
 
     async def start(self) -> SessionCode:
         """Open a room on the signaling server and make the session code."""
@@ -92,6 +107,7 @@ class CsrSession:
         if not isinstance(reply, sig.Created):
             raise RemoteProtocolError("the signaling server did not allocate a room")
         self.code = SessionCode.new(reply.room)
+        self._resume_secret = reply.resume
         self.csr_code = SessionCode.new(reply.room)
         while self.csr_code.secret == self.code.secret:
             self.csr_code = SessionCode.new(reply.room)
@@ -328,15 +344,20 @@ class CsrSession:
             log.error("session task failed", exc_info=task.exception())
 
     async def _signal_loop(self) -> None:
-        assert self._client is not None
         assert self._core is not None
         while True:
+            assert self._client is not None
             msg = await self._client.recv()
             if msg is None:
-                if not self._done.done():
+                if self._done.done() or self._ending:
+                    return
+                why = await self._resume_room()
+                if why is None:
+                    continue
+                if not self._done.done() and not self._ending:
                     self._emit(
                         status.Error(
-                            reason="lost the signaling server: nobody new can join, "
+                            reason=f"lost the signaling server ({why}): nobody new can join, "
                             "the session goes on for those in it",
                             code="signal_lost",
                         )
@@ -348,10 +369,59 @@ class CsrSession:
             elif isinstance(msg, sig.Gone):
                 self._core.peer_gone(msg.peer)
             elif isinstance(msg, sig.Closed):
+                self._resume_secret = ""  # nothing left to resume
                 self._emit(status.CodeClosed(reason=msg.reason))
             elif isinstance(msg, sig.Error):
                 log.warning("signaling error: %s (%s)", msg.message, msg.code)
             self._pump()
+
+    async def _resume_room(self) -> str | None:
+        """Reconnect and host our room again; None once done, else why it failed."""
+        assert self.code is not None
+        room, lost_at = self.code.room, time.monotonic()
+        if self._outbox is not None:
+            self._outbox.cancel()
+        if self._client is not None:
+            await self._client.close()
+        if not self._resume_secret:
+            return "this session's code admits nobody any more"
+        log.warning("lost the signaling server; resuming room %s", room)
+        deadline = lost_at + self.resume_within
+        delay, why = 0.25, "no answer"
+        while True:
+            client: SignalingClient | None = None
+            reply: sig.ServerMessage | None = None
+            try:
+                client = await SignalingClient.connect(self.signal_url, within=5.0)
+                await client.send(sig.Resume(room=room, secret=self._resume_secret))
+                reply = await asyncio.wait_for(client.recv(), 5.0)
+            except (SignalingUnreachable, TimeoutError) as exc:
+                why = exc.message if isinstance(exc, PeerDeskError) else "no answer in time"
+            except BaseException:
+                if client is not None:
+                    await client.close()
+                raise
+            if isinstance(reply, sig.Resumed) and reply.room == room and client is not None:
+                self._client, self._outbox = client, Outbox(client)
+                self._resume_secret = reply.resume
+                after_ms = int((time.monotonic() - lost_at) * 1000)
+                log.info("resumed room %s after %d ms", room, after_ms)
+                self._emit(
+                    status.SignalResumed(room=room, signal=self.signal_url, after_ms=after_ms)
+                )
+                self._pump()
+                return None
+            if client is not None:
+                await client.close()
+            if isinstance(reply, sig.Error):
+                why = f"{reply.message} ({reply.code})"
+                if reply.code in self.RESUME_FINAL:
+                    return why
+            if self._ending or time.monotonic() + delay > deadline:
+                return why
+            log.info("resuming room %s: %s; again in %.2f s", room, why, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
     async def _tick(self) -> None:
         assert self._core is not None
@@ -386,6 +456,7 @@ class CsrSession:
                 )
             elif isinstance(event, hsk.CodeClosed):
                 assert self.code is not None
+                self._resume_secret = ""
                 outbox.put(sig.Close(room=self.code.room, reason=event.reason))
                 self._emit(status.CodeClosed(reason=event.reason))
 
