@@ -173,6 +173,9 @@ async def test_agents_across_nodes_and_a_node_killed_mid_session(redis_url: str)
     with nodes(2, "--redis", redis_url, "--drain", "0") as (a, b):
         url_a, url_b = f"ws://127.0.0.1:{a.port}", f"ws://127.0.0.1:{b.port}"
         csr = CsrSession(identity("Carol"), url_a, sink("csr"))
+        # its URL names node a alone (no balancer): resuming cannot work, and it says so
+        # soon (tests/test_signaling_resume.py resumes through a balancer)
+        csr.resume_within = 1.0
         code = await csr.start()
         customer = CustomerSession(
             identity("Alice"), JoinLink(code, url_b), url_b, sink("customer")
@@ -250,7 +253,7 @@ def test_shared_hub_claims_then_opens_and_retries_taken_ids() -> None:
     assert Release(retry.room) in hub.disconnect(conn, 0.0)
 
 
-async def test_a_node_stopped_gracefully_frees_its_rooms_and_others_notice_at_once(
+async def test_a_node_stopped_gracefully_leaves_its_rooms_resumable_and_others_notice_at_once(
     http: aiohttp.ClientSession, redis_url: str
 ) -> None:
     with nodes(2, "--redis", redis_url, "--drain", "0") as (a, b):
@@ -267,8 +270,15 @@ async def test_a_node_stopped_gracefully_frees_its_rooms_and_others_notice_at_on
             msg = await host.ws.receive(timeout=TIMEOUT)
             assert (msg.type, msg.data) == (WSMsgType.CLOSE, 1001)
             assert a.proc.wait(10) == 0
-            assert not await store.exists(f"peerdesk:room:{room}")  # released, not left to expire
+            # a's claim stays, with no live node behind it, so that its host can resume
+            # the room elsewhere (tests/test_signaling_resume.py); nobody can join it
+            owner = await store.get(f"peerdesk:room:{room}")
+            assert owner
+            assert not await store.exists(f"peerdesk:node:{owner}")
             assert await store.keys("peerdesk:node:*") != []  # b is still there
+            late = await client(http, b)
+            await late.send("join", room=room)
+            assert await late.error() == "room_not_found"
             # the client b forwarded to a is closed too (a says 1001 as it goes, or b's
             # heartbeat check says 1012), well before a's heartbeat TTL would lapse
             msg = await forwarded.ws.receive(timeout=TIMEOUT)

@@ -164,7 +164,8 @@ async def test_healthz_counts_rooms_and_connections(
         if body["connections"] == 0:
             break
         await asyncio.sleep(0.01)
-    assert (body["rooms"], body["connections"]) == (0, 0)
+    # the host's room waits (ServerConfig.resume_grace) for its host to resume it
+    assert (body["rooms"], body["connections"]) == (1, 0)
 
 
 async def test_create_join_and_relay_both_ways(connect: Connect) -> None:
@@ -218,9 +219,18 @@ async def test_joiner_disconnect_tells_the_host(connect: Connect) -> None:
     assert (await other.recv())["data"] == "still here"
 
 
+@pytest.mark.parametrize("grace", [0.0, 30.0])
 async def test_host_disconnect_tells_joiners_and_removes_the_room(
-    http: aiohttp.ClientSession, url: str, connect: Connect
+    http: aiohttp.ClientSession, serve: Callable[..., Awaitable[str]], grace: float
 ) -> None:
+    """Without a resume grace the room goes at once; with one it waits for its host
+    (``host_away`` for joiners meanwhile; see tests/test_signaling_resume.py)."""
+    url = await serve(ServerConfig(resume_grace=grace))
+
+    async def connect() -> Client:
+        ws = await http.ws_connect(f"{url}/ws", timeout=aiohttp.ClientWSTimeout(TIMEOUT))
+        return Client(ws)
+
     host, a, b = await connect(), await connect(), await connect()
     room = await host.create()
     await a.join(room)
@@ -230,12 +240,12 @@ async def test_host_disconnect_tells_joiners_and_removes_the_room(
     assert await b.recv() == {"type": "gone", "room": room, "peer": "host"}
     late = await connect()
     await late.send("join", room=room)
-    assert await late.error() == "room_not_found"
+    assert await late.error() == ("host_away" if grace else "room_not_found")
     # a joiner of a vanished room is free to join another one
     room2 = await late.create()
     await a.join(room2)
     body = await health(http, url)
-    assert body["rooms"] == 1
+    assert body["rooms"] == (2 if grace else 1)
 
 
 async def test_close_room_tells_joiners_and_refuses_later_joins(connect: Connect) -> None:
@@ -580,12 +590,12 @@ def test_room_ids_retry_on_collision(monkeypatch: pytest.MonkeyPatch) -> None:
     a, b = hub.connect(0.0), hub.connect(0.0)
     first = hub.receive(a, '{"type":"create"}', 0.0)
     second = hub.receive(b, '{"type":"create"}', 0.0)
-    assert first == [Deliver(a, sig.Created(room="000042", expires_in=600))]
-    assert second == [Deliver(b, sig.Created(room="000007", expires_in=600))]
+    assert [(d.to, d.message.room) for d in first] == [(a, "000042")]  # type: ignore[union-attr]
+    assert [(d.to, d.message.room) for d in second] == [(b, "000007")]  # type: ignore[union-attr]
 
 
 def test_hub_disconnect_is_idempotent() -> None:
-    hub = Hub()
+    hub = Hub(ServerConfig(resume_grace=0))
     host, joiner = hub.connect(0.0), hub.connect(0.0)
     (created,) = hub.receive(host, '{"type":"create"}', 0.0)
     assert isinstance(created, Deliver)
