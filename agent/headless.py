@@ -69,6 +69,8 @@ def _describe(event: status.Status) -> str:
         return f"! failed join: {event.message} ({event.remaining} attempts left)"
     if isinstance(event, status.CodeClosed):
         return f"! the code is {event.reason}: nobody else can join with it"
+    if isinstance(event, status.SignalResumed):
+        return f"* back on the signaling server after {event.after_ms} ms: the code still works"
     if isinstance(event, status.Error):
         return f"! {event.reason}"
     if isinstance(event, status.ConsentRequest):
