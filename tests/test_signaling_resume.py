@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 
 import aiohttp
@@ -28,6 +28,7 @@ from agent.runtime import CsrSession, CustomerSession
 from signaling import cluster
 from signaling.server import (
     CLOSE_POLICY,
+    Connection,
     Deliver,
     Disconnect,
     Hub,
@@ -48,7 +49,7 @@ JOIN_TIMEOUT = 20.0
 # --------------------------------------------------------------------------- hub alone
 
 
-def _created(hub: Hub, now: float = 0.0) -> tuple[object, str, str]:
+def _created(hub: Hub, now: float = 0.0) -> tuple[Connection, str, str]:
     host = hub.connect(now)
     (out,) = hub.receive(host, '{"type":"create"}', now)
     assert isinstance(out, Deliver)
@@ -61,7 +62,7 @@ def _resume(room: str, secret: str) -> str:
     return json.dumps({"type": "resume", "room": room, "secret": secret})
 
 
-def _codes(out: list[object]) -> list[str]:
+def _codes(out: Sequence[object]) -> list[str]:
     return [
         a.message.code if isinstance(a.message, sig.Error) else a.message.type
         for a in out
@@ -77,7 +78,7 @@ def test_a_host_resumes_its_away_room_within_the_grace_and_each_secret_works_onc
     joiner = hub.connect(0.0)
     hub.receive(joiner, json.dumps({"type": "join", "room": room}), 0.0)
     # the host's connection drops: the joiner is told, the room waits
-    out = hub.disconnect(host, 1.0)  # type: ignore[arg-type]
+    out = hub.disconnect(host, 1.0)
     assert [(a.to, a.message) for a in out if isinstance(a, Deliver)] == [
         (joiner, sig.Gone(room=room, peer="host"))
     ]
@@ -116,7 +117,7 @@ def test_an_away_room_closes_after_the_grace_and_a_connected_host_is_not_replace
     # while its host is connected, even the right secret does not take the room
     assert _codes(hub.receive(other, _resume(room, secret), 1.0)) == ["host_connected"]
     assert hub.rooms[room].host is host
-    hub.disconnect(host, 2.0)  # type: ignore[arg-type]
+    hub.disconnect(host, 2.0)
     assert hub.expire(31.0) == []
     hub.expire(32.0)
     assert room not in hub.rooms
@@ -126,7 +127,7 @@ def test_an_away_room_closes_after_the_grace_and_a_connected_host_is_not_replace
 def test_refused_resumes_are_counted_and_a_flood_is_cut_off() -> None:
     hub = Hub(ServerConfig(max_resume_failures=3))
     host, room, _secret = _created(hub)
-    hub.disconnect(host, 0.0)  # type: ignore[arg-type]
+    hub.disconnect(host, 0.0)
     attacker = hub.connect(0.0)
     for i in range(2):
         assert _codes(hub.receive(attacker, _resume(room, f"{i:064x}"), 0.0)) == ["bad_secret"]
