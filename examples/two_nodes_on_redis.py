@@ -5,7 +5,8 @@ Run: python examples/two_nodes_on_redis.py
 It starts a throwaway redis-server on a free loopback port (the Debian package
 redis-server), two signaling nodes in this process on that Redis, opens a room on
 node 1, joins it through node 2, relays a message each way, prints where Redis says
-the room lives and a few lines of node 1's /metrics, and stops everything.
+the room lives and a few lines of node 1's /metrics; then node 1 stops and the host
+resumes its room on node 2 with the secret ``created`` gave it; and stops everything.
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ async def demo(redis_url: str) -> None:
             joiner = await http.ws_connect(f"http://127.0.0.1:{port2}/ws")
 
             await host.send_json({"type": "create"})
-            room = (await host.receive_json(timeout=5))["room"]
+            created = await host.receive_json(timeout=5)
+            room = created["room"]
             print(f"node 1 opened room {room}")
 
             store = aioredis.Redis.from_url(redis_url, decode_responses=True)
@@ -93,7 +95,15 @@ async def demo(redis_url: str) -> None:
                     if line.startswith(("peerdesk_rooms ", "peerdesk_relayed", "peerdesk_cluster")):
                         print(f"node 1 /metrics: {line}")
             await joiner.close()
+
+            # node 1 goes away; the host comes back through node 2 and keeps its room
+            await node1.cleanup()
             await host.close()
+            back = await http.ws_connect(f"http://127.0.0.1:{port2}/ws")
+            await back.send_json({"type": "resume", "room": room, "secret": created["resume"]})
+            resumed = await back.receive_json(timeout=5)
+            print(f"after node 1 stopped, the host resumed room {resumed['room']} on node 2")
+            await back.close()
     finally:
         await node2.cleanup()
         await node1.cleanup()

@@ -98,9 +98,10 @@ _RELEASE_ROOM = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1], KEYS[2]) end
 return 0
 """
-# Store a room's new resume hash, only if the room is still ours.
+# Store a room's new resume hash and renew its claim, only if the room is still ours.
 _REKEY = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
+  redis.call('expire', KEYS[1], ARGV[3])
   return redis.call('set', KEYS[2], ARGV[2], 'EX', ARGV[3])
 end
 return 0

@@ -96,6 +96,8 @@ class CsrSession:
         self._ending = False
         self._resume_secret = ""
         "The room's current resume secret (from ``created``/``resumed``); empty: none."
+        self._no_resume = "this session's code admits nobody any more"
+        "Why there is no resume secret, when there is none."
 
     async def start(self) -> SessionCode:
         """Open a room on the signaling server and make the session code."""
@@ -108,6 +110,8 @@ class CsrSession:
             raise RemoteProtocolError("the signaling server did not allocate a room")
         self.code = SessionCode.new(reply.room)
         self._resume_secret = reply.resume
+        if not reply.resume:
+            self._no_resume = "this signaling server does not offer resuming rooms"
         self.csr_code = SessionCode.new(reply.room)
         while self.csr_code.secret == self.code.secret:
             self.csr_code = SessionCode.new(reply.room)
@@ -370,6 +374,7 @@ class CsrSession:
                 self._core.peer_gone(msg.peer)
             elif isinstance(msg, sig.Closed):
                 self._resume_secret = ""  # nothing left to resume
+                self._no_resume = "this session's code admits nobody any more"
                 self._emit(status.CodeClosed(reason=msg.reason))
             elif isinstance(msg, sig.Error):
                 log.warning("signaling error: %s (%s)", msg.message, msg.code)
@@ -384,7 +389,7 @@ class CsrSession:
         if self._client is not None:
             await self._client.close()
         if not self._resume_secret:
-            return "this session's code admits nobody any more"
+            return self._no_resume
         log.warning("lost the signaling server; resuming room %s", room)
         deadline = lost_at + self.resume_within
         delay, why = 0.25, "no answer"
@@ -457,6 +462,7 @@ class CsrSession:
             elif isinstance(event, hsk.CodeClosed):
                 assert self.code is not None
                 self._resume_secret = ""
+                self._no_resume = "this session's code admits nobody any more"
                 outbox.put(sig.Close(room=self.code.room, reason=event.reason))
                 self._emit(status.CodeClosed(reason=event.reason))
 
