@@ -385,3 +385,59 @@ async def test_resumes_refused_on_nodes_wrong_secret_live_owner_replay(redis_url
                     await asyncio.sleep(0.05)
             finally:
                 await store.aclose()
+
+
+async def test_a_headless_csr_process_resumes_after_its_node_is_killed(
+    redis_url: str, proxies: list[TcpProxy], tmp_path: Path
+) -> None:
+    """The same across real ``peerdesk start --headless --json`` and ``peerdesk join``
+    processes: ``signal_resumed`` on stdout, and the code admits a new customer."""
+    from tests.procs import Event, Proc
+
+    started: list[Proc] = []
+
+    def peerdesk(name: str, *args: str) -> Proc:
+        proc = Proc(
+            ["agent", *args, "--headless", "--json", "--name", name],
+            name=name,
+            home=tmp_path / name,
+        )
+        started.append(proc)
+        return proc
+
+    async def expect(proc: Proc, event: str, timeout: float = 20.0, **match: object) -> Event:
+        def where(e: Event) -> bool:
+            return all(e.get(k) == v for k, v in match.items())
+
+        return await asyncio.to_thread(proc.expect, event, where, timeout)  # the proxy runs here
+
+    with nodes(2, "--redis", redis_url, "--drain", "0") as (a, b):
+        balancer = await TcpProxy(a.port).start()
+        proxies.append(balancer)
+        url_b = f"ws://127.0.0.1:{b.port}"
+        try:
+            csr = peerdesk("Carol", "start", "--signal", balancer.url)
+            code = (await expect(csr, "session"))["code"]
+            alice = peerdesk("Alice", "join", code, "--signal", url_b)
+            await expect(alice, "joined")
+            await expect(csr, "joined", name="Alice")
+
+            a.kill()
+            balancer.target = b.port
+            resumed = await expect(csr, "signal_resumed", cluster.HEARTBEAT_TTL + 15)
+            assert resumed["room"] == code.replace("-", "")[:6]
+            alice.send({"cmd": "chat", "text": "still there?"})
+            assert (await expect(csr, "chat"))["text"] == "still there?"
+
+            bob = peerdesk("Bob", "join", code, "--signal", url_b)
+            await expect(bob, "joined")
+            await expect(csr, "joined", name="Bob")
+            csr.send({"cmd": "chat", "text": "hello both"})
+            assert (await expect(bob, "chat"))["text"] == "hello both"
+            assert (await expect(alice, "chat"))["text"] == "hello both"
+            assert not [e for e in csr.events if e.get("code") == "signal_lost"]
+            csr.send({"cmd": "end"})
+            await expect(csr, "ended")
+        finally:
+            for proc in started:
+                proc.kill()
