@@ -397,9 +397,13 @@ class CsrSession:
             client: SignalingClient | None = None
             reply: sig.ServerMessage | None = None
             try:
-                client = await SignalingClient.connect(self.signal_url, within=5.0)
+                client = await asyncio.wait_for(
+                    SignalingClient.connect(self.signal_url, within=5.0), 10.0
+                )
                 await client.send(sig.Resume(room=room, secret=self._resume_secret))
                 reply = await asyncio.wait_for(client.recv(), 5.0)
+                if reply is None:
+                    why = "the server closed the connection"
             except (SignalingUnreachable, TimeoutError) as exc:
                 why = exc.message if isinstance(exc, PeerDeskError) else "no answer in time"
             except BaseException:
