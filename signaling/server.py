@@ -7,7 +7,8 @@ A client opens a WebSocket on ``/ws`` and speaks the wire of
 ``agent.protocol.signaling``. ``create`` allocates a six-digit room whose host is the
 sender; ``join`` enters a room as a joiner with a connection id the server makes;
 ``send`` relays opaque ``data`` between the host and its joiners; ``close`` ends a
-room. The server never looks inside ``data`` and never logs it: it cannot read or
+room; ``resume`` makes a new connection the host of its room again (see below). The
+server never looks inside ``data`` and never logs it: it cannot read or
 forge a join, because the join is a PAKE between the two agents.
 
 The state lives in ``Hub``, which does no I/O: it is fed frames, disconnects and the
@@ -17,9 +18,9 @@ what it answers.
 
 Invariants of the ``Hub``:
 
-- a room id is in ``rooms`` exactly while the room is live; ids are never shared
-  between two live rooms;
-- ``room.host.hosted`` holds every live room the host owns, at most
+- a room id is in ``rooms`` exactly while the room is live (its host connected, or
+  away within the grace); ids are never shared between two live rooms;
+- ``room.host.hosted`` holds every live room the host owns while connected, at most
   ``max_rooms_per_connection`` of them;
 - a connection is the joiner of at most one room, ``conn.joined``, and is then in
   that room's ``joiners`` under its own id;
