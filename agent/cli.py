@@ -1,6 +1,7 @@
 """``peerdesk``: the command line.
 
-peerdesk                      start a session (console until the tray lands)
+peerdesk                      the tray agent (no tray host: the dashboard in the browser)
+peerdesk dashboard [--no-browser] [--json]   the CSR dashboard without a tray
 peerdesk start [--signal URL] [--headless --json]
 peerdesk join CODE|LINK [--signal URL] [--headless --json] [--name NAME]
 peerdesk signal [--host H] [--port P]
@@ -36,7 +37,7 @@ DEFAULT_PORT = 47800
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="peerdesk",
-        description="Open, local-first remote support. Run with no command to start a session.",
+        description="Open, local-first remote support. Run with no command for the tray agent.",
     )
     p.add_argument("--version", action="version", version=f"peerdesk {__version__}")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logs on stderr")
@@ -84,6 +85,14 @@ def _parser() -> argparse.ArgumentParser:
         default="customer",
         help="join as the customer (default) or as an assistant CSR, with the CSR code",
     )
+
+    from tray.app import add_arguments
+
+    for name, text in (
+        ("tray", "the tray agent (what peerdesk with no command starts)"),
+        ("dashboard", "serve the CSR dashboard on 127.0.0.1 and open it in the browser"),
+    ):
+        add_arguments(sub.add_parser(name, help=text))
 
     sig = sub.add_parser("signal", help="run a signaling server")
     sig.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")  # noqa: S104
@@ -141,8 +150,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    command = args.command or "start"
+    command = args.command or "tray"
     try:
+        if command in ("tray", "dashboard"):
+            from tray import app
+
+            if args.command is None:
+                args = _parser().parse_args(["tray"])
+            return app.tray_main(args) if command == "tray" else app.dashboard_main(args)
         if command == "id":
             return _id(args)
         if command == "bench":

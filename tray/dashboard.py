@@ -1,0 +1,377 @@
+"""The CSR dashboard: a page served by the agent on 127.0.0.1, for this user only.
+
+Every request but the page's static files needs the per-launch token (``?t=`` or the
+``X-PeerDesk-Token`` header), a ``Host`` of this very address (no DNS rebinding) and,
+when the browser sends one, an ``Origin`` of this very address: anything else gets
+403. The static files (HTML, JS, CSS, no secrets) are public.
+
+The page talks over one websocket (``/ws``): JSON objects ``{"op": ...}`` in, status
+values out, the same commands as headless mode (``agent.protocol.commands`` parses
+them). The customer's screen comes over a second websocket (``/screen``) as JPEG
+frames: the agent already decodes the customer's video; it compresses the newest
+frame and sends it when the page has shown the one before (at most ``IN_FLIGHT``
+frames on the way, so a slow page gets fewer frames, never older ones). bench/dashboard.py
+measured this path against local WebRTC; see bench/RESULTS.md.
+
+    dash = Dashboard(hub)
+    url = await dash.start()        # http://127.0.0.1:PORT/?t=TOKEN
+    ...
+    await dash.stop()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import io
+import json
+import logging
+import re
+import secrets
+import struct
+import time
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from agent import status
+from agent.errors import DecodeError, PeerDeskError
+from agent.protocol import commands as cmds
+from tray.hub import Hub
+
+log = logging.getLogger(__name__)
+
+MAX_WS_MESSAGE = 128 * 1024
+MAX_UPLOAD = 4 * 1024**3
+IN_FLIGHT = 2
+"Screen frames sent to the page and not yet shown."
+JPEG_QUALITY = 80
+_SID_RE = re.compile(r"s[0-9]{1,6}")
+_PEER_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_OPS = frozenset({"start", "cmd", "note"})
+_FILE_NAME_BAD = re.compile(r"[\x00-\x1f/\\]")
+STATIC = "static"
+
+ShownHook = Callable[[Any, float], None]
+
+
+def _static_dir() -> Path:
+    return Path(str(resources.files("tray").joinpath(STATIC)))
+
+
+def _safe_name(name: str) -> str:
+    name = _FILE_NAME_BAD.sub("_", name).strip(". ")[:200]
+    return name or "file"
+
+
+def encode_jpeg(frame: Any, quality: int = JPEG_QUALITY) -> bytes:
+    """One decoded video frame as JPEG bytes (runs in a thread)."""
+    image = frame.to_image()
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=quality)
+    return out.getvalue()
+
+
+class Dashboard:
+    """The dashboard's HTTP server for one hub."""
+
+    def __init__(self, hub: Hub, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.hub = hub
+        self.host = host
+        self._port = port
+        self.port = 0
+        self.token = secrets.token_urlsafe(24)
+        self._runner: web.AppRunner | None = None
+        self._sockets: set[web.WebSocketResponse] = set()
+        self._unlisten: Callable[[], None] | None = None
+        self.on_shown: ShownHook | None = None
+        "Benchmarks: called with (frame, monotonic time) when the page showed a frame."
+
+    @property
+    def origin(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """The page's address, token included: for this user's browser only."""
+        return f"{self.origin}/?t={self.token}"
+
+    async def start(self) -> str:
+        """Listen on a random loopback port; returns the page's URL."""
+        app = web.Application(middlewares=[self._guard], client_max_size=MAX_WS_MESSAGE)
+        app.router.add_get("/", self._index)
+        app.router.add_get("/ws", self._ws)
+        app.router.add_get("/screen", self._screen)
+        app.router.add_post("/api/upload", self._upload)
+        app.router.add_get("/report", self._report)
+        app.router.add_static("/static/", _static_dir(), show_index=False)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self._port)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._unlisten = self.hub.listen(self._on_status)
+        return self.url
+
+    async def stop(self) -> None:
+        if self._unlisten is not None:
+            self._unlisten()
+        for ws in list(self._sockets):
+            with contextlib.suppress(Exception):
+                await ws.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # -- the guard
+
+    @web.middleware
+    async def _guard(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if request.path.startswith("/static/") and request.method == "GET":
+            return await handler(request)
+        if request.host not in (f"{self.host}:{self.port}", f"localhost:{self.port}"):
+            raise web.HTTPForbidden(text="wrong Host: the dashboard answers on its own address")
+        origin = request.headers.get("Origin")
+        if origin is not None and origin not in (self.origin, f"http://localhost:{self.port}"):
+            raise web.HTTPForbidden(text="requests from other sites are refused")
+        given = request.query.get("t") or request.headers.get("X-PeerDesk-Token", "")
+        if not hmac.compare_digest(given.encode(), self.token.encode()):
+            raise web.HTTPForbidden(
+                text="this dashboard needs the address PeerDesk opened (with its token)"
+            )
+        return await handler(request)
+
+    # -- pages
+
+    async def _index(self, request: web.Request) -> web.Response:
+        html = (_static_dir() / "index.html").read_text(encoding="utf-8")
+        html = html.replace("{{TOKEN}}", self.token).replace("{{NAME}}", _html(self.hub.me.name))
+        return web.Response(
+            text=html,
+            content_type="text/html",
+            headers={
+                "Cache-Control": "no-store",
+                "Referrer-Policy": "no-referrer",
+                "X-Frame-Options": "DENY",
+                "Content-Security-Policy": (
+                    "default-src 'self'; img-src 'self' blob: data:; "
+                    "connect-src 'self' ws://127.0.0.1:* ws://localhost:*; frame-ancestors 'none'"
+                ),
+            },
+        )
+
+    async def _report(self, request: web.Request) -> web.StreamResponse:
+        sid = _sid(request.query.get("session", ""))
+        entry = self.hub.entry(sid) if sid in self.hub.entries else None
+        report = None
+        if entry is not None:
+            report = next(
+                (e for e in reversed(entry.history) if isinstance(e, status.ReportWritten)), None
+            )
+        if report is None:
+            raise web.HTTPNotFound(text="no report for this session yet")
+        return web.FileResponse(report.html, headers={"Content-Type": "text/html"})
+
+    async def _upload(self, request: web.Request) -> web.Response:
+        """The page's file for ``send_file``: streamed to a private directory, then offered."""
+        try:
+            sid = _sid(request.query.get("session", ""))
+            self.hub.entry(sid)
+            name = _safe_name(request.query.get("name", ""))
+            peer = request.query.get("to") or None
+            if peer is not None and not _PEER_RE.fullmatch(peer):
+                raise DecodeError("to: not a participant id")
+        except PeerDeskError as exc:
+            return web.json_response({"error": exc.message, "code": exc.code}, status=400)
+        folder = self.hub.upload_dir / secrets.token_hex(8)
+        folder.mkdir(mode=0o700)
+        path = folder / name
+        size = 0
+        with path.open("wb") as out:
+            async for chunk in request.content.iter_chunked(1 << 20):
+                size += len(chunk)
+                if size > MAX_UPLOAD:
+                    return web.json_response({"error": "the file is too large"}, status=413)
+                await asyncio.to_thread(out.write, chunk)
+        try:
+            await self.hub.command(sid, cmds.FileCommand(kind="send_file", path=str(path), to=peer))
+        except PeerDeskError as exc:
+            return web.json_response({"error": exc.message, "code": exc.code}, status=409)
+        return web.json_response({"ok": True, "name": name, "size": size})
+
+    # -- the page's websocket
+
+    async def _ws(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(max_msg_size=MAX_WS_MESSAGE, heartbeat=20)
+        await ws.prepare(request)
+        me = self.hub.me
+        await ws.send_json({"type": "hello", "me": {"id": me.peer_id, "name": me.name}})
+        for sid, entry in list(self.hub.entries.items()):
+            for event in list(entry.history):
+                await ws.send_json(_status_message(sid, event))
+            for text in entry.notes:
+                await ws.send_json({"type": "note", "session": sid, "text": text})
+        self._sockets.add(ws)
+        try:
+            async for msg in ws:
+                if msg.type != WSMsgType.TEXT:
+                    await ws.send_json({"type": "error", "reason": "send JSON text messages"})
+                    continue
+                reply = await self._handle(msg.data)
+                if reply is not None:
+                    await ws.send_json(reply)
+        finally:
+            self._sockets.discard(ws)
+        return ws
+
+    async def _handle(self, text: str) -> dict[str, Any] | None:
+        """One message from the page; a reply for it alone (errors), or None."""
+        sid: str | None = None
+        try:
+            try:
+                obj = json.loads(text)
+            except ValueError:
+                raise DecodeError("not JSON") from None
+            if not isinstance(obj, dict):
+                raise DecodeError("a message is a JSON object")
+            op = obj.get("op")
+            if op not in _OPS:
+                raise DecodeError(f"unknown op (known: {', '.join(sorted(_OPS))})")
+            if op == "start":
+                sid = await self.hub.start_session()
+                return {"type": "started", "session": sid}
+            sid = _sid(obj.get("session"))
+            if op == "note":
+                text_ = obj.get("text")
+                if not isinstance(text_, str):
+                    raise DecodeError("note: text must be a string")
+                self.hub.note(sid, text_)
+                self._broadcast({"type": "note", "session": sid, "text": text_.strip()})
+                return None
+            raw = obj.get("cmd")
+            if not isinstance(raw, dict):
+                raise DecodeError("cmd: a command object, as in headless mode")
+            command = cmds.parse_command(json.dumps(raw))
+            await self.hub.command(sid, command)
+            return None
+        except PeerDeskError as exc:
+            return {"type": "error", "session": sid, "reason": exc.message, "code": exc.code}
+
+    def _on_status(self, sid: str, event: status.Status) -> None:
+        self._broadcast(_status_message(sid, event))
+
+    def _broadcast(self, message: dict[str, Any]) -> None:
+        for ws in list(self._sockets):
+            if not ws.closed:
+                asyncio.ensure_future(_send_quietly(ws, message))
+
+    # -- the customer's screen
+
+    async def _screen(self, request: web.Request) -> web.WebSocketResponse:
+        try:
+            sid = _sid(request.query.get("session", ""))
+            self.hub.entry(sid)
+            peer = request.query.get("peer") or None
+            if peer is not None and not _PEER_RE.fullmatch(peer):
+                raise DecodeError("peer: not a participant id")
+        except PeerDeskError as exc:
+            raise web.HTTPBadRequest(text=exc.message) from None
+        ws = web.WebSocketResponse(max_msg_size=4096, heartbeat=20)
+        await ws.prepare(request)
+        relay = _Relay(self, ws, sid, peer)
+        await relay.run()
+        return ws
+
+
+class _Relay:
+    """Newest decoded frame → JPEG → page, at most IN_FLIGHT unacknowledged."""
+
+    def __init__(self, dash: Dashboard, ws: web.WebSocketResponse, sid: str, peer: str | None):
+        self.dash = dash
+        self.ws = ws
+        self.sid = sid
+        self.peer = peer
+        self.sent: dict[int, Any] = {}
+        self.acked = asyncio.Event()
+        self.seq = 0
+
+    async def run(self) -> None:
+        pump = asyncio.ensure_future(self._pump())
+        try:
+            async for msg in self.ws:
+                if msg.type != WSMsgType.TEXT:
+                    continue
+                try:
+                    obj = json.loads(msg.data)
+                    seq = int(obj["shown"])
+                except (ValueError, KeyError, TypeError):
+                    continue
+                frame = self.sent.pop(seq, None)
+                if frame is not None:
+                    if self.dash.on_shown is not None:
+                        self.dash.on_shown(frame, time.monotonic())
+                    self.acked.set()
+        finally:
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
+
+    async def _pump(self) -> None:
+        shown = 0
+        while not self.ws.closed:
+            try:
+                viewer = self.dash.hub.viewer(self.sid, self.peer)
+            except PeerDeskError:
+                await self.ws.close()
+                return
+            if viewer is None or viewer.ended:
+                await asyncio.sleep(0.1)
+                continue
+            if viewer.frames <= shown or viewer.latest is None:
+                with contextlib.suppress(TimeoutError, EOFError):
+                    await asyncio.wait_for(viewer.wait_frame(after=shown), 1.0)
+                continue
+            while len(self.sent) >= IN_FLIGHT and not self.ws.closed:
+                self.acked.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.acked.wait(), 1.0)
+                if len(self.sent) >= IN_FLIGHT:
+                    self.sent.clear()  # the page lost some: start over
+            shown = viewer.frames
+            frame = viewer.latest
+            data = await asyncio.to_thread(encode_jpeg, frame)
+            self.seq += 1
+            self.sent[self.seq] = frame
+            try:
+                await self.ws.send_bytes(struct.pack(">I", self.seq) + data)
+            except (ConnectionError, RuntimeError):
+                return
+
+
+async def _send_quietly(ws: web.WebSocketResponse, message: dict[str, Any]) -> None:
+    with contextlib.suppress(ConnectionError, RuntimeError):
+        await ws.send_json(message)
+
+
+def _status_message(sid: str, event: status.Status) -> dict[str, Any]:
+    return {"type": "status", "session": sid, "event": event.to_json()}
+
+
+def _sid(value: object) -> str:
+    if not isinstance(value, str) or not _SID_RE.fullmatch(value):
+        raise DecodeError("session: a session id like s1")
+    return value
+
+
+def _html(text: str) -> str:
+    return (
+        text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+    )
