@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.browser import chromium, dashboard_agent, shot
-from tests.desktop import wait_pointer, xvfb
+from tests.desktop import pointer, xvfb
 from tests.procs import Proc, start_signal_server
 
 QUADRANTS = {
@@ -68,6 +69,24 @@ def _close(a: tuple[int, int, int], b: tuple[int, int, int], tol: int = 28) -> b
     return all(abs(x - y) <= tol for x, y in zip(a, b, strict=True))
 
 
+def _settled(display: str, want: tuple[int, int]) -> tuple[int, int]:
+    """The pointer once it came within 3 px of ``want`` (or where it is after 5 s)."""
+    deadline = time.monotonic() + 5
+    where = pointer(display)
+    while max(abs(where[0] - want[0]), abs(where[1] - want[1])) > 3:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+        where = pointer(display)
+    return where
+
+
+def _near(got: tuple[int, int], want: tuple[int, int], box: dict[str, float]) -> bool:
+    """Within one displayed pixel of the scaled video (1280 px wide on the customer's side)."""
+    slack = 1280 / box["width"] + 0.5
+    return abs(got[0] - want[0]) <= slack and abs(got[1] - want[1]) <= slack
+
+
 def test_a_whole_support_session_from_the_dashboard(
     procs: list[Proc], tmp_path: Path, display: str, browser: Any
 ) -> None:
@@ -78,7 +97,8 @@ def test_a_whole_support_session_from_the_dashboard(
     dash, url = dashboard_agent(tmp_path / "csr", signal)
     procs.append(dash)
 
-    context = browser.new_context(viewport={"width": 1600, "height": 1000})
+    # bypass_csp: Playwright evaluates wait_for_function predicates with eval, which our CSP forbids
+    context = browser.new_context(viewport={"width": 1600, "height": 1000}, bypass_csp=True)
     context.grant_permissions(["clipboard-read", "clipboard-write"], origin=url.split("/?")[0])
     page = context.new_page()
     page.set_default_timeout(WAIT_MS)
@@ -88,7 +108,7 @@ def test_a_whole_support_session_from_the_dashboard(
     # start a session from the dashboard
     page.click("#start-first")
     page.wait_for_function(
-        "/^[0-9]{6}-/.test(document.getElementById('invite-code').textContent)"
+        "/^[0-9]{4}-[0-9]{4}-[0-9]{4}$/.test(document.getElementById('invite-code').textContent)"
     )
     code = page.text_content("#invite-code") or ""
     shot(page, "02-session-started")
@@ -97,10 +117,9 @@ def test_a_whole_support_session_from_the_dashboard(
     page.click("#copy-link")
     link = page.evaluate("navigator.clipboard.readText()")
     assert link == page.input_value("#invite-link")
-    assert link.startswith("peerdesk://") or "://" in link, link
-    assert code.split("-")[0] in link
+    assert link.startswith(f"peerdesk://join/{code}?signal="), link
     mailto = page.get_attribute("#email-link", "href") or ""
-    assert mailto.startswith("mailto:?subject=") and code in re.sub("%2D", "-", mailto)
+    assert mailto.startswith("mailto:?subject=") and code in mailto
 
     canvas = Canvas(display)
     try:
@@ -158,9 +177,10 @@ def test_a_whole_support_session_from_the_dashboard(
         box = page.locator("#screen").bounding_box()
         assert box is not None
         page.mouse.click(box["x"] + box["width"] * 0.25, box["y"] + box["height"] * 0.5)
-        assert wait_pointer(display, (320, 400)) == (320, 400)
+        # the video is scaled to fit: one page pixel covers more than one of the customer's
+        assert _near(_settled(display, (320, 400)), (320, 400), box)
         page.mouse.click(box["x"] + box["width"] * 0.75, box["y"] + box["height"] * 0.25)
-        assert wait_pointer(display, (960, 200)) == (960, 200)
+        assert _near(_settled(display, (960, 200)), (960, 200), box)
         shot(page, "05-control")
 
         # chat both ways, and "Send to"
@@ -210,7 +230,7 @@ def test_a_whole_support_session_from_the_dashboard(
         # an assistant joins with the assistant code, is admitted, and gets control
         page.click("#copy-csr-code")
         csr_code = page.evaluate("navigator.clipboard.readText()")
-        assert re.fullmatch(r"[0-9]{6}-.+", csr_code), csr_code
+        assert re.fullmatch(r"[0-9]{4}-[0-9]{4}-[0-9]{4}", csr_code) and csr_code != code, csr_code
         dan = Proc(
             ["agent", "join", csr_code, "--signal", signal, "--as", "assistant",
              "--headless", "--json", "--name", "Dan"],
@@ -219,13 +239,14 @@ def test_a_whole_support_session_from_the_dashboard(
         )
         procs.append(dan)
         page.click("#asking button:has-text('Admit')", timeout=30_000)
-        dan.expect("joined", lambda e: e["role"] == "csr", timeout=30)
+        dan_me = dan.expect("joined", lambda e: e["role"] == "csr", timeout=30)["me"]
         page.wait_for_selector("#participants li:has-text('Dan')")
         page.click(".tab[data-tab=session]")
         page.select_option("#transfer-to", label="Dan")
         page.click("#transfer-control")
         page.wait_for_selector("#participants li:has-text('Dan') .tag.control")
-        assert cust.expect("control", lambda e: e["holder"] == dan.expect("joined")["me"])
+        cust.expect("control", lambda e: e["holder"] == dan_me)
+        dan.expect("control", lambda e: e["holder"] == dan_me)
         shot(page, "08-control-transferred")
 
         # take control back, then End Session shows the report
