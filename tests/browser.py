@@ -21,7 +21,9 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-SHOTS = Path(os.environ.get("PEERDESK_SCREENSHOTS", Path(__file__).parent / "artifacts" / "screenshots"))
+SHOTS = Path(
+    os.environ.get("PEERDESK_SCREENSHOTS", Path(__file__).parent / "artifacts" / "screenshots")
+)
 "Where each step's screenshot goes (CI keeps this directory; it is gitignored)."
 
 
@@ -43,7 +45,17 @@ def chromium() -> Iterator[Any]:
 def dashboard_agent(home: Path, signal: str, *extra: str, name: str = "Carol") -> tuple[Proc, str]:
     """``peerdesk dashboard`` as a child process; returns it and the page's URL."""
     proc = Proc(
-        ["agent", "dashboard", "--no-browser", "--json", "--signal", signal, "--name", name, *extra],
+        [
+            "agent",
+            "dashboard",
+            "--no-browser",
+            "--json",
+            "--signal",
+            signal,
+            "--name",
+            name,
+            *extra,
+        ],
         home=home,
         name="dashboard",
     )

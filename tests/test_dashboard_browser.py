@@ -131,8 +131,17 @@ def test_a_whole_support_session_from_the_dashboard(
         downloads = tmp_path / "downloads"
         downloads.mkdir()
         cust = Proc(
-            ["agent", "join", link, "--headless", "--json", "--name", "Alice",
-             "--download-dir", str(downloads)],
+            [
+                "agent",
+                "join",
+                link,
+                "--headless",
+                "--json",
+                "--name",
+                "Alice",
+                "--download-dir",
+                str(downloads),
+            ],
             home=tmp_path / "cust",
             name="customer",
             env={"DISPLAY": display},
@@ -149,9 +158,7 @@ def test_a_whole_support_session_from_the_dashboard(
         prompt = cust.expect("request", lambda e: e["cap"] == "view")
         assert prompt["name"] == "Carol"
         cust.send({"cmd": "grant", "id": prompt["id"]})
-        page.wait_for_function(
-            "Number(document.getElementById('screen').dataset.frames || 0) >= 3"
-        )
+        page.wait_for_function("Number(document.getElementById('screen').dataset.frames || 0) >= 3")
         page.wait_for_function("document.getElementById('screen').width === 1280")
         for (qx, qy), rgb in QUADRANTS.items():
             got = _pixel(page, 0.25 + 0.5 * qx, 0.25 + 0.5 * qy)
@@ -173,7 +180,9 @@ def test_a_whole_support_session_from_the_dashboard(
         page.click("#request-control")
         prompt = cust.expect("request", lambda e: e["cap"] == "control")
         cust.send({"cmd": "grant", "id": prompt["id"]})
-        page.wait_for_function("document.getElementById('control-pill').textContent === 'you control'")
+        page.wait_for_function(
+            "document.getElementById('control-pill').textContent === 'you control'"
+        )
         box = page.locator("#screen").bounding_box()
         assert box is not None
         page.mouse.click(box["x"] + box["width"] * 0.25, box["y"] + box["height"] * 0.5)
@@ -232,8 +241,19 @@ def test_a_whole_support_session_from_the_dashboard(
         csr_code = page.evaluate("navigator.clipboard.readText()")
         assert re.fullmatch(r"[0-9]{4}-[0-9]{4}-[0-9]{4}", csr_code) and csr_code != code, csr_code
         dan = Proc(
-            ["agent", "join", csr_code, "--signal", signal, "--as", "assistant",
-             "--headless", "--json", "--name", "Dan"],
+            [
+                "agent",
+                "join",
+                csr_code,
+                "--signal",
+                signal,
+                "--as",
+                "assistant",
+                "--headless",
+                "--json",
+                "--name",
+                "Dan",
+            ],
             home=tmp_path / "dan",
             name="assistant",
         )
@@ -252,7 +272,9 @@ def test_a_whole_support_session_from_the_dashboard(
         # take control back, then End Session shows the report
         page.select_option("#transfer-to", label="Me (take it back)")
         page.click("#transfer-control")
-        page.wait_for_function("document.getElementById('control-pill').textContent === 'you control'")
+        page.wait_for_function(
+            "document.getElementById('control-pill').textContent === 'you control'"
+        )
         page.click("#end-session")
         page.wait_for_selector("#report-link:not([hidden])")
         cust.expect("ended", timeout=20)

@@ -112,7 +112,11 @@ async def test_hostile_websocket_messages_get_clear_errors(
         assert "note" in got["reason"]
         await ws.send_str("x" * (200 * 1024))  # too large: the server closes this socket
         msg = await ws.receive(timeout=10)
-        assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
+        assert msg.type in (
+            aiohttp.WSMsgType.CLOSE,
+            aiohttp.WSMsgType.CLOSED,
+            aiohttp.WSMsgType.ERROR,
+        )
         await ws.close()
         # the agent is still fine
         ws = await s.ws_connect(f"{base}/ws?t={token}", origin=base)
@@ -130,7 +134,8 @@ def test_a_page_from_another_site_cannot_use_the_dashboard(
         try:
             evil = "<html><body>evil</body></html>"
             context.route(
-                "http://evil.test/**", lambda route: route.fulfill(body=evil, content_type="text/html")
+                "http://evil.test/**",
+                lambda route: route.fulfill(body=evil, content_type="text/html"),
             )
             page = context.new_page()
             page.goto("http://evil.test/")

@@ -60,7 +60,7 @@ class Agent:
     async def start(self) -> str:
         me = identity.load().with_name(self.args.name)
         url = check_signal_url(self.args.signal) if self.args.signal else None
-        download = Path(self.args.download_dir).expanduser() if self.args.download_dir else None
+        download = _directory(self.args.download_dir)
         self.hub = Hub(me, url, download_dir=download, port=self.args.port)
         self.dashboard = Dashboard(self.hub)
         self.url = await self.dashboard.start()
@@ -79,6 +79,10 @@ class Agent:
             print(f"PeerDesk dashboard: {self.url}", flush=True)
             if why:
                 print(why, file=sys.stderr, flush=True)
+
+
+def _directory(value: str | None) -> Path | None:
+    return Path(value).expanduser() if value else None
 
 
 def open_browser(url: str) -> bool:

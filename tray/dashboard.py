@@ -87,6 +87,7 @@ class Dashboard:
         self.token = secrets.token_urlsafe(24)
         self._runner: web.AppRunner | None = None
         self._sockets: set[web.WebSocketResponse] = set()
+        self._sends: set[asyncio.Future[None]] = set()
         self._unlisten: Callable[[], None] | None = None
         self.on_shown: ShownHook | None = None
         "Benchmarks: called with (frame, monotonic time) when the page showed a frame."
@@ -113,9 +114,7 @@ class Dashboard:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self._port)
         await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = int(self._runner.addresses[0][1])
         self._unlisten = self.hub.listen(self._on_status)
         return self.url
 
@@ -142,7 +141,7 @@ class Dashboard:
         origin = request.headers.get("Origin")
         if origin is not None and origin not in (self.origin, f"http://localhost:{self.port}"):
             raise web.HTTPForbidden(text="requests from other sites are refused")
-        given = request.query.get("t") or request.headers.get("X-PeerDesk-Token", "")
+        given = str(request.query.get("t") or request.headers.get("X-PeerDesk-Token") or "")
         if not hmac.compare_digest(given.encode(), self.token.encode()):
             raise web.HTTPForbidden(
                 text="this dashboard needs the address PeerDesk opened (with its token)"
@@ -271,7 +270,9 @@ class Dashboard:
     def _broadcast(self, message: dict[str, Any]) -> None:
         for ws in list(self._sockets):
             if not ws.closed:
-                asyncio.ensure_future(_send_quietly(ws, message))
+                send = asyncio.ensure_future(_send_quietly(ws, message))
+                self._sends.add(send)
+                send.add_done_callback(self._sends.discard)
 
     # -- the customer's screen
 
