@@ -268,10 +268,26 @@ class TrayApp:
             menu=_pystray_menu(model.menu(self.view), self.act),
         )
         signal.signal(signal.SIGTERM, lambda *_: self.act(model.Action("quit")))
-        self.icon.run()
+        self.icon.run(setup=_show)
         self.loop.call_soon_threadsafe(self.agent.stop.set)
         thread.join(15)
         return 0
+
+
+def _show(icon: Any) -> None:
+    """pystray's setup: show the icon, and make a click on it reach the default item.
+
+    pystray's plain-X backend (the one without GTK) creates its window without
+    ButtonPressMask, so clicks never arrive; select them on its window.
+    """
+    icon.visible = True
+    window, display = getattr(icon, "_window", None), getattr(icon, "_display", None)
+    if window is None or display is None:
+        return
+    from Xlib import X
+
+    window.change_attributes(event_mask=X.ExposureMask | X.StructureNotifyMask | X.ButtonPressMask)
+    display.flush()
 
 
 def _pystray_menu(items: tuple[model.Item, ...], act: Callable[[model.Action], None]) -> Any:
