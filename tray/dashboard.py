@@ -1,9 +1,7 @@
 """The CSR dashboard: a page served by the agent on 127.0.0.1, for this user only.
 
-Every request but the page's static files needs the per-launch token (``?t=`` or the
-``X-PeerDesk-Token`` header), a ``Host`` of this very address (no DNS rebinding) and,
-when the browser sends one, an ``Origin`` of this very address: anything else gets
-403. The static files (HTML, JS, CSS, no secrets) are public.
+Every request but the page's static files needs the per-launch token, this very
+``Host`` and (when sent) this very ``Origin``: ``tray.web.LocalServer`` checks them.
 
 The page talks over one websocket (``/ws``): JSON objects ``{"op": ...}`` in, status
 values out, the same commands as headless mode (``agent.protocol.commands`` parses
@@ -23,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import io
 import json
 import logging
@@ -31,9 +28,7 @@ import re
 import secrets
 import struct
 import time
-from collections.abc import Awaitable, Callable
-from importlib import resources
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -42,6 +37,7 @@ from agent import status
 from agent.errors import DecodeError, PeerDeskError
 from agent.protocol import commands as cmds
 from tray.hub import Hub
+from tray.web import LocalServer
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +55,6 @@ STATIC = "static"
 ShownHook = Callable[[Any, float], None]
 
 
-def _static_dir() -> Path:
-    return Path(str(resources.files("tray").joinpath(STATIC)))
-
-
 def _safe_name(name: str) -> str:
     name = _FILE_NAME_BAD.sub("_", name).strip(". ")[:200]
     return name or "file"
@@ -76,96 +68,41 @@ def encode_jpeg(frame: Any, quality: int = JPEG_QUALITY) -> bytes:
     return out.getvalue()
 
 
-class Dashboard:
+class Dashboard(LocalServer):
     """The dashboard's HTTP server for one hub."""
 
+    what = "the dashboard"
+
     def __init__(self, hub: Hub, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        super().__init__(host=host, port=port)
         self.hub = hub
-        self.host = host
-        self._port = port
-        self.port = 0
-        self.token = secrets.token_urlsafe(24)
-        self._runner: web.AppRunner | None = None
-        self._sockets: set[web.WebSocketResponse] = set()
         self._sends: set[asyncio.Future[None]] = set()
         self._unlisten: Callable[[], None] | None = None
         self.on_shown: ShownHook | None = None
         "Benchmarks: called with (frame, monotonic time) when the page showed a frame."
 
-    @property
-    def origin(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    @property
-    def url(self) -> str:
-        """The page's address, token included: for this user's browser only."""
-        return f"{self.origin}/?t={self.token}"
-
-    async def start(self) -> str:
-        """Listen on a random loopback port; returns the page's URL."""
-        app = web.Application(middlewares=[self._guard], client_max_size=MAX_WS_MESSAGE)
+    def routes(self, app: web.Application) -> None:
         app.router.add_get("/", self._index)
         app.router.add_get("/ws", self._ws)
         app.router.add_get("/screen", self._screen)
         app.router.add_post("/api/upload", self._upload)
         app.router.add_get("/report", self._report)
-        app.router.add_static("/static/", _static_dir(), show_index=False)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self._port)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])
+
+    async def start(self) -> str:
+        """Listen on a random loopback port; returns the page's URL."""
+        url = await super().start()
         self._unlisten = self.hub.listen(self._on_status)
-        return self.url
+        return url
 
     async def stop(self) -> None:
         if self._unlisten is not None:
             self._unlisten()
-        for ws in list(self._sockets):
-            with contextlib.suppress(Exception):
-                await ws.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    # -- the guard
-
-    @web.middleware
-    async def _guard(
-        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        if request.path.startswith("/static/") and request.method == "GET":
-            return await handler(request)
-        if request.host not in (f"{self.host}:{self.port}", f"localhost:{self.port}"):
-            raise web.HTTPForbidden(text="wrong Host: the dashboard answers on its own address")
-        origin = request.headers.get("Origin")
-        if origin is not None and origin not in (self.origin, f"http://localhost:{self.port}"):
-            raise web.HTTPForbidden(text="requests from other sites are refused")
-        given = str(request.query.get("t") or request.headers.get("X-PeerDesk-Token") or "")
-        if not hmac.compare_digest(given.encode(), self.token.encode()):
-            raise web.HTTPForbidden(
-                text="this dashboard needs the address PeerDesk opened (with its token)"
-            )
-        return await handler(request)
+        await super().stop()
 
     # -- pages
 
     async def _index(self, request: web.Request) -> web.Response:
-        html = (_static_dir() / "index.html").read_text(encoding="utf-8")
-        html = html.replace("{{TOKEN}}", self.token).replace("{{NAME}}", _html(self.hub.me.name))
-        return web.Response(
-            text=html,
-            content_type="text/html",
-            headers={
-                "Cache-Control": "no-store",
-                "Referrer-Policy": "no-referrer",
-                "X-Frame-Options": "DENY",
-                "Content-Security-Policy": (
-                    "default-src 'self'; img-src 'self' blob: data:; "
-                    "connect-src 'self' ws://127.0.0.1:* ws://localhost:*; frame-ancestors 'none'"
-                ),
-            },
-        )
+        return self.page("index.html", NAME=self.hub.me.name)
 
     async def _report(self, request: web.Request) -> web.StreamResponse:
         sid = _sid(request.query.get("session", ""))
@@ -370,9 +307,3 @@ def _sid(value: object) -> str:
     if not isinstance(value, str) or not _SID_RE.fullmatch(value):
         raise DecodeError("session: a session id like s1")
     return value
-
-
-def _html(text: str) -> str:
-    return (
-        text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
-    )
