@@ -316,6 +316,12 @@ async def _join(args: argparse.Namespace) -> int:
         url = f"ws://127.0.0.1:{DEFAULT_PORT}"
     me = identity.load().with_name(args.name)
     role = "csr" if args.role == "assistant" else "customer"
+    panel = None
+    if role == "customer" and not (args.headless or args.json):
+        from tray.customer import open_panel
+
+        panel = await open_panel(identity.home(), also=emit)  # prompts in the browser
+        emit = panel.emit
     session = CustomerSession(
         me,
         link,
@@ -325,6 +331,8 @@ async def _join(args: argparse.Namespace) -> int:
         options=_customer_options(args),
         timeout=hsk.DECISION_TTL if role == "csr" else hsk.JOIN_TIMEOUT,
     )
+    if panel is not None:
+        panel.session = session
     try:
         await session.join()
     except PeerDeskError as exc:
@@ -335,6 +343,8 @@ async def _join(args: argparse.Namespace) -> int:
                 code=exc.code,
             )
         emit(status.Error(reason=exc.message, code=exc.code))
+        if panel is not None:
+            await panel.stop()
         return 1
 
     stop = asyncio.Event()
@@ -347,6 +357,9 @@ async def _join(args: argparse.Namespace) -> int:
         await session.leave()
     reader.cancel()
     stopper.cancel()
+    if panel is not None:
+        await asyncio.sleep(0.3)  # the page shows "ended" before its server goes
+        await panel.stop()
     return done.result()
 
 

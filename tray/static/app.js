@@ -86,6 +86,7 @@ function apply(s, e) {
     case "chat": s.chat.push({ from: e.from, name: e.name, text: e.text, to: e.to, mine: e.from === s.me }); break;
     case "consent":
       s.caps[e.cap] = e.state;
+      if (e.cap === "control" && e.state !== "granted") s.holder = null;
       log(s, `${e.cap.replace("_", " ")}: ${e.state}${e.reason ? " — " + e.reason : ""}`);
       break;
     case "control": s.holder = e.holder; log(s, `Control: ${e.holder ? nameOf(s, e.holder) : "nobody"}`); break;
