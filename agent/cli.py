@@ -116,7 +116,7 @@ def _parser() -> argparse.ArgumentParser:
         nargs="*",
         default=["join"],
         help="figures to measure: join, control, files, screen, log, idle, transfer, "
-        "failover, all (default: join)",
+        "failover, dashboard, all (default: join)",
     )
     bench.add_argument("--runs", type=int, default=20)
     bench.add_argument("--record", metavar="FILE", help="append the figures to this Markdown file")

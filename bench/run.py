@@ -112,6 +112,14 @@ def _failover(runs: int) -> list[str]:
     return rows(f)
 
 
+def _dashboard(runs: int) -> list[str]:
+    from bench.dashboard import measure, report, rows
+
+    f = asyncio.run(measure(10.0))
+    print("\n".join(report(f)))
+    return rows(f)
+
+
 BENCHES = {
     "join": _join,
     "control": _control,
@@ -121,6 +129,7 @@ BENCHES = {
     "idle": _idle,
     "transfer": _transfer,
     "failover": _failover,
+    "dashboard": _dashboard,
 }
 
 

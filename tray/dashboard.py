@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import json
 import logging
 import re
@@ -43,7 +42,7 @@ log = logging.getLogger(__name__)
 
 MAX_WS_MESSAGE = 128 * 1024
 MAX_UPLOAD = 4 * 1024**3
-IN_FLIGHT = 2
+IN_FLIGHT = 1
 "Screen frames sent to the page and not yet shown."
 JPEG_QUALITY = 80
 _SID_RE = re.compile(r"s[0-9]{1,6}")
@@ -52,7 +51,8 @@ _OPS = frozenset({"start", "cmd", "note"})
 _FILE_NAME_BAD = re.compile(r"[\x00-\x1f/\\]")
 STATIC = "static"
 
-ShownHook = Callable[[Any, float], None]
+ShownHook = Callable[[Any, float, float], None]
+"(frame, when it was sent to the page, when the page said it drew it): monotonic seconds."
 
 
 def _safe_name(name: str) -> str:
@@ -60,12 +60,37 @@ def _safe_name(name: str) -> str:
     return name or "file"
 
 
-def encode_jpeg(frame: Any, quality: int = JPEG_QUALITY) -> bytes:
-    """One decoded video frame as JPEG bytes (runs in a thread)."""
-    image = frame.to_image()
-    out = io.BytesIO()
-    image.save(out, format="JPEG", quality=quality)
-    return out.getvalue()
+def fit_size(width: int, height: int, fit: tuple[int, int] | None) -> tuple[int, int]:
+    """The size to send a ``width`` x ``height`` frame at on a canvas of ``fit`` device
+    pixels: never larger than the frame, aspect kept, even numbers (4:2:0)."""
+    if fit is None or (width <= fit[0] and height <= fit[1]):
+        return width, height
+    scale = min(fit[0] / width, fit[1] / height)
+    return max(2, int(width * scale) // 2 * 2), max(2, int(height * scale) // 2 * 2)
+
+
+def encode_jpeg(
+    frame: Any, quality: int = JPEG_QUALITY, fit: tuple[int, int] | None = None
+) -> bytes:
+    """One decoded video frame as JPEG bytes, straight from its YUV 4:2:0 planes
+    (libjpeg-turbo through simplejpeg: no RGB conversion; runs in a thread). With
+    ``fit``, scaled down (area averaging) to what the page shows."""
+    import numpy as np
+    import simplejpeg
+
+    size = fit_size(frame.width, frame.height, fit)
+    if frame.format.name != "yuv420p" or size != (frame.width, frame.height):
+        frame = frame.reformat(
+            width=size[0], height=size[1], format="yuv420p", interpolation="AREA"
+        )
+    planes = []
+    for plane in frame.planes[:3]:
+        rows = np.frombuffer(memoryview(plane), dtype=np.uint8).reshape(
+            plane.height, plane.line_size
+        )
+        planes.append(np.ascontiguousarray(rows[:, : plane.width]))
+    data: bytes = simplejpeg.encode_jpeg_yuv_planes(*planes, quality=quality)
+    return data
 
 
 class Dashboard(LocalServer):
@@ -79,7 +104,7 @@ class Dashboard(LocalServer):
         self._sends: set[asyncio.Future[None]] = set()
         self._unlisten: Callable[[], None] | None = None
         self.on_shown: ShownHook | None = None
-        "Benchmarks: called with (frame, monotonic time) when the page showed a frame."
+        "Benchmarks: called when the page drew a frame (see ``ShownHook``)."
 
     def routes(self, app: web.Application) -> None:
         app.router.add_get("/", self._index)
@@ -237,9 +262,11 @@ class _Relay:
         self.ws = ws
         self.sid = sid
         self.peer = peer
-        self.sent: dict[int, Any] = {}
+        self.sent: dict[int, tuple[Any, float]] = {}
         self.acked = asyncio.Event()
         self.seq = 0
+        self.fit: tuple[int, int] | None = None
+        "The page's canvas in device pixels: frames are scaled down to it."
 
     async def run(self) -> None:
         pump = asyncio.ensure_future(self._pump())
@@ -249,13 +276,17 @@ class _Relay:
                     continue
                 try:
                     obj = json.loads(msg.data)
+                    if "fit" in obj:
+                        w, h = (int(v) for v in obj["fit"][:2])
+                        self.fit = (min(max(w, 64), 8192), min(max(h, 64), 8192))
+                        continue
                     seq = int(obj["shown"])
-                except (ValueError, KeyError, TypeError):
-                    continue
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    continue  # a confused page gets nothing back here
                 frame = self.sent.pop(seq, None)
                 if frame is not None:
                     if self.dash.on_shown is not None:
-                        self.dash.on_shown(frame, time.monotonic())
+                        self.dash.on_shown(frame[0], frame[1], time.monotonic())
                     self.acked.set()
         finally:
             pump.cancel()
@@ -285,9 +316,9 @@ class _Relay:
                     self.sent.clear()  # the page lost some: start over
             shown = viewer.frames
             frame = viewer.latest
-            data = await asyncio.to_thread(encode_jpeg, frame)
+            data = await asyncio.to_thread(encode_jpeg, frame, JPEG_QUALITY, self.fit)
             self.seq += 1
-            self.sent[self.seq] = frame
+            self.sent[self.seq] = (frame, time.monotonic())
             try:
                 await self.ws.send_bytes(struct.pack(">I", self.seq) + data)
             except (ConnectionError, RuntimeError):

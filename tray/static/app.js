@@ -273,9 +273,16 @@ const screen = {
     const [sid, peer] = want.split("/");
     const ws = new WebSocket(`ws://${location.host}/screen?t=${encodeURIComponent(TOKEN)}&session=${sid}&peer=${encodeURIComponent(peer)}`);
     ws.binaryType = "arraybuffer";
+    ws.onopen = () => this.sendFit();
     ws.onmessage = (m) => this.frame(ws, m.data);
     ws.onclose = () => { if (this.ws === ws) { this.ws = null; this.key = ""; setTimeout(() => this.update(), 500); } };
     this.ws = ws;
+  },
+  sendFit() {
+    // the agent scales frames down to what the canvas can show (device pixels)
+    const wrap = $("screen-wrap"); const dpr = window.devicePixelRatio || 1;
+    const fit = [Math.round(wrap.clientWidth * dpr), Math.round(wrap.clientHeight * dpr)];
+    if (this.ws && this.ws.readyState === WebSocket.OPEN && fit[0] > 0) this.ws.send(JSON.stringify({ fit }));
   },
   close() {
     if (this.ws) { const ws = this.ws; this.ws = null; ws.close(); }
@@ -407,6 +414,7 @@ function wire() {
   const sel = el("select"); sel.id = "file-to"; sel.title = "Send to";
   $("file-send").before(sel);
 })();
+window.addEventListener("resize", () => screen.sendFit());
 wire();
 connect();
 render();
