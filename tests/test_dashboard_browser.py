@@ -69,6 +69,41 @@ def _close(a: tuple[int, int, int], b: tuple[int, int, int], tol: int = 28) -> b
     return all(abs(x - y) <= tol for x, y in zip(a, b, strict=True))
 
 
+def _desktop_picture(width: int, height: int) -> Any:
+    """A plausible customer desktop for the screenshots: a window with printer settings."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    image = Image.new("RGB", (width, height), (36, 74, 122))
+    d = ImageDraw.Draw(image)
+    for y in range(height):  # a quiet gradient wallpaper
+        d.line((0, y, width, y), fill=(36, 74 + y * 40 // height, 122 + y * 50 // height))
+    try:
+        font = ImageFont.truetype("DejaVuSans.ttf", 15)
+        bold = ImageFont.truetype("DejaVuSans-Bold.ttf", 17)
+    except OSError:
+        font = bold = ImageFont.load_default()
+    d.rectangle((0, height - 40, width, height), fill=(20, 24, 32))
+    d.text((16, height - 30), "Start    Files    Browser    Settings", fill="white", font=font)
+    x0, y0, x1, y1 = width // 6, height // 8, width * 5 // 6, height * 3 // 4
+    d.rectangle((x0 + 6, y0 + 6, x1 + 6, y1 + 6), fill=(15, 30, 50))
+    d.rectangle((x0, y0, x1, y1), fill=(250, 250, 252))
+    d.rectangle((x0, y0, x1, y0 + 36), fill=(230, 233, 238))
+    d.text((x0 + 14, y0 + 9), "Printers & Scanners", fill=(30, 30, 30), font=bold)
+    rows = [
+        ("HP LaserJet 400 (office)", "Error: driver out of date", (207, 34, 46)),
+        ("Canon PIXMA (home)", "Ready", (26, 127, 55)),
+        ("Microsoft Print to PDF", "Ready", (26, 127, 55)),
+    ]
+    for i, (name, state, colour) in enumerate(rows):
+        y = y0 + 60 + i * 56
+        d.rectangle((x0 + 16, y, x1 - 16, y + 46), outline=(220, 224, 230), fill="white")
+        d.text((x0 + 30, y + 6), name, fill=(20, 20, 20), font=bold)
+        d.text((x0 + 30, y + 27), state, fill=colour, font=font)
+    d.rectangle((x1 - 190, y1 - 56, x1 - 20, y1 - 20), fill=(31, 111, 235))
+    d.text((x1 - 170, y1 - 47), "Update driver…", fill="white", font=font)
+    return image
+
+
 def _settled(display: str, want: tuple[int, int]) -> tuple[int, int]:
     """The pointer once it came within 3 px of ``want`` (or where it is after 5 s)."""
     deadline = time.monotonic() + 5
@@ -178,6 +213,16 @@ def test_a_whole_support_session_from_the_dashboard(
             }"""
         )
         assert page.text_content("#cap-view") == "granted"
+        shot(page, "04-view-pattern")
+        canvas.put_image(0, 0, _desktop_picture(canvas.width, canvas.height))
+        canvas.sync()
+        page.wait_for_function(  # the window's title bar reached the page
+            """() => {
+                const c = document.getElementById('screen');
+                const d = c.getContext('2d').getImageData(c.width / 2, c.height / 8 + 4, 1, 1).data;
+                return Math.abs(d[0] - 230) < 20 && Math.abs(d[2] - 238) < 20;
+            }"""
+        )
         shot(page, "04-view")
 
         # Request Control: a click in the video moves the customer's pointer there
