@@ -264,7 +264,8 @@ const screen = {
     const s = state.sessions.get(state.current);
     const want = s && !s.ended && s.target && s.caps.view === "granted" ? `${s.sid}/${s.target}` : "";
     $("screen-empty").hidden = !!want && !!this.size;
-    $("screen-empty-text").textContent = !s || !s.target ? "Waiting for the customer to join."
+    $("screen-empty-text").textContent = s && s.ended ? "The session has ended. Its signed report is in the Session tab."
+      : !s || !s.target ? "Waiting for the customer to join."
       : (s.caps.view === "granted" ? "Waiting for the first frame…" : "Request view to see the customer's screen.");
     if (want === this.key) return;
     this.close();
@@ -287,6 +288,7 @@ const screen = {
   close() {
     if (this.ws) { const ws = this.ws; this.ws = null; ws.close(); }
     this.size = null;
+    $("fps").textContent = "";
   },
   async frame(ws, data) {
     const seq = new DataView(data).getUint32(0);
