@@ -199,6 +199,8 @@ def test_a_whole_support_session_from_the_dashboard(
             "(c => c.width > 600 && c.width <= 1280 && Math.abs(c.width / c.height - 1.6) < 0.01)"
             "(document.getElementById('screen'))"
         )
+        # the page decodes the customer's own VP8 frames (WebCodecs), no re-encoding
+        assert page.get_attribute("#screen", "data-mode") == "vp8"
         for (qx, qy), rgb in QUADRANTS.items():
             got = _pixel(page, 0.25 + 0.5 * qx, 0.25 + 0.5 * qy)
             assert _close(got, rgb), ((qx, qy), got, rgb)

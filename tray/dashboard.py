@@ -5,11 +5,18 @@ Every request but the page's static files needs the per-launch token, this very
 
 The page talks over one websocket (``/ws``): JSON objects ``{"op": ...}`` in, status
 values out, the same commands as headless mode (``agent.protocol.commands`` parses
-them). The customer's screen comes over a second websocket (``/screen``) as JPEG
-frames: the agent already decodes the customer's video; it compresses the newest
-frame and sends it when the page has shown the one before (at most ``IN_FLIGHT``
-frames on the way, so a slow page gets fewer frames, never older ones). bench/dashboard.py
-measured this path against local WebRTC; see bench/RESULTS.md.
+them). The customer's screen comes over a second websocket (``/screen``):
+
+- VP8 passthrough (``?codec=vp8``, when the browser has WebCodecs): the customer's
+  own encoded frames, copied as the agent's receiver gets them (``tray.passthrough``),
+  decoded by the page in parallel with the agent. No re-encoding.
+- JPEG relay (otherwise, or for H.264): the agent's newest decoded frame, compressed
+  from its YUV planes and scaled to the page's canvas, sent when the page has drawn
+  the one before.
+
+``peerdesk bench dashboard`` measured both against the agent's own figures on the
+same frames (bench/RESULTS.md): the passthrough keeps the page within the goal of
+20 %, the JPEG relay does not (re-encoding and a JPEG decode in series).
 
     dash = Dashboard(hub)
     url = await dash.start()        # http://127.0.0.1:PORT/?t=TOKEN
@@ -43,6 +50,10 @@ log = logging.getLogger(__name__)
 MAX_WS_MESSAGE = 128 * 1024
 MAX_UPLOAD = 4 * 1024**3
 IN_FLIGHT = 1
+MAX_BEHIND = 8
+"VP8 frames sent to the page and not yet drawn before the relay skips to a keyframe."
+KIND_JPEG, KIND_VP8_KEY, KIND_VP8 = 0, 1, 2
+"The first byte of a screen message; then the frame number (4 bytes, big-endian)."
 "Screen frames sent to the page and not yet shown."
 JPEG_QUALITY = 80
 _SID_RE = re.compile(r"s[0-9]{1,6}")
@@ -52,7 +63,8 @@ _FILE_NAME_BAD = re.compile(r"[\x00-\x1f/\\]")
 STATIC = "static"
 
 ShownHook = Callable[[Any, float, float], None]
-"(frame, when it was sent to the page, when the page said it drew it): monotonic seconds."
+"""(the decoded frame for JPEG, the RTP timestamp for VP8 passthrough; when it was sent
+to the page; when the page said it drew it): monotonic seconds."""
 
 
 def _safe_name(name: str) -> str:
@@ -249,8 +261,10 @@ class Dashboard(LocalServer):
             raise web.HTTPBadRequest(text=exc.message) from None
         ws = web.WebSocketResponse(max_msg_size=4096, heartbeat=20)
         await ws.prepare(request)
-        relay = _Relay(self, ws, sid, peer)
-        await relay.run()
+        if request.query.get("codec") == "vp8":
+            await _Passthrough(self, ws, sid, peer).run()
+        else:
+            await _Relay(self, ws, sid, peer).run()
         return ws
 
 
@@ -320,7 +334,107 @@ class _Relay:
             self.seq += 1
             self.sent[self.seq] = (frame, time.monotonic())
             try:
-                await self.ws.send_bytes(struct.pack(">I", self.seq) + data)
+                await self.ws.send_bytes(struct.pack(">BI", KIND_JPEG, self.seq) + data)
+            except (ConnectionError, RuntimeError):
+                return
+
+
+class _Passthrough:
+    """The customer's encoded VP8 frames → page (WebCodecs decodes them there).
+
+    From a keyframe on, every frame in order (a decoder needs them all); when the page
+    falls MAX_BEHIND frames behind, or says its decoder failed, frames are skipped up
+    to the next keyframe, which is asked of the customer's agent at once.
+    """
+
+    def __init__(self, dash: Dashboard, ws: web.WebSocketResponse, sid: str, peer: str | None):
+        self.dash = dash
+        self.ws = ws
+        self.sid = sid
+        self.peer = peer
+        self.sent: dict[int, tuple[int, float]] = {}
+        self.seq = 0
+        self.frames: asyncio.Queue[tuple[str, bytes, int]] = asyncio.Queue(maxsize=120)
+        self.need_key = True
+
+    def _on_encoded(self, codec: str, data: bytes, timestamp: int) -> None:
+        with contextlib.suppress(asyncio.QueueFull):
+            self.frames.put_nowait((codec, data, timestamp))
+
+    async def _keyframe(self) -> None:
+        self.need_key = True
+        with contextlib.suppress(PeerDeskError):
+            await self.dash.hub.command(self.sid, cmds.SimpleCommand(name="keyframe", to=self.peer))
+
+    async def run(self) -> None:
+        from tray.passthrough import EncodedTap
+
+        tap = None
+        while tap is None and not self.ws.closed:
+            try:
+                source = self.dash.hub.screen_source(self.sid, self.peer)
+            except PeerDeskError:
+                await self.ws.close()
+                return
+            if source is None:
+                await asyncio.sleep(0.1)
+                continue
+            tap = EncodedTap.of(source[1], source[0].track)
+            if tap is None:
+                await self.ws.send_json({"fallback": "jpeg"})
+                await self.ws.close()
+                return
+        if tap is None:
+            return
+        tap.listeners.add(self._on_encoded)
+        pump = asyncio.ensure_future(self._pump())
+        try:
+            await self._keyframe()
+            async for msg in self.ws:
+                if msg.type != WSMsgType.TEXT:
+                    continue
+                try:
+                    obj = json.loads(msg.data)
+                    if obj.get("key") is True:
+                        await self._keyframe()
+                        continue
+                    seq = int(obj["shown"])
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    continue
+                sent = self.sent.pop(seq, None)
+                for old in [s for s in self.sent if s < seq]:
+                    del self.sent[old]  # the page skipped them (decoded, not drawn)
+                if sent is not None and self.dash.on_shown is not None:
+                    self.dash.on_shown(sent[0], sent[1], time.monotonic())
+        finally:
+            tap.listeners.discard(self._on_encoded)
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
+
+    async def _pump(self) -> None:
+        from tray.passthrough import is_keyframe
+
+        while not self.ws.closed:
+            codec, data, timestamp = await self.frames.get()
+            if codec.upper() != "VP8":
+                await self.ws.send_json({"fallback": "jpeg"})
+                await self.ws.close()
+                return
+            key = is_keyframe(data)
+            if len(self.sent) > MAX_BEHIND and not key:
+                if not self.need_key:
+                    self.sent.clear()
+                    await self._keyframe()
+                continue
+            if self.need_key and not key:
+                continue
+            self.need_key = False
+            self.seq += 1
+            self.sent[self.seq] = (timestamp, time.monotonic())
+            kind = KIND_VP8_KEY if key else KIND_VP8
+            try:
+                await self.ws.send_bytes(struct.pack(">BI", kind, self.seq) + data)
             except (ConnectionError, RuntimeError):
                 return
 

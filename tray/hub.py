@@ -177,6 +177,19 @@ class Hub:
         except LocalProtocolError:
             return None
 
+    def screen_source(self, sid: str, peer: str | None) -> tuple[Any, Any] | None:
+        """(viewer, link) of customer ``peer``'s screen once its track arrived, or None."""
+        entry = self.entry(sid)
+        if entry.ended:
+            raise LocalProtocolError("this session has ended", code="ended")
+        try:
+            services = entry.session.services_for(peer)
+        except LocalProtocolError:
+            return None
+        if services.viewer is None:
+            return None
+        return services.viewer, services.link
+
     async def close(self) -> None:
         """End every live session and stop the embedded server."""
         for entry in list(self.entries.values()):

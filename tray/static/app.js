@@ -259,7 +259,15 @@ function toast(text) {
 // -- the customer's screen ----------------------------------------------------------
 
 const screen = {
-  ws: null, key: "", frames: 0, lastFpsAt: performance.now(), canvas: null, ctx: null, size: null,
+  ws: null, key: "", frames: 0, lastFpsAt: performance.now(), size: null, decoder: null,
+  vp8: false, noVp8: location.hash === "#jpeg", mode: "",
+  async probe() {
+    // the agent forwards the customer's VP8 frames when this browser can decode them
+    try {
+      this.vp8 = typeof VideoDecoder !== "undefined" &&
+        (await VideoDecoder.isConfigSupported({ codec: "vp8" })).supported === true;
+    } catch { this.vp8 = false; }
+  },
   update() {
     const s = state.sessions.get(state.current);
     const want = s && !s.ended && s.target && s.caps.view === "granted" ? `${s.sid}/${s.target}` : "";
@@ -272,37 +280,83 @@ const screen = {
     this.key = want;
     if (!want) return;
     const [sid, peer] = want.split("/");
-    const ws = new WebSocket(`ws://${location.host}/screen?t=${encodeURIComponent(TOKEN)}&session=${sid}&peer=${encodeURIComponent(peer)}`);
+    this.mode = this.vp8 && !this.noVp8 ? "vp8" : "jpeg";
+    const codec = this.mode === "vp8" ? "&codec=vp8" : "";
+    const ws = new WebSocket(`ws://${location.host}/screen?t=${encodeURIComponent(TOKEN)}&session=${sid}&peer=${encodeURIComponent(peer)}${codec}`);
     ws.binaryType = "arraybuffer";
     ws.onopen = () => this.sendFit();
-    ws.onmessage = (m) => this.frame(ws, m.data);
-    ws.onclose = () => { if (this.ws === ws) { this.ws = null; this.key = ""; setTimeout(() => this.update(), 500); } };
+    ws.onmessage = (m) => {
+      if (typeof m.data === "string") {
+        const msg = JSON.parse(m.data);
+        if (msg.fallback) this.noVp8 = true;
+        return;
+      }
+      this.frame(ws, m.data);
+    };
+    ws.onclose = () => { if (this.ws === ws) { this.ws = null; this.key = ""; setTimeout(() => this.update(), 300); } };
     this.ws = ws;
+    $("screen").dataset.mode = this.mode;
   },
   sendFit() {
-    // the agent scales frames down to what the canvas can show (device pixels)
-    const wrap = $("screen-wrap"); const dpr = window.devicePixelRatio || 1;
-    const fit = [Math.round(wrap.clientWidth * dpr), Math.round(wrap.clientHeight * dpr)];
+    // the agent scales JPEG frames down to what the canvas can show (device pixels)
+    const fit = this.fit();
     if (this.ws && this.ws.readyState === WebSocket.OPEN && fit[0] > 0) this.ws.send(JSON.stringify({ fit }));
+  },
+  fit() {
+    const wrap = $("screen-wrap"); const dpr = window.devicePixelRatio || 1;
+    return [Math.round(wrap.clientWidth * dpr), Math.round(wrap.clientHeight * dpr)];
   },
   close() {
     if (this.ws) { const ws = this.ws; this.ws = null; ws.close(); }
+    if (this.decoder && this.decoder.state !== "closed") this.decoder.close();
+    this.decoder = null;
     this.size = null;
     $("fps").textContent = "";
   },
-  async frame(ws, data) {
-    const seq = new DataView(data).getUint32(0);
-    const bitmap = await createImageBitmap(new Blob([data.slice(4)], { type: "image/jpeg" }));
-    const c = $("screen");
-    if (c.width !== bitmap.width || c.height !== bitmap.height) { c.width = bitmap.width; c.height = bitmap.height; }
-    c.getContext("2d").drawImage(bitmap, 0, 0);
+  frame(ws, data) {
+    const view = new DataView(data);
+    const kind = view.getUint8(0); const seq = view.getUint32(1);
+    const body = new Uint8Array(data, 5);
+    if (kind === 0) { this.jpeg(ws, seq, body); return; }
+    if (!this.decoder || this.decoder.state === "closed") {
+      if (kind !== 1) return; // a decoder starts at a keyframe
+      this.decoder = new VideoDecoder({
+        output: (f) => {
+          // under load, only the newest decoded frame is drawn (and acknowledged)
+          const ts = f.timestamp;
+          if (this.decoder && this.decoder.decodeQueueSize > 0) { f.close(); return; }
+          this.draw(f, f.displayWidth, f.displayHeight); f.close(); this.shown(ws, ts);
+        },
+        error: () => { this.decoder = null; if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ key: true })); },
+      });
+      this.decoder.configure({ codec: "vp8", optimizeForLatency: true });
+    }
+    try {
+      this.decoder.decode(new EncodedVideoChunk({ type: kind === 1 ? "key" : "delta", timestamp: seq, data: body }));
+    } catch {
+      this.decoder = null; if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ key: true }));
+    }
+  },
+  async jpeg(ws, seq, body) {
+    const bitmap = await createImageBitmap(new Blob([body], { type: "image/jpeg" }));
+    this.draw(bitmap, bitmap.width, bitmap.height);
     bitmap.close();
-    if (!this.size) { this.size = [c.width, c.height]; $("screen-empty").hidden = true; }
+    this.shown(ws, seq);
+  },
+  draw(source, w, h) {
+    // drawn at its own size (the agent already scaled JPEG frames); CSS fits it on screen
+    const c = $("screen");
+    if (c.width !== w || c.height !== h) { c.width = w; c.height = h; }
+    c.getContext("2d").drawImage(source, 0, 0);
+    if (!this.size) { this.size = [w, h]; $("screen-empty").hidden = true; }
+  },
+  shown(ws, seq) {
     if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ shown: seq }));
+    const c = $("screen");
     this.frames++;
     const now = performance.now();
     if (now - this.lastFpsAt > 1000) {
-      $("fps").textContent = `${c.width}×${c.height} · ${Math.round((this.frames * 1000) / (now - this.lastFpsAt))} fps`;
+      $("fps").textContent = `${this.size[0]}×${this.size[1]} · ${Math.round((this.frames * 1000) / (now - this.lastFpsAt))} fps`;
       this.frames = 0; this.lastFpsAt = now;
     }
     c.dataset.frames = String((Number(c.dataset.frames) || 0) + 1);
@@ -418,5 +472,5 @@ function wire() {
 })();
 window.addEventListener("resize", () => screen.sendFit());
 wire();
-connect();
+screen.probe().finally(connect);
 render();
