@@ -363,3 +363,75 @@ def test_without_a_tray_host_peerdesk_opens_the_dashboard_and_says_why(
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+def test_the_customers_tray_turns_red_when_controlled_and_a_click_stops_it(
+    tray_host: str, tmp_path: Path
+) -> None:
+    signal_proc, signal_url = start_signal_server()
+    browser_env, opened = _browser_script(tmp_path)
+    csr = Proc(
+        ["agent", "start", "--headless", "--json", "--signal", signal_url, "--name", "Carol"],
+        home=tmp_path / "csr",
+        name="csr",
+    )
+    out = (tmp_path / "customer.out").open("w")
+    customer = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "agent",
+            "join",
+            "--name",
+            "Alice",
+            csr.expect("session")["link"],
+        ],  # not headless: the page and the tray
+        env={
+            **os.environ,
+            **browser_env,
+            "DISPLAY": tray_host,
+            "PEERDESK_HOME": str(tmp_path / "cust"),
+            "PYTHONUNBUFFERED": "1",
+        },
+        stdin=subprocess.PIPE,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        csr.expect("joined", timeout=30)
+        wid = _wait(lambda: _icon_window(tray_host), "the customer's tray icon")
+        _wait(lambda: _icon_state(tray_host, wid) is State.SESSION, "the in-session icon")
+        page = _wait(lambda: opened.exists() and opened.read_text().strip(), "the prompt page")
+
+        csr.send({"cmd": "request", "cap": "control"})
+        asked = csr.expect("consent", lambda e: e["state"] == "pending")
+        _wait(lambda: _icon_state(tray_host, wid) is State.PROMPT, "the prompt icon")
+        assert customer.stdin is not None
+        customer.stdin.write(f"/grant {asked['id']}\n")  # the console takes answers too
+        customer.stdin.flush()
+        csr.expect("control", lambda e: e["holder"] is not None)
+        _wait(lambda: _icon_state(tray_host, wid) is State.CONTROLLED, "the red icon")
+        title = xdotool(tray_host, "getwindowname", wid).strip()
+        assert title == "PeerDesk: Carol is CONTROLLING this computer", title
+
+        # a click on the icon is Stop sharing while something is shared
+        xdotool(tray_host, "mousemove", "--window", wid, "5", "5", "click", "1")
+        assert csr.expect("consent", lambda e: e["state"] == "revoked")["cap"] == "control"
+        _wait(lambda: _icon_state(tray_host, wid) is State.SESSION, "the icon back to blue")
+
+        # and then Session info: it opens the prompts page again
+        xdotool(tray_host, "mousemove", "--window", wid, "5", "5", "click", "1")
+        _wait(lambda: len(opened.read_text().split()) == 2, "the page to open again")
+        assert opened.read_text().split() == [page, page]
+
+        csr.send({"cmd": "end"})
+        assert customer.wait(20) == 0
+        assert csr.wait(20) == 0
+    finally:
+        if customer.poll() is None:
+            customer.kill()
+            customer.wait(10)
+        out.close()
+        csr.kill()
+        signal_proc.kill()

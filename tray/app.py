@@ -248,7 +248,7 @@ class TrayApp:
 
         icon.icon = icons.draw(view.state)
         icon.title = model.tooltip(view)
-        icon.menu = _pystray_menu(model.menu(view), self.act)
+        icon.menu = pystray_menu(model.menu(view), self.act)
         icon.update_menu()
 
     def run(self) -> int:
@@ -265,16 +265,16 @@ class TrayApp:
             "peerdesk",
             icons.draw(self.view.state),
             model.tooltip(self.view),
-            menu=_pystray_menu(model.menu(self.view), self.act),
+            menu=pystray_menu(model.menu(self.view), self.act),
         )
         signal.signal(signal.SIGTERM, lambda *_: self.act(model.Action("quit")))
-        self.icon.run(setup=_show)
+        self.icon.run(setup=show_icon)
         self.loop.call_soon_threadsafe(self.agent.stop.set)
         thread.join(15)
         return 0
 
 
-def _show(icon: Any) -> None:
+def show_icon(icon: Any) -> None:
     """pystray's setup: show the icon, and make a click on it reach the default item.
 
     pystray's plain-X backend (the one without GTK) creates its window without
@@ -290,7 +290,7 @@ def _show(icon: Any) -> None:
     display.flush()
 
 
-def _pystray_menu(items: tuple[model.Item, ...], act: Callable[[model.Action], None]) -> Any:
+def pystray_menu(items: tuple[model.Item, ...], act: Callable[[model.Action], None]) -> Any:
     import pystray
 
     def build(item: model.Item) -> Any:

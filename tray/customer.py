@@ -29,6 +29,7 @@ from agent import status
 from agent.errors import DecodeError, PeerDeskError
 from agent.headless import Controllable
 from agent.protocol import commands as cmds
+from tray import model
 from tray.web import LocalServer
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class CustomerPanel(LocalServer):
         self.session: Controllable | None = None
         self.history: list[status.Status] = []
         self._also = also
+        self.tray: CustomerTray | None = None
         self._sends: set[asyncio.Future[None]] = set()
 
     @property
@@ -68,6 +70,8 @@ class CustomerPanel(LocalServer):
                 send.add_done_callback(self._sent)
         if self._also is not None:
             self._also(event)
+        if self.tray is not None:
+            self.tray.on_status(event)
 
     def _sent(self, future: asyncio.Future[None]) -> None:
         self._sends.discard(future)
@@ -144,6 +148,8 @@ class CustomerPanel(LocalServer):
         raise DecodeError("unknown op (known: answer, chat, file, leave, stop, warning_seen)")
 
     async def stop(self) -> None:
+        if self.tray is not None:
+            self.tray.stop()
         for send in list(self._sends):
             send.cancel()
         with contextlib.suppress(Exception):
@@ -166,6 +172,85 @@ async def open_panel(
     panel = CustomerPanel(home, also=also)
     url = await panel.start()
     print(f"PeerDesk prompts: {url}", flush=True)
+    panel.tray = CustomerTray.start(panel, asyncio.get_running_loop())
     if not await asyncio.to_thread(open_browser, url):
         print("No browser found: open the address above to answer requests.", file=sys.stderr)
     return panel
+
+
+class CustomerTray:
+    """The customer's tray icon: red while controlled, amber while viewed, and the menu
+    Stop sharing / Leave session / Session info (which opens the prompts page).
+
+    pystray's X backend runs its loop in a thread of its own here: the customer's
+    agent keeps asyncio on the main thread (``peerdesk join``). Menu actions go to the
+    loop with ``run_coroutine_threadsafe``; status values come back through
+    ``on_status`` and are folded into a ``TrayView``.
+    """
+
+    SESSION = "c"
+
+    def __init__(self, panel: CustomerPanel, loop: asyncio.AbstractEventLoop, icon: Any) -> None:
+        self.panel = panel
+        self.loop = loop
+        self.icon = icon
+        self.view = model.TrayView(role="customer")
+
+    @classmethod
+    def start(cls, panel: CustomerPanel, loop: asyncio.AbstractEventLoop) -> CustomerTray | None:
+        """The icon, if this desktop has a tray host (else None: the page is enough)."""
+        import threading
+
+        from tray.app import pystray_menu, show_icon, tray_host_problem
+
+        problem = tray_host_problem()
+        if problem is not None:
+            log.info("no tray icon for the customer: %s", problem)
+            return None
+        import pystray
+
+        from tray import icons
+
+        tray = cls(panel, loop, None)
+        tray.icon = pystray.Icon(
+            "peerdesk",
+            icons.draw(tray.view.state),
+            model.tooltip(tray.view),
+            menu=pystray_menu(model.menu(tray.view), tray.act),
+        )
+        threading.Thread(
+            target=tray.icon.run, kwargs={"setup": show_icon}, name="peerdesk-tray", daemon=True
+        ).start()
+        return tray
+
+    def on_status(self, event: status.Status) -> None:
+        view = model.fold(self.view, self.SESSION, event)
+        if view == self.view:
+            return
+        self.view = view
+        from tray import icons
+        from tray.app import pystray_menu
+
+        self.icon.icon = icons.draw(view.state)
+        self.icon.title = model.tooltip(view)
+        self.icon.menu = pystray_menu(model.menu(view), self.act)
+        self.icon.update_menu()
+
+    def act(self, action: model.Action) -> None:
+        """One menu action (runs on pystray's thread)."""
+        from tray.app import open_browser
+
+        command: cmds.Command | None = None
+        if action.kind == "stop_sharing":
+            command = cmds.RevokeCommand(cap="all")
+        elif action.kind in ("leave", "quit"):
+            command = cmds.LeaveCommand()
+        elif action.kind == "info":
+            open_browser(self.panel.url)
+        session = self.panel.session
+        if command is not None and session is not None:
+            asyncio.run_coroutine_threadsafe(session.command(command), self.loop)
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self.icon.stop()

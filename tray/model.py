@@ -189,7 +189,12 @@ def _customer_menu(v: TrayView) -> tuple[Item, ...]:
             default=sharing,
         ),
         Item("Leave session", Action("leave"), enabled=live),
-        Item("Session info", Action("info"), enabled=v.session is not None),
+        Item(
+            "Session info",
+            Action("info"),
+            enabled=v.session is not None,
+            default=not sharing,
+        ),
         SEPARATOR,
         Item("Quit PeerDesk", Action("quit")),
     )
