@@ -58,7 +58,7 @@ KIND_JPEG, KIND_VP8_KEY, KIND_VP8 = 0, 1, 2
 JPEG_QUALITY = 80
 _SID_RE = re.compile(r"s[0-9]{1,6}")
 _PEER_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_OPS = frozenset({"start", "cmd", "note"})
+_OPS = frozenset({"start", "join", "cmd", "note"})
 _FILE_NAME_BAD = re.compile(r"[\x00-\x1f/\\]")
 STATIC = "static"
 
@@ -186,7 +186,10 @@ class Dashboard(LocalServer):
         ws = web.WebSocketResponse(max_msg_size=MAX_WS_MESSAGE, heartbeat=20)
         await ws.prepare(request)
         me = self.hub.me
-        await ws.send_json({"type": "hello", "me": {"id": me.peer_id, "name": me.name}})
+        roles = {sid: e.role for sid, e in self.hub.entries.items()}
+        await ws.send_json(
+            {"type": "hello", "me": {"id": me.peer_id, "name": me.name}, "roles": roles}
+        )
         for sid, entry in list(self.hub.entries.items()):
             for event in list(entry.history):
                 await ws.send_json(_status_message(sid, event))
@@ -221,6 +224,12 @@ class Dashboard(LocalServer):
             if op == "start":
                 sid = await self.hub.start_session()
                 return {"type": "started", "session": sid}
+            if op == "join":
+                code = obj.get("code")
+                if not isinstance(code, str) or not 1 <= len(code) <= 4096:
+                    raise DecodeError("join: code must be the CSR code or link you were given")
+                sid = await self.hub.join_as_assistant(code)
+                return {"type": "started", "session": sid, "role": "assistant"}
             sid = _sid(obj.get("session"))
             if op == "note":
                 text_ = obj.get("text")

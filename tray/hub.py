@@ -46,6 +46,8 @@ class Entry:
     "The ``CsrSession`` (typed loosely: the runtime is imported lazily)."
     history: list[status.Status] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    role: str = "primary"
+    "``primary`` (this agent hosts the session) or ``assistant`` (joined with a CSR code)."
     ended: bool = False
     waiter: asyncio.Task[int] | None = None
 
@@ -135,6 +137,40 @@ class Hub:
             entry.waiter = asyncio.ensure_future(self._watch(entry))
             return sid
 
+    async def join_as_assistant(self, code: str) -> str:
+        """Join another CSR's session with its CSR code (or link) as an assistant; returns
+        its id here at once: the join (and the primary's answer) goes on in the background."""
+        from agent.cli import DEFAULT_PORT
+        from agent.protocol.code import parse_code_or_link
+        from agent.runtime import CustomerSession
+        from agent.session import handshake as hsk
+
+        link = parse_code_or_link(code)
+        url = link.signal or self.signal_url or f"ws://127.0.0.1:{DEFAULT_PORT}"
+        async with self._lock:
+            sid = f"s{next(self._ids)}"
+
+            def emit(event: status.Status, sid: str = sid) -> None:
+                self._emit(sid, event)
+
+            session = CustomerSession(
+                self.me, link, url, emit, role="csr", timeout=hsk.DECISION_TTL
+            )
+            entry = Entry(sid, session, role="assistant")
+            self.entries[sid] = entry
+        entry.waiter = asyncio.ensure_future(self._join(entry))
+        return sid
+
+    async def _join(self, entry: Entry) -> int:
+        try:
+            await entry.session.join()
+        except PeerDeskError as exc:
+            entry.ended = True
+            self._emit(entry.sid, status.Error(reason=exc.message, code=exc.code))
+            self._emit(entry.sid, status.Ended(reason="failed"))
+            return 1
+        return await self._watch(entry)
+
     async def _watch(self, entry: Entry) -> int:
         try:
             return int(await entry.session.wait())
@@ -193,8 +229,12 @@ class Hub:
     async def close(self) -> None:
         """End every live session and stop the embedded server."""
         for entry in list(self.entries.values()):
-            if not entry.ended:
-                with contextlib.suppress(PeerDeskError):
+            if entry.ended:
+                continue
+            with contextlib.suppress(PeerDeskError):
+                if entry.role == "assistant":
+                    await entry.session.leave()
+                else:
                     await entry.session.end("stopped", force=True)
         if self._server is not None:
             await self._server.cleanup()

@@ -11,13 +11,14 @@ const el = (tag, cls, text) => {
   return e;
 };
 
-const state = { me: null, sessions: new Map(), current: null, ws: null };
+const state = { me: null, sessions: new Map(), current: null, ws: null, roles: {} };
 
 function newSession(sid) {
   return {
     sid, code: "", link: "", csrCode: "", me: "", participants: [], holder: null,
     caps: {}, chat: [], files: new Map(), notes: [], ended: false, report: null,
     asking: new Map(), activity: [], sysinfo: null, target: null,
+    role: state.roles[sid] || "primary", lead: "",
   };
 }
 
@@ -42,8 +43,12 @@ function command(cmd) {
 }
 
 function onMessage(msg) {
-  if (msg.type === "hello") { state.me = msg.me; return; }
-  if (msg.type === "started") { select(msg.session); return; }
+  if (msg.type === "hello") { state.me = msg.me; state.roles = msg.roles || {}; return; }
+  if (msg.type === "started") {
+    if (msg.role) state.roles[msg.session] = msg.role;
+    sessionOf(msg.session).role = msg.role || "primary";
+    select(msg.session); return;
+  }
   if (msg.type === "error") { toast(msg.reason); return; }
   if (msg.type === "note") {
     const s = sessionOf(msg.session); s.notes.push(msg.text); render(); return;
@@ -73,6 +78,8 @@ function apply(s, e) {
       s.code = e.code; s.link = e.link; s.csrCode = e.csr_code; s.me = e.me;
       log(s, "Session started"); break;
     case "joined":
+      if (!s.me) s.me = e.me;
+      if (s.role === "assistant" && e.role === "csr" && e.sas) s.lead = e.name;
       log(s, `${e.name} joined as ${e.role === "csr" ? "assistant" : "customer"}` + (e.sas ? ` (check code ${e.sas})` : ""));
       break;
     case "roster":
@@ -82,7 +89,10 @@ function apply(s, e) {
         s.target = primary ? primary.id : null;
       }
       break;
-    case "left": log(s, `${nameOf(s, e.peer)} ${e.reason === "left" ? "left" : "was lost"}`); break;
+    case "left":
+      log(s, `${nameOf(s, e.peer)} ${e.reason === "left" ? "left" : "was lost"}`);
+      if (e.peer === s.me) s.ended = true;
+      break;
     case "chat": s.chat.push({ from: e.from, name: e.name, text: e.text, to: e.to, mine: e.from === s.me }); break;
     case "consent":
       s.caps[e.cap] = e.state;
@@ -119,8 +129,9 @@ function render() {
   tabs.replaceChildren();
   for (const s of state.sessions.values()) {
     const customer = s.participants.find((p) => p.role === "customer" && p.primary);
-    const b = el("button", "session-tab" + (s.sid === state.current ? " active" : "") + (s.ended ? " ended" : ""),
-      customer ? customer.name : (s.code ? `Session ${s.code.split("-")[0]}` : s.sid));
+    const label = s.role === "assistant" ? `Assisting ${s.lead || "…"}`
+      : (customer ? customer.name : (s.code ? `Session ${s.code.split("-")[0]}` : s.sid));
+    const b = el("button", "session-tab" + (s.sid === state.current ? " active" : "") + (s.ended ? " ended" : ""), label);
     b.dataset.sid = s.sid;
     b.onclick = () => select(s.sid);
     tabs.append(b);
@@ -232,6 +243,13 @@ function render() {
   }
   for (const id of ["request-view", "request-control", "request-files", "request-sysinfo", "end-session",
     "chat-send", "file-send", "transfer-control", "note-save"]) $(id).disabled = ended;
+  // an assistant: no invitation, no requests, and it leaves rather than ends
+  const assistant = s.role === "assistant";
+  $("card-invite").hidden = assistant;
+  $("card-files").hidden = assistant;
+  $("card-notes").hidden = assistant;
+  for (const cap of ["view", "control", "files", "sysinfo"]) $("request-" + cap).disabled = ended || assistant;
+  $("end-session").textContent = assistant ? "Leave session" : "End session";
   screen.update();
 }
 
@@ -461,7 +479,16 @@ function wire() {
     send({ op: "note", session: state.current, text }); $("note-input").value = "";
   };
   $("transfer-control").onclick = () => { const to = $("transfer-to").value; if (to) command({ cmd: "transfer_control", to }); };
-  $("end-session").onclick = () => { command({ cmd: "end" }); };
+  $("end-session").onclick = () => { const s = current(); command({ cmd: s && s.role === "assistant" ? "leave" : "end" }); };
+  const openJoin = () => { $("join-dialog").hidden = false; $("join-code").focus(); };
+  $("join-assistant").onclick = openJoin;
+  $("join-cancel").onclick = () => { $("join-dialog").hidden = true; };
+  $("join-form").onsubmit = (ev) => {
+    ev.preventDefault();
+    const code = $("join-code").value.trim(); if (!code) return;
+    send({ op: "join", code }); $("join-dialog").hidden = true; $("join-code").value = "";
+  };
+  if (location.hash === "#join") openJoin();
   setupInput();
 }
 
