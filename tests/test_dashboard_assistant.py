@@ -69,6 +69,24 @@ def test_an_assistant_joins_from_the_dashboard_and_chats(procs: list[Proc], tmp_
             helper.wait_for_selector("#chat-log :text('Thanks Dan.')")
             shot(helper, "assistant-02-assisting")
 
+            # several sessions at once, one tab each
+            primary.click("#new-session")
+            primary.wait_for_function(
+                "document.querySelectorAll('.session-tab').length === 2 && "
+                "document.querySelector('.session-tab.active').dataset.sid === 's2' && "
+                "/^[0-9]{4}-/.test(document.getElementById('invite-code').textContent)"
+            )
+            second = primary.text_content("#invite-code")
+            primary.click(".session-tab[data-sid=s1]")
+            primary.wait_for_function(
+                f"document.getElementById('invite-code').textContent !== '{second}'"
+            )
+            assert primary.locator("#participants li:has-text('Dan')").count() == 1
+            primary.click(".session-tab[data-sid=s2]")
+            assert primary.text_content("#invite-code") == second
+            assert primary.locator("#participants li:has-text('Dan')").count() == 0
+            primary.click(".session-tab[data-sid=s1]")
+
             helper.click(".tab[data-tab=session]")
             assert helper.text_content("#end-session") == "Leave session"
             helper.click("#end-session")
