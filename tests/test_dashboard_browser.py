@@ -334,7 +334,9 @@ def test_a_whole_support_session_from_the_dashboard(
         href = page.get_attribute("#report-link", "href")
         assert href
         page.goto(url.split("/?")[0] + href)
-        assert "Printer" in page.content() or "printer" in page.content()
+        report_html = page.content()
+        assert "printer-driver.bin" in report_html  # the file
+        assert "printer driver was outdated" in report_html  # the note, from the signed log
         shot(page, "10-report-page")
         assert cust.wait() == 0
         assert dan.wait() == 0
