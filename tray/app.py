@@ -44,7 +44,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--download-dir", metavar="DIR", help="where files from customers land")
     p.add_argument("--no-browser", action="store_true", help="do not open the dashboard")
     p.add_argument("--json", action="store_true", help="say the dashboard's URL as a JSON line")
-    p.add_argument("--port", type=int, default=0, help="embedded signaling server's port")
+    from agent.cli import DEFAULT_PORT
+
+    p.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help=f"embedded signaling server's port (default {DEFAULT_PORT}, else any free one)",
+    )
 
 
 class Agent:
@@ -212,8 +219,10 @@ class TrayApp:
         elif kind == "dashboard":
             open_browser(self.agent.url)
         elif kind == "copy_link":
-            _copy(self.view.link)
-            self.notify("Link copied")
+            if _copy(self.view.link):
+                self.notify("Link copied")
+            else:  # no clipboard tool: show it, and the dashboard has a Copy button
+                self.notify(f"Link: {self.view.link}")
         elif kind == "show_code":
             self.notify(f"Session code: {self.view.code}")
         elif kind == "email":
@@ -309,16 +318,29 @@ def pystray_menu(items: tuple[model.Item, ...], act: Callable[[model.Action], No
     return pystray.Menu(*(build(i) for i in items))
 
 
-def _copy(text: str) -> None:
-    """Put ``text`` on the clipboard with whatever this desktop has (Tk is in the stdlib)."""
-    try:
-        import tkinter
+CLIPBOARD_TOOLS = (
+    ("wl-copy",),
+    ("xclip", "-selection", "clipboard"),
+    ("xsel", "--clipboard", "--input"),
+    ("pbcopy",),
+    ("clip",),
+)
+"Programs that keep the clipboard after we hand it the text (Wayland, X11, macOS, Windows)."
 
-        root = tkinter.Tk()
-        root.withdraw()
-        root.clipboard_clear()
-        root.clipboard_append(text)
-        root.update()
-        root.destroy()
-    except Exception as exc:  # tkinter.TclError, or no Tk at all
-        log.info("could not copy to the clipboard: %s", exc)
+
+def _copy(text: str) -> bool:
+    """Put ``text`` on the clipboard with the desktop's own tool; False if there is none."""
+    import shutil
+    import subprocess
+
+    for tool in CLIPBOARD_TOOLS:
+        path = shutil.which(tool[0])
+        if path is None:
+            continue
+        try:
+            subprocess.run([path, *tool[1:]], input=text.encode(), timeout=5, check=True)
+        except (OSError, subprocess.SubprocessError) as exc:
+            log.info("%s could not copy: %s", tool[0], exc)
+            continue
+        return True
+    return False
