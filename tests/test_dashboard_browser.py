@@ -258,6 +258,30 @@ def test_a_whole_support_session_from_the_dashboard(
         assert private["to"] == [joined["me"]] or private["to"], private
         shot(page, "06-chat")
 
+        # a second customer: the CSR makes them primary, then Alice again
+        bob = Proc(
+            ["agent", "join", link, "--headless", "--json", "--name", "Bob"],
+            home=tmp_path / "bob",
+            name="bob",
+            env={"DISPLAY": display},
+        )
+        procs.append(bob)
+        bob.expect("joined", timeout=30)
+        bob_row = page.locator("#participants li:has-text('Bob')")
+        bob_row.wait_for()
+        assert bob_row.locator(".tag.primary").count() == 0
+        bob_row.locator("button:has-text('Make primary')").click()
+        page.wait_for_selector("#participants li:has-text('Bob') .tag.primary")
+        assert page.locator("#participants li:has-text('Alice') .tag.primary").count() == 0
+        bob.expect(
+            "roster", lambda e: any(p["name"] == "Bob" and p["primary"] for p in e["participants"])
+        )
+        page.locator("#participants li:has-text('Alice') button:has-text('Make primary')").click()
+        page.wait_for_selector("#participants li:has-text('Alice') .tag.primary")
+        bob.send({"cmd": "leave"})
+        assert bob.wait(20) == 0
+        page.wait_for_selector("#participants li:has-text('Bob')", state="detached")
+
         # a file with a progress bar that reaches 100 % and the same hash at the customer
         page.click(".tab[data-tab=desktop]")
         page.click("#request-files")
