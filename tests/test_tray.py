@@ -240,12 +240,13 @@ def _browser_script(tmp_path: Path) -> tuple[dict[str, str], Path]:
 
 def _wait(predicate: Any, what: str, timeout: float = 15.0) -> Any:
     deadline = time.monotonic() + timeout
+    value = None
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+    raise AssertionError(f"timed out waiting for {what} (last: {value!r})")
 
 
 def _icon_window(display: str) -> str | None:
@@ -273,13 +274,35 @@ def _icon_colour(display: str, wid: str) -> tuple[int, int, int]:
 
 def _icon_state(display: str, wid: str) -> State | None:
     """The state whose colour the docked icon shows (scaled by the host: nearest colour)."""
-    got = _icon_colour(display, wid)
+    from Xlib.error import XError
+
+    try:
+        got = _icon_colour(display, wid)
+    except XError:  # not mapped yet (BadMatch) or being re-docked
+        return None
 
     def distance(state: State) -> int:
         return sum(abs(a - b) for a, b in zip(got, icons.COLOURS[state], strict=True))
 
     best = min(State, key=distance)
     return best if distance(best) < 60 else None
+
+
+def _wait_state(display: str, wid: str, state: State, what: str) -> None:
+    """Until the icon shows ``state``'s colour; the failure says what it showed."""
+    from Xlib.error import XError
+
+    deadline = time.monotonic() + 15
+    got: object = None
+    while time.monotonic() < deadline:
+        if _icon_state(display, wid) is state:
+            return
+        try:
+            got = _icon_colour(display, wid)
+        except XError as exc:
+            got = exc
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}: the icon shows {got!r}")
 
 
 async def _start_session(url: str) -> None:
@@ -294,8 +317,6 @@ async def _start_session(url: str) -> None:
 
 
 def test_the_tray_runs_for_real_with_a_tray_host(tray_host: str, tmp_path: Path) -> None:
-    import asyncio
-
     signal_proc, signal_url = start_signal_server()
     browser_env, opened = _browser_script(tmp_path)
     tray = Proc(
@@ -305,29 +326,37 @@ def test_the_tray_runs_for_real_with_a_tray_host(tray_host: str, tmp_path: Path)
         env={"DISPLAY": tray_host, **browser_env},
     )
     try:
-        url = tray.expect("dashboard", timeout=30)["url"]
-        wid = _wait(lambda: _icon_window(tray_host), "the tray icon")
-        assert xdotool(tray_host, "getwindowname", wid).strip() == "PeerDesk: idle"
-        _wait(lambda: _icon_state(tray_host, wid) is State.IDLE, "the idle icon")
-
-        # a session started from the dashboard shows in the tray: title and colour
-        asyncio.run(_start_session(url))
-        _wait(
-            lambda: xdotool(tray_host, "getwindowname", wid).strip() == "PeerDesk: in a session",
-            "the in-session title",
-        )
-        _wait(lambda: _icon_state(tray_host, wid) is State.SESSION, "the in-session icon")
-
-        # a click on the icon runs the default item: Open dashboard
-        xdotool(tray_host, "mousemove", "--window", wid, "5", "5", "click", "1")
-        _wait(lambda: opened.exists() and opened.read_text().strip(), "the browser to open")
-        assert opened.read_text().split() == [url]
-
-        tray.proc.send_signal(signal.SIGTERM)
-        assert tray.wait(20) == 0
+        _the_tray_for_real(tray, tray_host, opened)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\ntray stderr:\n{''.join(tray.stderr[-60:])}") from None
     finally:
         tray.kill()
         signal_proc.kill()
+
+
+def _the_tray_for_real(tray: Proc, tray_host: str, opened: Path) -> None:
+    import asyncio
+
+    url = tray.expect("dashboard", timeout=30)["url"]
+    wid = _wait(lambda: _icon_window(tray_host), "the tray icon")
+    assert xdotool(tray_host, "getwindowname", wid).strip() == "PeerDesk: idle"
+    _wait_state(tray_host, wid, State.IDLE, "the idle icon")
+
+    # a session started from the dashboard shows in the tray: title and colour
+    asyncio.run(_start_session(url))
+    _wait(
+        lambda: xdotool(tray_host, "getwindowname", wid).strip() == "PeerDesk: in a session",
+        "the in-session title",
+    )
+    _wait_state(tray_host, wid, State.SESSION, "the in-session icon")
+
+    # a click on the icon runs the default item: Open dashboard
+    xdotool(tray_host, "mousemove", "--window", wid, "5", "5", "click", "1")
+    _wait(lambda: opened.exists() and opened.read_text().strip(), "the browser to open")
+    assert opened.read_text().split() == [url]
+
+    tray.proc.send_signal(signal.SIGTERM)
+    assert tray.wait(20) == 0
 
 
 def test_without_a_tray_host_peerdesk_opens_the_dashboard_and_says_why(
@@ -401,24 +430,24 @@ def test_the_customers_tray_turns_red_when_controlled_and_a_click_stops_it(
     try:
         csr.expect("joined", timeout=30)
         wid = _wait(lambda: _icon_window(tray_host), "the customer's tray icon")
-        _wait(lambda: _icon_state(tray_host, wid) is State.SESSION, "the in-session icon")
+        _wait_state(tray_host, wid, State.SESSION, "the in-session icon")
         page = _wait(lambda: opened.exists() and opened.read_text().strip(), "the prompt page")
 
         csr.send({"cmd": "request", "cap": "control"})
         asked = csr.expect("consent", lambda e: e["state"] == "pending")
-        _wait(lambda: _icon_state(tray_host, wid) is State.PROMPT, "the prompt icon")
+        _wait_state(tray_host, wid, State.PROMPT, "the prompt icon")
         assert customer.stdin is not None
         customer.stdin.write(f"/grant {asked['id']}\n")  # the console takes answers too
         customer.stdin.flush()
         csr.expect("control", lambda e: e["holder"] is not None)
-        _wait(lambda: _icon_state(tray_host, wid) is State.CONTROLLED, "the red icon")
+        _wait_state(tray_host, wid, State.CONTROLLED, "the red icon")
         title = xdotool(tray_host, "getwindowname", wid).strip()
         assert title == "PeerDesk: Carol is CONTROLLING this computer", title
 
         # a click on the icon is Stop sharing while something is shared
         xdotool(tray_host, "mousemove", "--window", wid, "5", "5", "click", "1")
         assert csr.expect("consent", lambda e: e["state"] == "revoked")["cap"] == "control"
-        _wait(lambda: _icon_state(tray_host, wid) is State.SESSION, "the icon back to blue")
+        _wait_state(tray_host, wid, State.SESSION, "the icon back to blue")
 
         # and then Session info: it opens the prompts page again
         xdotool(tray_host, "mousemove", "--window", wid, "5", "5", "click", "1")

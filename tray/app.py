@@ -32,6 +32,7 @@ from agent.protocol import commands as cmds
 from agent.protocol.code import check_signal_url
 from tray import model
 from tray.dashboard import Dashboard
+from tray.driver import IconDriver
 from tray.hub import Hub
 
 log = logging.getLogger(__name__)
@@ -171,6 +172,7 @@ class TrayApp:
         self.view = model.TrayView()
         self._lock = threading.Lock()
         self.icon: Any = None
+        self.driver: IconDriver | None = None
         self.ready = threading.Event()
 
     # -- the loop thread
@@ -248,17 +250,11 @@ class TrayApp:
     # -- the tray (main thread)
 
     def refresh(self) -> None:
-        icon = self.icon
-        if icon is None:
-            return
-        with self._lock:
-            view = self.view
-        from tray import icons
-
-        icon.icon = icons.draw(view.state)
-        icon.title = model.tooltip(view)
-        icon.menu = pystray_menu(model.menu(view), self.act)
-        icon.update_menu()
+        """Show the current view (from any thread: the driver applies it on pystray's)."""
+        if self.driver is not None:
+            with self._lock:
+                view = self.view
+            self.driver.show(view)
 
     def run(self) -> int:
         import pystray
@@ -276,27 +272,19 @@ class TrayApp:
             model.tooltip(self.view),
             menu=pystray_menu(model.menu(self.view), self.act),
         )
+        self.driver = IconDriver(self.icon, self.act)
+        self.refresh()
         signal.signal(signal.SIGTERM, lambda *_: self.act(model.Action("quit")))
         self.icon.run(setup=show_icon)
+        self.driver.close()
         self.loop.call_soon_threadsafe(self.agent.stop.set)
         thread.join(15)
         return 0
 
 
 def show_icon(icon: Any) -> None:
-    """pystray's setup: show the icon, and make a click on it reach the default item.
-
-    pystray's plain-X backend (the one without GTK) creates its window without
-    ButtonPressMask, so clicks never arrive; select them on its window.
-    """
+    """pystray's setup: show the icon (``IconDriver`` does the rest on pystray's thread)."""
     icon.visible = True
-    window, display = getattr(icon, "_window", None), getattr(icon, "_display", None)
-    if window is None or display is None:
-        return
-    from Xlib import X
-
-    window.change_attributes(event_mask=X.ExposureMask | X.StructureNotifyMask | X.ButtonPressMask)
-    display.flush()
 
 
 def pystray_menu(items: tuple[model.Item, ...], act: Callable[[model.Action], None]) -> Any:

@@ -30,6 +30,7 @@ from agent.errors import DecodeError, PeerDeskError
 from agent.headless import Controllable
 from agent.protocol import commands as cmds
 from tray import model
+from tray.driver import IconDriver
 from tray.web import LocalServer
 
 log = logging.getLogger(__name__)
@@ -195,6 +196,7 @@ class CustomerTray:
         self.loop = loop
         self.icon = icon
         self.view = model.TrayView(role="customer")
+        self.driver: IconDriver | None = None
 
     @classmethod
     def start(cls, panel: CustomerPanel, loop: asyncio.AbstractEventLoop) -> CustomerTray | None:
@@ -218,23 +220,17 @@ class CustomerTray:
             model.tooltip(tray.view),
             menu=pystray_menu(model.menu(tray.view), tray.act),
         )
+        tray.driver = IconDriver(tray.icon, tray.act)
+        tray.driver.show(tray.view)
         threading.Thread(
             target=tray.icon.run, kwargs={"setup": show_icon}, name="peerdesk-tray", daemon=True
         ).start()
         return tray
 
     def on_status(self, event: status.Status) -> None:
-        view = model.fold(self.view, self.SESSION, event)
-        if view == self.view:
-            return
-        self.view = view
-        from tray import icons
-        from tray.app import pystray_menu
-
-        self.icon.icon = icons.draw(view.state)
-        self.icon.title = model.tooltip(view)
-        self.icon.menu = pystray_menu(model.menu(view), self.act)
-        self.icon.update_menu()
+        self.view = model.fold(self.view, self.SESSION, event)
+        if self.driver is not None:
+            self.driver.show(self.view)
 
     def act(self, action: model.Action) -> None:
         """One menu action (runs on pystray's thread)."""
@@ -252,5 +248,7 @@ class CustomerTray:
             asyncio.run_coroutine_threadsafe(session.command(command), self.loop)
 
     def stop(self) -> None:
+        if self.driver is not None:
+            self.driver.close()
         with contextlib.suppress(Exception):
             self.icon.stop()
