@@ -62,9 +62,10 @@ _OPS = frozenset({"start", "join", "cmd", "note"})
 _FILE_NAME_BAD = re.compile(r"[\x00-\x1f/\\]")
 STATIC = "static"
 
-ShownHook = Callable[[Any, float, float], None]
+ShownHook = Callable[[Any, float, float, float], None]
 """(the decoded frame for JPEG, the RTP timestamp for VP8 passthrough; when it was sent
-to the page; when the page said it drew it): monotonic seconds."""
+to the page; when the page said it drew it, monotonic seconds; how long the page says
+drawing took, seconds)."""
 
 
 def _safe_name(name: str) -> str:
@@ -309,7 +310,7 @@ class _Relay:
                 frame = self.sent.pop(seq, None)
                 if frame is not None:
                     if self.dash.on_shown is not None:
-                        self.dash.on_shown(frame[0], frame[1], time.monotonic())
+                        self.dash.on_shown(frame[0], frame[1], time.monotonic(), _draw(obj))
                     self.acked.set()
         finally:
             pump.cancel()
@@ -414,7 +415,7 @@ class _Passthrough:
                 for old in [s for s in self.sent if s < seq]:
                     del self.sent[old]  # the page skipped them (decoded, not drawn)
                 if sent is not None and self.dash.on_shown is not None:
-                    self.dash.on_shown(sent[0], sent[1], time.monotonic())
+                    self.dash.on_shown(sent[0], sent[1], time.monotonic(), _draw(obj))
         finally:
             tap.listeners.discard(self._on_encoded)
             pump.cancel()
@@ -451,6 +452,14 @@ class _Passthrough:
 async def _send_quietly(ws: web.WebSocketResponse, message: dict[str, Any]) -> None:
     with contextlib.suppress(ConnectionError, RuntimeError):
         await ws.send_json(message)
+
+
+def _draw(obj: Any) -> float:
+    """The page's own figure for drawing a frame, in seconds (0 when absent or absurd)."""
+    value = obj.get("draw_ms") if isinstance(obj, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1000:
+        return 0.0
+    return float(value) / 1000
 
 
 def _status_message(sid: str, event: status.Status) -> dict[str, Any]:

@@ -277,7 +277,7 @@ function toast(text) {
 // -- the customer's screen ----------------------------------------------------------
 
 const screen = {
-  ws: null, key: "", frames: 0, lastFpsAt: performance.now(), size: null, decoder: null,
+  ws: null, key: "", frames: 0, lastFpsAt: performance.now(), size: null, decoder: null, ctx: null,
   vp8: false, noVp8: location.hash === "#jpeg", mode: "",
   async probe() {
     // the agent forwards the customer's VP8 frames when this browser can decode them
@@ -343,7 +343,9 @@ const screen = {
           // under load, only the newest decoded frame is drawn (and acknowledged)
           const ts = f.timestamp;
           if (this.decoder && this.decoder.decodeQueueSize > 0) { f.close(); return; }
-          this.draw(f, f.displayWidth, f.displayHeight); f.close(); this.shown(ws, ts);
+          const t0 = performance.now();
+          this.draw(f, f.displayWidth, f.displayHeight); f.close();
+          this.shown(ws, ts, performance.now() - t0);
         },
         error: () => { this.decoder = null; if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ key: true })); },
       });
@@ -357,19 +359,22 @@ const screen = {
   },
   async jpeg(ws, seq, body) {
     const bitmap = await createImageBitmap(new Blob([body], { type: "image/jpeg" }));
+    const t0 = performance.now();
     this.draw(bitmap, bitmap.width, bitmap.height);
     bitmap.close();
-    this.shown(ws, seq);
+    this.shown(ws, seq, performance.now() - t0);
   },
   draw(source, w, h) {
     // drawn at its own size (the agent already scaled JPEG frames); CSS fits it on screen
     const c = $("screen");
     if (c.width !== w || c.height !== h) { c.width = w; c.height = h; }
-    c.getContext("2d").drawImage(source, 0, 0);
+    if (!this.ctx || this.ctx.canvas !== c) this.ctx = c.getContext("2d", { alpha: false });
+    this.ctx.drawImage(source, 0, 0);
     if (!this.size) { this.size = [w, h]; $("screen-empty").hidden = true; }
   },
-  shown(ws, seq) {
-    if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ shown: seq }));
+  shown(ws, seq, drawMs) {
+    // drawMs: how long drawing the decoded frame took (the agent's benchmark splits it out)
+    if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ shown: seq, draw_ms: drawMs }));
     const c = $("screen");
     this.frames++;
     const now = performance.now();
