@@ -278,6 +278,19 @@ def test_a_whole_support_session_from_the_dashboard(
         )
         page.locator("#participants li:has-text('Alice') button:has-text('Make primary')").click()
         page.wait_for_selector("#participants li:has-text('Alice') .tag.primary")
+        # choose whom to assist: requests go to Bob now, and back to Alice
+        page.locator("#participants li:has-text('Bob') button:has-text('Assist')").click()
+        page.wait_for_selector("#participants li.target:has-text('Bob')")
+        page.click(".tab[data-tab=desktop]")
+        page.click("#request-sysinfo")
+        assert bob.expect("request")["cap"] == "sysinfo"
+        page.wait_for_function("document.getElementById('cap-sysinfo').textContent === 'pending'")
+        assert page.text_content("#cap-view") == "not asked"  # Bob's answers, not Alice's
+        page.locator("#participants li:has-text('Alice') button:has-text('Assist')").click()
+        page.wait_for_selector("#participants li.target:has-text('Alice')")
+        assert page.text_content("#cap-view") == "granted"
+        assert page.text_content("#cap-sysinfo") == "not asked"
+        page.click(".tab[data-tab=tools]")
         bob.send({"cmd": "leave"})
         assert bob.wait(20) == 0
         page.wait_for_selector("#participants li:has-text('Bob')", state="detached")

@@ -95,7 +95,7 @@ function apply(s, e) {
       break;
     case "chat": s.chat.push({ from: e.from, name: e.name, text: e.text, to: e.to, mine: e.from === s.me }); break;
     case "consent":
-      s.caps[e.cap] = e.state;
+      (s.caps[e.peer] = s.caps[e.peer] || {})[e.cap] = e.state;
       if (e.cap === "control" && e.state !== "granted") s.holder = null;
       log(s, `${e.cap.replace("_", " ")}: ${e.state}${e.reason ? " — " + e.reason : ""}`);
       break;
@@ -181,14 +181,14 @@ function render() {
   // capabilities
   for (const cap of ["view", "control", "files", "sysinfo"]) {
     const pill = $("cap-" + cap);
-    const st = s.caps[cap] || "not asked";
+    const st = capsOf(s)[cap] || "not asked";
     pill.textContent = st; pill.className = "pill " + st.replace(" ", "-");
   }
   $("sysinfo-card").hidden = !s.sysinfo;
   if (s.sysinfo) $("sysinfo").textContent = JSON.stringify(s.sysinfo, null, 2);
   const mine = s.holder && s.holder === s.me;
   const pill = $("control-pill");
-  pill.textContent = mine ? "you control" : (s.holder ? `${nameOf(s, s.holder)} controls` : (s.caps.view === "granted" ? "view only" : "no view"));
+  pill.textContent = mine ? "you control" : (s.holder ? `${nameOf(s, s.holder)} controls` : (capsOf(s).view === "granted" ? "view only" : "no view"));
   pill.className = "pill " + (mine ? "granted" : "");
 
   // participants
@@ -253,6 +253,9 @@ function render() {
   screen.update();
 }
 
+// what the customer being assisted granted (each customer answers for their own machine)
+function capsOf(s) { return (s.target && s.caps[s.target]) || {}; }
+
 function roleName(p) { return p.role === "csr" ? "CSR" : "customer"; }
 
 function fillSelect(select, options) {
@@ -288,11 +291,11 @@ const screen = {
   },
   update() {
     const s = state.sessions.get(state.current);
-    const want = s && !s.ended && s.target && s.caps.view === "granted" ? `${s.sid}/${s.target}` : "";
+    const want = s && !s.ended && s.target && capsOf(s).view === "granted" ? `${s.sid}/${s.target}` : "";
     $("screen-empty").hidden = !!want && !!this.size;
     $("screen-empty-text").textContent = s && s.ended ? "The session has ended. Its signed report is in the Session tab."
       : !s || !s.target ? "Waiting for the customer to join."
-      : (s.caps.view === "granted" ? "Waiting for the first frame…" : "Request view to see the customer's screen.");
+      : (capsOf(s).view === "granted" ? "Waiting for the first frame…" : "Request view to see the customer's screen.");
     if (want === this.key) return;
     this.close();
     this.key = want;
