@@ -176,6 +176,7 @@ function render() {
     li.dataset.percent = String(pct);
     return li;
   }));
+  $("file-hint").hidden = capsOf(s).files === "granted" || capsOf(s).files_advanced === "granted";
   $("note-list").replaceChildren(...s.notes.map((n) => el("li", "", n)));
 
   // capabilities
