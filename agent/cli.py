@@ -1,6 +1,7 @@
 """``peerdesk``: the command line.
 
-peerdesk                      start a session (console until the tray lands)
+peerdesk                      the tray agent (no tray host: the dashboard in the browser)
+peerdesk dashboard [--no-browser] [--json]   the CSR dashboard without a tray
 peerdesk start [--signal URL | --lan] [--headless --json]
 peerdesk join CODE|LINK [--signal URL] [--headless --json] [--name NAME]
 peerdesk discover [--timeout S] [--json]
@@ -44,7 +45,7 @@ LAN_LOOKUP_S = 4.0
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="peerdesk",
-        description="Open, local-first remote support. Run with no command to start a session.",
+        description="Open, local-first remote support. Run with no command for the tray agent.",
     )
     p.add_argument("--version", action="version", version=f"peerdesk {__version__}")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logs on stderr")
@@ -107,6 +108,13 @@ def _parser() -> argparse.ArgumentParser:
     disc = sub.add_parser("discover", help="list PeerDesk sessions announced on the LAN")
     disc.add_argument("--timeout", type=float, default=3.0, help="seconds to listen (default 3)")
     disc.add_argument("--json", action="store_true", help="one JSON object per session")
+    from tray.app import add_arguments
+
+    for name, text in (
+        ("tray", "the tray agent (what peerdesk with no command starts)"),
+        ("dashboard", "serve the CSR dashboard on 127.0.0.1 and open it in the browser"),
+    ):
+        add_arguments(sub.add_parser(name, help=text))
 
     sig = sub.add_parser("signal", help="run a signaling server")
     sig.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")  # noqa: S104
@@ -134,7 +142,7 @@ def _parser() -> argparse.ArgumentParser:
         nargs="*",
         default=["join"],
         help="figures to measure: join, control, files, screen, log, idle, transfer, "
-        "failover, lan (root: two network namespaces), signaling, all (default: join)",
+        "failover, lan (root: two network namespaces), signaling, dashboard, all (default: join)",
     )
     bench.add_argument("--runs", type=int, default=20)
     bench.add_argument("--record", metavar="FILE", help="append the figures to this Markdown file")
@@ -181,8 +189,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    command = args.command or "start"
+    command = args.command or "tray"
     try:
+        if command in ("tray", "dashboard"):
+            from tray import app
+
+            if args.command is None:
+                args = _parser().parse_args(["tray"])
+            return app.tray_main(args) if command == "tray" else app.dashboard_main(args)
         if command == "id":
             return _id(args)
         if command == "discover":
@@ -409,6 +423,12 @@ async def _join(args: argparse.Namespace) -> int:
     me = identity.load().with_name(args.name)
     role = "csr" if args.role == "assistant" else "customer"
     options = _customer_options(args)
+    panel = None
+    if role == "customer" and not (args.headless or args.json):
+        from tray.customer import open_panel
+
+        panel = await open_panel(identity.home(), also=emit)  # prompts in the browser
+        emit = panel.emit
     on_lan = not (args.signal or link.signal)
     if args.signal:
         urls: AsyncIterator[str] = _one(check_signal_url(args.signal))
@@ -427,6 +447,8 @@ async def _join(args: argparse.Namespace) -> int:
             options=options,
             timeout=hsk.DECISION_TTL if role == "csr" else hsk.JOIN_TIMEOUT,
         )
+        if panel is not None:
+            panel.session = session
         try:
             await session.join()
             break
@@ -439,6 +461,8 @@ async def _join(args: argparse.Namespace) -> int:
                 log.info("no session %s at %s (%s); next", link.code.room, url, exc.message)
                 continue
             emit(status.Error(reason=exc.message, code=exc.code))
+            if panel is not None:
+                await panel.stop()
             return 1
     else:
         if failure is None or failure.code in ("signal_unreachable", "no_such_session"):
@@ -448,6 +472,8 @@ async def _join(args: argparse.Namespace) -> int:
                 code="no_such_session",
             )
         emit(status.Error(reason=failure.message, code=failure.code))
+        if panel is not None:
+            await panel.stop()
         return 1
 
     stop = asyncio.Event()
@@ -460,6 +486,9 @@ async def _join(args: argparse.Namespace) -> int:
         await session.leave()
     reader.cancel()
     stopper.cancel()
+    if panel is not None:
+        await asyncio.sleep(0.3)  # the page shows "ended" before its server goes
+        await panel.stop()
     return done.result()
 
 

@@ -131,6 +131,14 @@ def _signaling(runs: int) -> list[str]:
     return rows(f)
 
 
+def _dashboard(runs: int) -> list[str]:
+    from bench.dashboard import measure, report, rows
+
+    f = asyncio.run(measure(10.0))
+    print("\n".join(report(f)))
+    return rows(f)
+
+
 BENCHES = {
     "join": _join,
     "control": _control,
@@ -142,6 +150,7 @@ BENCHES = {
     "failover": _failover,
     "lan": _lan,
     "signaling": _signaling,
+    "dashboard": _dashboard,
 }
 
 
