@@ -182,6 +182,7 @@ def run_spec(path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, dict[str,
     hooks = types.ModuleType("PyInstaller.utils.hooks")
     hooks.collect_all = lambda package: ([], [], [package])  # type: ignore[attr-defined]
     hooks.collect_submodules = lambda package: [package]  # type: ignore[attr-defined]
+    hooks.collect_data_files = lambda package, includes=(): []  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "PyInstaller.utils.hooks", hooks)
     rec = _Recorder()
     names = ("Analysis", "PYZ", "EXE", "COLLECT", "BUNDLE")
