@@ -609,18 +609,39 @@ def test_after_a_take_over_the_new_primary_hosts_and_a_new_customer_joins(
     cust.send({"cmd": "chat", "text": "still here"})
     assert dan.expect("chat", lambda e: e["text"] == "still here")["from"] == cust_id
 
+    # a second assistant joins with the new CSR code, and gets the log and the chat
+    eve = agent(
+        procs, tmp_path / "e", "join", again["csr_code"], "--signal", signal,
+        "--as", "assistant", "--headless", "--json", "--name", "Eve", name="assistant 2",
+    )  # fmt: skip
+    eve_id = dan.expect("assistant_request", timeout=20)["peer"]
+    dan.send({"cmd": "admit", "peer": eve_id})
+    assert eve.expect("joined", lambda e: e["peer"] == dan_id, timeout=20)["role"] == "csr"
+    history = eve.expect("chat", lambda e: e["text"] == "welcome Bob")
+    assert history["history"] is True
+    eve.expect("direct", timeout=20)
+    eve.send({"cmd": "chat", "text": "Eve here"})
+    assert cust.expect("chat", lambda e: e["text"] == "Eve here")["from"] == eve_id
+
     dan.send({"cmd": "end"})
     cust.expect("ended")
     bob.expect("ended")
+    eve.expect("ended")
     dan_copy = Path(dan.expect("report")["log"])
     cust_copy = Path(cust.expect("report")["log"])
-    assert dan.wait() == 0 and cust.wait() == 0 and bob.wait() == 0
+    eve_copy = Path(eve.expect("report")["log"])
+    assert dan.wait() == 0 and cust.wait() == 0 and bob.wait() == 0 and eve.wait() == 0
 
-    for copy, home in ((dan_copy, tmp_path / "d"), (cust_copy, tmp_path / "c")):
+    for copy, home in (
+        (dan_copy, tmp_path / "d"),
+        (cust_copy, tmp_path / "c"),
+        (eve_copy, tmp_path / "e"),
+    ):
         verified = peerdesk(home, "log", "verify", str(copy))
         assert verified.returncode == 0, verified.stdout + verified.stderr
     survivors = entries(dan_copy)
     assert [e.digest for e in survivors] == [e.digest for e in entries(cust_copy)]
+    assert [e.digest for e in survivors] == [e.digest for e in entries(eve_copy)]
     # the new joiner is written by the new sequencer, in the epoch of the take-over
     (epoch,) = [e for e in survivors if e.kind == "epoch"]
     (bob_in,) = [e for e in survivors if e.kind == "participant" and e.body["peer"] == bob_id]
