@@ -455,6 +455,9 @@ def test_kill_the_primary_and_the_assistant_carries_on(procs: list[Proc], tmp_pa
         seen = cust.expect("failover", timeout=10)
         assert seen["primary"] == dan_id
         assert took["after_ms"] < 4000, took
+        # the session's server was embedded in the primary: Dan hosts one of his own
+        again = dan.expect("session", timeout=20)
+        assert again["me"] == dan_id and again["signal"] != session["signal"]
         # control was released: the assistant asks again, the customer grants again
         dan.send({"cmd": "click", "x": 0.5, "y": 0.5})
         dan.expect("error")
@@ -631,6 +634,9 @@ def test_after_a_take_over_the_new_primary_hosts_and_a_new_customer_joins(
     cust_copy = Path(cust.expect("report")["log"])
     eve_copy = Path(eve.expect("report")["log"])
     assert dan.wait() == 0 and cust.wait() == 0 and bob.wait() == 0 and eve.wait() == 0
+    cust.drain(0.5)
+    said_lost = [e for e in cust.events if e["event"] == "left" and e["peer"] == session["me"]]
+    assert len(said_lost) == 1, said_lost  # the old primary's loss is said once
 
     for copy, home in (
         (dan_copy, tmp_path / "d"),

@@ -601,6 +601,10 @@ class CustomerSession:
         self._host_name = self._known[assistant].name if assistant in self._known else assistant
         self._link = link
         lost_at, self._host_lost_at = self._host_lost_at, None
+        if lost is not None and lost != assistant:
+            if lost_at is None:  # the log's election came before our link's silence
+                self._emit(status.Left(peer=lost, reason="lost"))
+            self._known.pop(lost, None)  # said once: not again when the new roster comes
         if old is not None and old is not link:
             self._spawn_direct(old.close())
         if not self.services.attached(assistant):  # it is, since the direct link opened
@@ -646,11 +650,11 @@ class CustomerSession:
                 customer=(customer, name, link, acting),
                 download_dir=self.services.download_dir,
             )
-        except PeerDeskError as exc:
+        except (PeerDeskError, TimeoutError) as exc:
+            why = exc.message if isinstance(exc, PeerDeskError) else "the server did not answer"
             self._emit(
                 status.Error(
-                    reason=f"nobody new can join this session ({exc.message}); "
-                    "it goes on for those in it",
+                    reason=f"nobody new can join this session ({why}); it goes on for those in it",
                     code="no_room",
                 )
             )
