@@ -20,14 +20,18 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent import __version__, identity, status
 from agent.errors import LocalProtocolError, PeerDeskError
 from agent.headless import console_emitter, json_emitter, read_commands
-from agent.net.endpoint import DEFAULT_PORT
+from agent.net.endpoint import DEFAULT_PORT, HostedEndpoint
 from agent.protocol.code import JoinLink, SessionCode, check_signal_url, parse_code_or_link
 from agent.services.customer import CustomerOptions
 from agent.session import handshake as hsk
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 log = logging.getLogger("peerdesk")
 
@@ -213,6 +217,13 @@ def _id(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _embedded_server(port: int) -> tuple[web.AppRunner, str]:
+    """The embedded signaling server and its URL (``HostedEndpoint`` without the LAN
+    announcement; for callers that manage the runner themselves, such as the tray)."""
+    endpoint = await HostedEndpoint.start(port)
+    return endpoint.runner, endpoint.url
+
+
 def _install_signal_handlers(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -225,7 +236,6 @@ def _directory(value: str | None) -> Path | None:
 
 
 async def _start(args: argparse.Namespace) -> int:
-    from agent.net.endpoint import HostedEndpoint
     from agent.runtime import CsrSession
 
     emit = json_emitter() if args.json else console_emitter()

@@ -43,7 +43,8 @@ class HostedEndpoint:
     optionally announced on the LAN with zeroconf until ``stop``."""
 
     def __init__(self, runner: web.AppRunner, url: str) -> None:
-        self._runner = runner
+        self.runner = runner
+        "The aiohttp runner serving the endpoint."
         self.url = url
         self._advertising: asyncio.Task[LanAdvertiser | None] | None = None
 
@@ -103,7 +104,7 @@ class HostedEndpoint:
                 advertiser = await advertising
                 if advertiser is not None:
                     await advertiser.stop()
-        await self._runner.cleanup()
+        await self.runner.cleanup()
 
 
 def lan_address() -> str:
