@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING
 from agent import __version__, identity, status
 from agent.errors import LocalProtocolError, PeerDeskError
 from agent.headless import console_emitter, json_emitter, read_commands
-from agent.net.endpoint import DEFAULT_PORT, HostedEndpoint
+from agent.net.endpoint import DEFAULT_PORT as DEFAULT_PORT  # re-exported: the tray uses it
+from agent.net.endpoint import HostedEndpoint
 from agent.protocol.code import JoinLink, SessionCode, check_signal_url, parse_code_or_link
 from agent.services.customer import CustomerOptions
 from agent.session import handshake as hsk
