@@ -18,26 +18,25 @@ import asyncio
 import contextlib
 import logging
 import signal
-import socket
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agent import __version__, identity, status
 from agent.errors import LocalProtocolError, PeerDeskError
 from agent.headless import console_emitter, json_emitter, read_commands
+from agent.net.endpoint import DEFAULT_PORT as DEFAULT_PORT  # re-exported: the tray uses it
+from agent.net.endpoint import HostedEndpoint
 from agent.protocol.code import JoinLink, SessionCode, check_signal_url, parse_code_or_link
 from agent.services.customer import CustomerOptions
 from agent.session import handshake as hsk
 
 if TYPE_CHECKING:
-    from agent.net.lan import LanAdvertiser
+    from aiohttp import web
 
 log = logging.getLogger("peerdesk")
 
-DEFAULT_PORT = 47800
-"The embedded signaling server's port when it is free; a customer on the same machine finds it."
 LAN_LOOKUP_S = 4.0
 "How long ``join`` without a server listens on the LAN for the session's announcement."
 
@@ -233,31 +232,11 @@ def _id(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _embedded_server(port: int) -> tuple[object, str]:
-    """Start the signaling server inside this agent; return it and a URL others can use."""
-    from signaling.server import start_server
-
-    # The embedded server listens on every interface on purpose: customers on the LAN
-    # reach it. It is as untrusted as any signaling server; the PAKE protects the join.
-    v4 = ["0.0.0.0"]  # noqa: S104
-    hosts = [*v4, "::"] if socket.has_ipv6 else v4
-    for attempt_hosts, attempt_port in ((hosts, port), (hosts, 0), (v4, port), (v4, 0)):
-        try:
-            runner, actual = await start_server(attempt_hosts, attempt_port)
-        except OSError as exc:
-            log.info("embedded server on %s:%s: %s", attempt_hosts, attempt_port, exc)
-            continue
-        address = _lan_address()
-        host = f"[{address}]" if ":" in address else address
-        return runner, f"ws://{host}:{actual}"
-    raise LocalProtocolError("could not start the embedded signaling server on any port")
-
-
-def _lan_address() -> str:
-    """This machine's first LAN address (IPv4, else IPv6), for links others can use."""
-    from agent.net.lan import lan_addresses
-
-    return next(iter(lan_addresses()), "127.0.0.1")
+async def _embedded_server(port: int) -> tuple[web.AppRunner, str]:
+    """The embedded signaling server and its URL (``HostedEndpoint`` without the LAN
+    announcement; for callers that manage the runner themselves, such as the tray)."""
+    endpoint = await HostedEndpoint.start(port)
+    return endpoint.runner, endpoint.url
 
 
 def _install_signal_handlers(stop: asyncio.Event) -> None:
@@ -276,22 +255,24 @@ async def _start(args: argparse.Namespace) -> int:
 
     emit = json_emitter() if args.json else console_emitter()
     me = identity.load().with_name(args.name)
-    runner = None
+    endpoint: HostedEndpoint | None = None
     if args.signal and args.lan:
         raise LocalProtocolError("--lan hosts the signaling endpoint in this agent: drop --signal")
     if args.signal:
         url = check_signal_url(args.signal)
     else:
-        runner, url = await _embedded_server(args.port)
+        endpoint = await HostedEndpoint.start(args.port)
+        url = endpoint.url
     session = CsrSession(me, url, emit, download_dir=_directory(args.download_dir))
     try:
         code = await session.start()
     except PeerDeskError as exc:
         emit(status.Error(reason=exc.message, code=exc.code))
+        if endpoint is not None:
+            await endpoint.stop()
         return 1
-    advertising = None  # announced in the background: probing the name takes ~1.5 s
-    if runner is not None and not args.no_advertise:
-        advertising = asyncio.ensure_future(_advertise(code.room, url, me.name, emit))
+    if endpoint is not None and not args.no_advertise:
+        endpoint.advertise(code.room, me.name, emit)
     stop = asyncio.Event()
     _install_signal_handlers(stop)
     reader = asyncio.ensure_future(read_commands(session, emit, json_mode=args.json))
@@ -302,41 +283,9 @@ async def _start(args: argparse.Namespace) -> int:
         await session.end("stopped", force=True)
     reader.cancel()
     stopper.cancel()
-    if advertising is not None:
-        if not advertising.done():
-            advertising.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            advertiser = await advertising
-            if advertiser is not None:
-                await advertiser.stop()
-    if runner is not None:
-        await runner.cleanup()  # type: ignore[attr-defined]
+    if endpoint is not None:
+        await endpoint.stop()
     return done.result()
-
-
-async def _advertise(
-    room: str, url: str, name: str, emit: Callable[[status.Status], None]
-) -> LanAdvertiser | None:
-    """Announce the embedded endpoint on the LAN; a LAN without multicast is not fatal."""
-    from urllib.parse import urlsplit
-
-    from agent.net import lan
-
-    port = urlsplit(url).port or DEFAULT_PORT
-    try:
-        advertiser = lan.LanAdvertiser(room, port, name=name)
-        await advertiser.start()
-    except (OSError, ValueError, LocalProtocolError) as exc:  # no multicast interface, ...
-        why = exc.message if isinstance(exc, LocalProtocolError) else str(exc)
-        emit(
-            status.Error(
-                reason=f"could not announce the session on the LAN ({why}); "
-                "customers need the link, or the code and --signal",
-                code="lan_unavailable",
-            )
-        )
-        return None
-    return advertiser
 
 
 async def _discover(args: argparse.Namespace) -> int:

@@ -455,6 +455,9 @@ def test_kill_the_primary_and_the_assistant_carries_on(procs: list[Proc], tmp_pa
         seen = cust.expect("failover", timeout=10)
         assert seen["primary"] == dan_id
         assert took["after_ms"] < 4000, took
+        # the session's server was embedded in the primary: Dan hosts one of his own
+        again = dan.expect("session", timeout=20)
+        assert again["me"] == dan_id and again["signal"] != session["signal"]
         # control was released: the assistant asks again, the customer grants again
         dan.send({"cmd": "click", "x": 0.5, "y": 0.5})
         dan.expect("error")
@@ -546,3 +549,110 @@ def test_kill_the_primary_and_the_assistant_carries_on(procs: list[Proc], tmp_pa
         "primary lost; took over, customer re-granted"
     ]
     assert [n["text"] for n in cust_report["notes"]] == [None]
+
+
+def test_after_a_take_over_the_new_primary_hosts_and_a_new_customer_joins(
+    procs: list[Proc], tmp_path: Path
+) -> None:
+    """kill -9 the primary: the assistant that took over opens a new room on the
+    session's server (still up) and shows a new code; a new customer joins with it,
+    and the first customer goes on chatting."""
+    server = Proc(["signaling", "--host", "127.0.0.1", "--port", "0"], name="signaling")
+    procs.append(server)
+    signal = f"ws://127.0.0.1:{server.expect('listening', timeout=20)['port']}"
+    primary = agent(
+        procs, tmp_path / "p", "start", "--signal", signal, "--headless", "--json",
+        "--name", "Carol", name="primary",
+    )  # fmt: skip
+    session = primary.expect("session")
+    cust = agent(
+        procs, tmp_path / "c", "join", session["link"], "--headless", "--json",
+        "--name", "Alice", name="customer",
+    )  # fmt: skip
+    cust.expect("joined")
+    primary.expect("joined")
+    dan = agent(
+        procs, tmp_path / "d", "join", session["csr_code"], "--signal", signal,
+        "--as", "assistant", "--headless", "--json", "--name", "Dan", name="assistant",
+    )  # fmt: skip
+    dan_id = primary.expect("assistant_request", timeout=20)["peer"]
+    primary.send({"cmd": "admit", "peer": dan_id})
+    cust_id = dan.expect("joined", lambda e: e["role"] == "customer")["peer"]
+    dan.expect("direct")
+    cust.expect("direct")
+    primary.send({"cmd": "chat", "text": "one moment please"})
+    cust.expect("chat", lambda e: e["text"] == "one moment please")
+    primary.proc.kill()
+
+    assert dan.expect("failover", timeout=10)["primary"] == dan_id
+    cust.expect("failover", timeout=10)
+    # the new primary hosts: a new room and new codes on the same server
+    again = dan.expect("session", timeout=20)
+    assert again["me"] == dan_id and again["signal"] == signal
+    assert again["room"] != session["room"] and again["code"] != session["code"]
+    assert again["csr_code"] and again["csr_code"] != again["code"]
+    # the old code leads nowhere now; the new one does
+    bob = agent(
+        procs, tmp_path / "b", "join", again["link"], "--headless", "--json",
+        "--name", "Bob", name="new customer",
+    )  # fmt: skip
+    joined = bob.expect("joined", timeout=20)
+    assert joined["peer"] == dan_id and joined["name"] == "Dan"
+    seen = dan.expect("joined", lambda e: e["name"] == "Bob", timeout=20)
+    assert seen["role"] == "customer" and seen["primary"] is False
+    bob_id = seen["peer"]
+    assert joined["sas"] == seen["sas"]
+    cust.expect("joined", lambda e: e["peer"] == bob_id)  # the roster reached Alice too
+
+    dan.send({"cmd": "chat", "text": "welcome Bob"})
+    assert bob.expect("chat", lambda e: e["text"] == "welcome Bob")["from"] == dan_id
+    assert cust.expect("chat", lambda e: e["text"] == "welcome Bob")["from"] == dan_id
+    bob.send({"cmd": "chat", "text": "hello Dan"})
+    assert dan.expect("chat", lambda e: e["text"] == "hello Dan")["from"] == bob_id
+    cust.send({"cmd": "chat", "text": "still here"})
+    assert dan.expect("chat", lambda e: e["text"] == "still here")["from"] == cust_id
+
+    # a second assistant joins with the new CSR code, and gets the log and the chat
+    eve = agent(
+        procs, tmp_path / "e", "join", again["csr_code"], "--signal", signal,
+        "--as", "assistant", "--headless", "--json", "--name", "Eve", name="assistant 2",
+    )  # fmt: skip
+    eve_id = dan.expect("assistant_request", timeout=20)["peer"]
+    dan.send({"cmd": "admit", "peer": eve_id})
+    assert eve.expect("joined", lambda e: e["peer"] == dan_id, timeout=20)["role"] == "csr"
+    history = eve.expect("chat", lambda e: e["text"] == "welcome Bob")
+    assert history["history"] is True
+    eve.expect("direct", timeout=20)
+    eve.send({"cmd": "chat", "text": "Eve here"})
+    assert cust.expect("chat", lambda e: e["text"] == "Eve here")["from"] == eve_id
+
+    dan.send({"cmd": "end"})
+    cust.expect("ended")
+    bob.expect("ended")
+    eve.expect("ended")
+    dan_copy = Path(dan.expect("report")["log"])
+    cust_copy = Path(cust.expect("report")["log"])
+    eve_copy = Path(eve.expect("report")["log"])
+    assert dan.wait() == 0 and cust.wait() == 0 and bob.wait() == 0 and eve.wait() == 0
+    cust.drain(0.5)
+    said_lost = [e for e in cust.events if e["event"] == "left" and e["peer"] == session["me"]]
+    assert len(said_lost) == 1, said_lost  # the old primary's loss is said once
+
+    for copy, home in (
+        (dan_copy, tmp_path / "d"),
+        (cust_copy, tmp_path / "c"),
+        (eve_copy, tmp_path / "e"),
+    ):
+        verified = peerdesk(home, "log", "verify", str(copy))
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+    survivors = entries(dan_copy)
+    assert [e.digest for e in survivors] == [e.digest for e in entries(cust_copy)]
+    assert [e.digest for e in survivors] == [e.digest for e in entries(eve_copy)]
+    # the new joiner is written by the new sequencer, in the epoch of the take-over
+    (epoch,) = [e for e in survivors if e.kind == "epoch"]
+    (bob_in,) = [e for e in survivors if e.kind == "participant" and e.body["peer"] == bob_id]
+    assert bob_in.author == dan_id and bob_in.epoch == epoch.epoch
+    assert bob_in.body["action"] == "joined" and bob_in.body["role"] == "customer"
+    chats = [(e.author, e.body["text"]) for e in survivors if e.kind == "chat"]
+    assert (dan_id, "welcome Bob") in chats and (cust_id, "still here") in chats
+    assert survivors[-1].kind == "session_end" and survivors[-1].author == dan_id

@@ -121,6 +121,76 @@ def test_lan_join_by_code_between_namespaces(
         assert not [s for s in discover(lan.b.exec, tmp_path / "scan") if s["room"] == room]
 
 
+def test_after_a_take_over_the_new_primary_advertises(procs: list[Proc], tmp_path: Path) -> None:
+    """The primary (machine A) hosts the session's signaling endpoint and dies with it
+    (kill -9). The assistant (machine B) takes over, hosts an endpoint of its own and
+    announces its new room: from A, ``discover`` lists it and a new customer joins with
+    the new code alone; the first customer (on B) goes on chatting."""
+    with NetnsPair() as lan:
+        carol = agent(
+            procs, lan.a.exec, tmp_path / "carol", "start", "--lan", "--port", "0",
+            "--headless", "--json", "--name", "Carol", name="primary",
+        )  # fmt: skip
+        session = carol.expect("session", timeout=30)
+        alice = agent(
+            procs, lan.b.exec, tmp_path / "alice", "join", session["code"],
+            "--headless", "--json", "--name", "Alice", name="alice",
+        )  # fmt: skip
+        alice.expect("joined", timeout=30)
+        carol.expect("joined", timeout=30)
+        dan = agent(
+            procs, lan.b.exec, tmp_path / "dan", "join", session["csr_code"], "--as",
+            "assistant", "--headless", "--json", "--name", "Dan", name="assistant",
+        )  # fmt: skip
+        dan_id = carol.expect("assistant_request", timeout=30)["peer"]
+        carol.send({"cmd": "admit", "peer": dan_id})
+        dan.expect("joined", lambda e: e["role"] == "customer", timeout=30)
+        dan.expect("direct", timeout=30)
+        alice.expect("direct", timeout=30)
+        carol.proc.kill()
+
+        assert dan.expect("failover", timeout=15)["primary"] == dan_id
+        alice.expect("failover", timeout=15)
+        again = dan.expect("session", timeout=30)
+        assert again["room"] != session["room"] and again["me"] == dan_id
+        assert urlsplit(again["signal"]).hostname == lan.b.ipv4  # Dan's own endpoint
+
+        # found from A by discovery, with the new primary's name, never the secret
+        mine: list[dict[str, object]] = []
+        for _ in range(5):  # the announcement is probed first (~1.5 s)
+            mine = [
+                s for s in discover(lan.a.exec, tmp_path / "scan") if s["room"] == again["room"]
+            ]
+            if mine:
+                break
+        assert mine and mine[0]["name"] == "Dan"
+        assert again["code"].replace("-", "")[6:] not in json.dumps(mine[0]).replace(
+            again["room"], ""
+        )
+        # joined from A with the new code alone: no server configured
+        bob = agent(
+            procs, lan.a.exec, tmp_path / "bob", "join", again["code"],
+            "--headless", "--json", "--name", "Bob", name="bob",
+        )  # fmt: skip
+        assert bob.expect("joined", timeout=30)["peer"] == dan_id
+        bob_id = dan.expect("joined", lambda e: e["name"] == "Bob", timeout=30)["peer"]
+        dan.send({"cmd": "chat", "text": "welcome Bob"})
+        assert bob.expect("chat", lambda e: e["text"] == "welcome Bob")["from"] == dan_id
+        assert alice.expect("chat", lambda e: e["text"] == "welcome Bob")["from"] == dan_id
+        bob.send({"cmd": "chat", "text": "hello from A"})
+        assert dan.expect("chat", lambda e: e["text"] == "hello from A")["from"] == bob_id
+        alice.send({"cmd": "chat", "text": "still here"})
+        assert dan.expect("chat", lambda e: e["text"] == "still here")
+
+        dan.send({"cmd": "end"})
+        alice.expect("ended", timeout=30)
+        bob.expect("ended", timeout=30)
+        assert dan.wait() == 0 and alice.wait() == 0 and bob.wait() == 0
+        # the announcement is withdrawn when the session ends
+        listed = discover(lan.a.exec, tmp_path / "scan")
+        assert not [s for s in listed if s["room"] == again["room"]]
+
+
 def test_lan_discovery_is_untrusted_the_pake_still_decides(
     procs: list[Proc], tmp_path: Path
 ) -> None:

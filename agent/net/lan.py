@@ -5,10 +5,10 @@ Thin asyncio glue around python-zeroconf; the record format and its parsing live
 same SPAKE2 join runs afterwards, so a spoofed answer costs a failed join, never a
 connection to the wrong party.
 
-``LanAdvertiser`` is a start/stop service. The runtime hooks it wherever this
-agent starts hosting a session's signaling endpoint (the CLI does so after
-``CsrSession.start()``; a new primary after a take-over would do the same with the
-room it leads)::
+``LanAdvertiser`` is a start/stop service. ``agent.net.endpoint.HostedEndpoint``
+starts it wherever this agent hosts a session's signaling endpoint (``peerdesk
+start`` after ``CsrSession.start()``; a new primary after a take-over, when the
+session's server died with the old one, with its new room)::
 
     adv = LanAdvertiser(room, port, name=me.name)
     await adv.start()

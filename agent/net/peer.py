@@ -148,6 +148,18 @@ class PeerLink:
         except (ValueError, KeyError, IndexError) as exc:
             raise RemoteProtocolError(f"the peer's SDP answer is unusable: {exc}") from None
 
+    def rebind(
+        self,
+        on_message: Callable[[ch.Message], None],
+        on_lost: Callable[[str], None],
+        on_channel: Callable[[str, str | bytes], None] | None = None,
+    ) -> None:
+        """Hand the link's messages to new owners (an assistant that took over a session
+        makes its direct link with the customer a member of the session it now hosts)."""
+        self._on_message = on_message
+        self._on_lost = on_lost
+        self._on_channel = on_channel
+
     def send(self, msg: ch.Message) -> None:
         if self._closed or self.channel.readyState != "open":
             return

@@ -18,6 +18,7 @@ from agent.errors import (
     RemoteProtocolError,
 )
 from agent.identity import Identity
+from agent.net.endpoint import DEFAULT_PORT, HostedEndpoint
 from agent.net.peer import PeerLink
 from agent.net.signaling_client import SignalingClient, SignalingUnreachable
 from agent.protocol import channel as ch
@@ -98,10 +99,96 @@ class CsrSession:
         "The room's current resume secret (from ``created``/``resumed``); empty: none."
         self._no_resume = "this session's code admits nobody any more"
         "Why there is no resume secret, when there is none."
+        self._endpoint: HostedEndpoint | None = None
+        "The signaling server this session hosts itself (a successor whose server died)."
 
     async def start(self) -> SessionCode:
         """Open a room on the signaling server and make the session code."""
         self._client = await SignalingClient.connect(self.signal_url)
+        await self._create_room()
+        return self._serve()
+
+    @classmethod
+    async def successor(
+        cls,
+        identity: Identity,
+        signal_url: str,
+        emit: Emit,
+        *,
+        record: SessionRecord,
+        customer: tuple[str, str, PeerLink, CsrServices],
+        download_dir: Path | None = None,
+        port: int = DEFAULT_PORT,
+    ) -> CsrSession:
+        """Host a session in progress: the assistant CSR that took over after the
+        primary was lost becomes its primary, so that new people can join again.
+
+        ``record`` is the session log this agent sequences since the take-over (it goes
+        on in the same epoch); ``customer`` is (peer id, name, direct link, services)
+        of the primary customer, who becomes this session's first member. A new room
+        and new codes are opened on ``signal_url`` if that server still answers, else
+        on a signaling server embedded in this agent (the session's server died with
+        the primary, as on a LAN), announced on the LAN. Emits ``session`` with the
+        new code, as ``start`` does; raises a ``PeerDeskError`` if no room can be had
+        (nothing is adopted then: the caller keeps serving its customer).
+        """
+        session = cls(identity, signal_url, emit, download_dir=download_dir)
+        try:
+            session._client = await asyncio.wait_for(
+                SignalingClient.connect(signal_url, within=3.0), 5.0
+            )
+        except (SignalingUnreachable, TimeoutError) as exc:
+            why = exc.message if isinstance(exc, PeerDeskError) else "no answer in time"
+            log.info("the session's signaling server is gone (%s): hosting one here", why)
+            session._endpoint = await HostedEndpoint.start(port)
+            session.signal_url = session._endpoint.url
+        try:
+            if session._client is None:
+                session._client = await SignalingClient.connect(session.signal_url)
+            await session._create_room()
+        except BaseException:
+            if session._client is not None:
+                await session._client.close()
+            if session._endpoint is not None:
+                await session._endpoint.stop()
+            raise
+        session._adopt(record, customer)
+        code = session._serve()
+        if session._endpoint is not None:
+            session._endpoint.advertise(code.room, identity.name, session._emit)
+        return session
+
+    def _adopt(
+        self, record: SessionRecord, customer: tuple[str, str, PeerLink, CsrServices]
+    ) -> None:
+        """Take over the session log and the link with the primary customer (no awaits:
+        nothing either sends is lost between the old owner and us)."""
+        pid, name, link, services = customer
+        self.record = record
+        record.rebind(send=self._send_log, emit=self._emit)
+        link.rebind(
+            on_message=lambda msg: self._on_message(pid, msg),
+            on_lost=lambda why: self._on_lost(pid, link, why),
+            on_channel=lambda channel, data: self._on_channel(pid, channel, data),
+        )
+        self._members[pid] = _Member(link, name, "customer", services)
+        self.roster.add(pid, name, "customer")
+
+    def _record_here(self, room: str) -> None:
+        """Start the session log here, as its sequencer; our events feed it."""
+        record = SessionRecord(self.identity, room, send=self._send_log, emit=self._emit)
+        self.record = record
+        user_emit = self._emit
+
+        def emit(event: status.Status) -> None:
+            user_emit(event)
+            record.observe(event)
+
+        self._emit = emit
+
+    async def _create_room(self) -> None:
+        """Ask the signaling server for a room; make the codes and the handshake core."""
+        assert self._client is not None
         await self._client.send(sig.Create())
         reply = await asyncio.wait_for(self._client.recv(), 10)
         if isinstance(reply, sig.Error):
@@ -123,23 +210,21 @@ class CsrSession:
             csr_secret=self.csr_code.secret,
             team=on_team,
         )
-        try:
-            self.record = SessionRecord(
-                self.identity, reply.room, send=self._send_log, emit=self._emit
-            )
-            user_emit = self._emit
-            record = self.record
 
-            def emit(event: status.Status) -> None:
-                user_emit(event)
-                record.observe(event)
-
-            self._emit = emit
-        except (PeerDeskError, OSError) as exc:
-            log.warning("this session will not be recorded: %s", exc)
+    def _serve(self) -> SessionCode:
+        """Start the session's log (unless adopted), its loops, and say it exists."""
+        assert self._client is not None
+        assert self.code is not None
+        if self.record is None:  # (an adopted log is fed by the emit we were given)
+            try:
+                self._record_here(self.code.room)
+            except (PeerDeskError, OSError) as exc:
+                log.warning("this session will not be recorded: %s", exc)
         self._outbox = Outbox(self._client)
         self._spawn(self._signal_loop())
         self._spawn(self._tick())
+        if self._members:
+            self._roster_changed()
         link = JoinLink(self.code, self.signal_url)
         self._emit(
             status.SessionStarted(
@@ -294,6 +379,8 @@ class CsrSession:
                 await asyncio.wait_for(self._all_byes.wait(), 1.5)
         await self._flush_links(0.5)
         await self._shutdown()
+        if self._endpoint is not None:  # the LAN announcement goes with the session
+            await self._endpoint.stop()
         if self.record is not None:
             paths = await self.record.finish(reason, end=True)
             if paths is not None:

@@ -29,6 +29,7 @@ from agent.protocol.handshake import peer_id
 from agent.protocol.wire import b64, b64d
 from agent.runtime import common
 from agent.runtime.common import Emit, Outbox, on_team
+from agent.runtime.host import CsrSession
 from agent.services.csr import CsrServices
 from agent.services.customer import CustomerOptions, CustomerServices
 from agent.services.record import SessionRecord
@@ -73,6 +74,9 @@ class CustomerSession:
         (view, system information; everything once it leads)."""
         self.leading = False
         "An assistant that took over after the primary was lost."
+        self.successor: CsrSession | None = None
+        """The session this agent hosts once it took over (a new room and codes, so that
+        people can join again); commands, chat and the end go to it."""
         self._early_offer: ch.Sdp | None = None
         self._host_lost_at: float | None = None
         self.record: SessionRecord | None = None
@@ -273,6 +277,9 @@ class CustomerSession:
     # -- commands
 
     def chat(self, text: str, to: tuple[str, ...] | None = None) -> None:
+        if self.successor is not None:
+            self.successor.chat(text, to)
+            return
         assert self._link is not None
         if self.record is not None:
             self.record.chat(self.identity.name, text, to)
@@ -286,7 +293,9 @@ class CustomerSession:
 
     async def command(self, command: cmds.Command) -> None:
         """Carry out one command (headless, console, tray and dashboard all come here)."""
-        if isinstance(command, cmds.ChatCommand):
+        if self.successor is not None:  # we host the session now
+            await self.successor.command(command)
+        elif isinstance(command, cmds.ChatCommand):
             self.chat(command.text, command.to)
         elif isinstance(command, cmds.LeaveCommand):
             await self.leave()
@@ -322,6 +331,10 @@ class CustomerSession:
             raise LocalProtocolError(f'"{command.cmd}" is a CSR command', code="not_allowed")
 
     async def leave(self) -> None:
+        if self.successor is not None:  # the agent is stopped: the session it hosts ends
+            await self.successor.end("stopped", force=True)
+            await self._done
+            return
         if self._done.done() or self._link is None or self._leaving:
             return
         self._leaving = True
@@ -336,6 +349,9 @@ class CustomerSession:
         self._done.set_result(0)
 
     async def end(self, reason: str = "ended") -> None:
+        if self.successor is not None:
+            await self.successor.end(reason)
+            return
         if self.leading and self._link is not None:  # we lead since a take-over
             self._leaving = True  # the customer closing its end is no loss now
             if self.record is not None:  # the customer's copy gets the end first
@@ -585,6 +601,10 @@ class CustomerSession:
         self._host_name = self._known[assistant].name if assistant in self._known else assistant
         self._link = link
         lost_at, self._host_lost_at = self._host_lost_at, None
+        if lost is not None and lost != assistant:
+            if lost_at is None:  # the log's election came before our link's silence
+                self._emit(status.Left(peer=lost, reason="lost"))
+            self._known.pop(lost, None)  # said once: not again when the new roster comes
         if old is not None and old is not link:
             self._spawn_direct(old.close())
         if not self.services.attached(assistant):  # it is, since the direct link opened
@@ -606,6 +626,58 @@ class CustomerSession:
         self._control = None
         after = int((time.monotonic() - lost_at) * 1000) if lost_at is not None else 0
         self._emit(status.Failover(primary=self.me, lost=lost or "", after_ms=after))
+        self._spawn_direct(self._become_host(customer, link))
+
+    async def _become_host(self, customer: str, link: PeerLink) -> None:
+        """After the take-over: host the session (a new room, new codes; see
+        ``CsrSession.successor``) so that the new primary can invite people again."""
+        record, acting = self.record, self.acting
+        if record is None or acting is None:
+            self._emit(
+                status.Error(
+                    reason="nobody new can join this session: this agent keeps no session log",
+                    code="no_room",
+                )
+            )
+            return
+        name = self._known[customer].name if customer in self._known else customer
+        try:
+            host = await CsrSession.successor(
+                self.identity,
+                self.signal_url,
+                self._emit,  # our emit: it feeds the log we keep sequencing
+                record=record,
+                customer=(customer, name, link, acting),
+                download_dir=self.services.download_dir,
+            )
+        except (PeerDeskError, TimeoutError) as exc:
+            why = exc.message if isinstance(exc, PeerDeskError) else "the server did not answer"
+            self._emit(
+                status.Error(
+                    reason=f"nobody new can join this session ({why}); it goes on for those in it",
+                    code="no_room",
+                )
+            )
+            return
+        if self.direct.get(customer) is link:
+            del self.direct[customer]  # the link is the hosted session's now
+        self.successor = host
+        if self._leaving or self._finishing or self._done.done():
+            await host.end("ended", force=True)
+        self._spawn_direct(self._follow_successor(host))
+
+    async def _follow_successor(self, host: CsrSession) -> None:
+        """The hosted session ended: so does this agent (it wrote the report)."""
+        code = await host.wait()
+        self.record = None  # finished by the hosted session
+        if self._tick_task is not None:
+            self._tick_task.cancel()
+        await self.services.close()
+        for other in list(self.direct.values()):
+            await other.close()
+        self.direct.clear()
+        if not self._done.done():
+            self._done.set_result(code)
 
     async def _take_over(self) -> None:
         """The primary is gone: stand for the log's next epoch until the customer's

@@ -138,6 +138,13 @@ class SessionRecord:
         ]
         self._wake.set()
 
+    def rebind(self, *, send: Send, emit: Callable[[status.Status], None]) -> None:
+        """Route the log's messages and reports through a new owner (the session an
+        assistant hosts after a take-over; the log goes on in the same epoch)."""
+        self._send = send
+        self._emit = emit
+        self._on_epoch = None
+
     # -- the network
 
     def receive(self, peer: str, data: str | bytes) -> None:
