@@ -59,7 +59,7 @@ def test_an_assistant_joins_from_the_dashboard_and_chats(procs: list[Proc], tmp_
             helper.wait_for_selector("#participants li:has-text('Carol')")
             primary.wait_for_selector("#participants li:has-text('Dan')")
             assert helper.is_hidden("#card-invite")
-            assert helper.is_disabled("#request-view")
+            assert helper.is_disabled("#request-control")  # control comes by transfer
 
             helper.fill("#chat-input", "Dan here, I can take over the printer part.")
             helper.click("#chat-send")
@@ -94,3 +94,83 @@ def test_an_assistant_joins_from_the_dashboard_and_chats(procs: list[Proc], tmp_
             helper.wait_for_selector(".session-tab.ended")
         finally:
             ctx.close()
+
+
+def test_an_assistant_sees_the_customers_screen_in_its_dashboard(
+    procs: list[Proc], tmp_path: Path
+) -> None:
+    """The assistant asks the customer itself for the screen, over their direct link;
+    the customer's prompt names the assistant; the assistant's page shows the screen."""
+    from agent.capture.xvfb import Canvas
+    from tests.desktop import xvfb
+
+    colours = {(0, 0): (220, 30, 30), (1, 0): (30, 180, 40), (0, 1): (40, 60, 220)}
+    signal_proc, signal = start_signal_server()
+    procs.append(signal_proc)
+    with xvfb(1280, 800) as display:
+        canvas = Canvas(display)
+        try:
+            for (qx, qy), rgb in colours.items():
+                canvas.fill(qx * 640, qy * 400, 640, 400, rgb)
+            canvas.fill(640, 400, 640, 400, (240, 200, 20))
+            canvas.sync()
+            carol = Proc(
+                ["agent", "start", "--headless", "--json", "--signal", signal, "--name", "Carol"],
+                home=tmp_path / "carol",
+                name="primary",
+            )
+            procs.append(carol)
+            session = carol.expect("session")
+            cust = Proc(
+                ["agent", "join", session["link"], "--headless", "--json", "--name", "Alice"],
+                home=tmp_path / "alice",
+                name="customer",
+                env={"DISPLAY": display},
+            )
+            procs.append(cust)
+            cust.expect("joined")
+            dan, dan_url = dashboard_agent(tmp_path / "dan", signal, name="Dan")
+            procs.append(dan)
+            with chromium() as browser:
+                ctx = browser.new_context(viewport={"width": 1400, "height": 900}, bypass_csp=True)
+                try:
+                    page = ctx.new_page()
+                    page.set_default_timeout(WAIT_MS)
+                    page.goto(dan_url + "#join")
+                    page.wait_for_selector("#join-dialog:not([hidden])")
+                    page.fill("#join-code", session["csr_code"])
+                    page.click("#join-form button[type=submit]")
+                    asking = carol.expect("assistant_request", timeout=30)
+                    carol.send({"cmd": "admit", "peer": asking["peer"]})
+                    page.wait_for_selector("#participants li:has-text('Alice')")
+                    cust.expect("direct", timeout=30)
+
+                    page.click(".tab[data-tab=desktop]")
+                    assert page.is_disabled("#request-control")  # control comes by transfer
+                    page.wait_for_function("!document.getElementById('request-view').disabled")
+                    page.click("#request-view")
+                    prompt = cust.expect("request", lambda e: e["cap"] == "view")
+                    assert prompt["name"] == "Dan" and prompt["from"] == asking["peer"]
+                    cust.send({"cmd": "grant", "id": prompt["id"]})
+                    page.wait_for_function(
+                        "Number(document.getElementById('screen').dataset.frames || 0) >= 3"
+                    )
+                    for (qx, qy), rgb in colours.items():
+                        got = page.evaluate(
+                            """([fx, fy]) => {
+                                const c = document.getElementById('screen');
+                                const d = c.getContext('2d').getImageData(
+                                    Math.floor(c.width * fx), Math.floor(c.height * fy), 1, 1).data;
+                                return [d[0], d[1], d[2]];
+                            }""",
+                            [0.25 + 0.5 * qx, 0.25 + 0.5 * qy],
+                        )
+                        assert all(abs(a - b) <= 28 for a, b in zip(got, rgb, strict=True)), (
+                            (qx, qy),
+                            got,
+                        )
+                    shot(page, "assistant-03-sees-the-screen")
+                finally:
+                    ctx.close()
+        finally:
+            canvas.close()

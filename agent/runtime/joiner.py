@@ -288,6 +288,14 @@ class CustomerSession:
             return
         self._link.send(ch.Chat(text=text, to=to))
 
+    def services_for(self, to: str | None) -> CsrServices:
+        """An assistant's services towards the primary customer, over their direct link
+        (what the dashboard reads the screen from); ``to`` None means that customer."""
+        acting = self.acting
+        if self.role != "csr" or acting is None or to not in (None, acting.customer):
+            raise LocalProtocolError("no direct link with that customer", code="no_customer")
+        return acting
+
     def make_primary(self, pid: str) -> None:
         raise LocalProtocolError("only a CSR can choose the primary customer")
 
@@ -307,8 +315,9 @@ class CustomerSession:
             self.record.note(command.text)
         elif self.role == "csr" and self.leading:
             await self._lead_command(command)
-        elif self.role == "csr" and not await self._direct_command(command):
-            self._assistant_command(command)
+        elif self.role == "csr":
+            if not await self._direct_command(command):  # the customer's, over our link
+                self._assistant_command(command)  # the primary's (transfer, relayed input)
         elif isinstance(command, cmds.AnswerCommand):
             self.services.answer(command.id, command.grant, command.dir)
         elif isinstance(command, cmds.RevokeCommand):

@@ -80,7 +80,7 @@ function apply(s, e) {
     case "joined":
       if (!s.me) s.me = e.me;
       if (s.role === "assistant" && e.role === "csr" && e.sas) s.lead = e.name;
-      log(s, `${e.name} joined as ${e.role === "csr" ? "assistant" : "customer"}` + (e.sas ? ` (check code ${e.sas})` : ""));
+      log(s, `${e.name} joined as ${e.role === "csr" ? (e.primary ? "primary CSR" : "assistant") : "customer"}` + (e.sas ? ` (check code ${e.sas})` : ""));
       break;
     case "roster":
       s.participants = e.participants;
@@ -244,12 +244,13 @@ function render() {
   }
   for (const id of ["request-view", "request-control", "request-files", "request-sysinfo", "end-session",
     "chat-send", "file-send", "transfer-control", "note-save"]) $(id).disabled = ended;
-  // an assistant: no invitation, no requests, and it leaves rather than ends
+  // an assistant: no invitation; it asks the customer itself for the screen and system
+  // information (control comes from the primary, by transfer); it leaves rather than ends
   const assistant = s.role === "assistant";
   $("card-invite").hidden = assistant;
   $("card-files").hidden = assistant;
   $("card-notes").hidden = assistant;
-  for (const cap of ["view", "control", "files", "sysinfo"]) $("request-" + cap).disabled = ended || assistant;
+  for (const cap of ["control", "files"]) $("request-" + cap).disabled = ended || assistant;
   $("end-session").textContent = assistant ? "Leave session" : "End session";
   screen.update();
 }
