@@ -100,17 +100,7 @@ class SessionRecord:
         "The key that seals notes: made by the primary, given to assistants, never to customers."
         self.path = session_db_path(self.session_id)
         self._store: LogStore | None = None
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self._store = LogStore(self.path)
-        except (PeerDeskError, OSError) as exc:
-            # Replication and take-over still work from memory; only the record is lost.
-            log.warning("the session log cannot be kept on disk: %s", exc)
-            emit(
-                status.Error(
-                    reason=f"this session's log is kept in memory only: {exc}", code="no_record"
-                )
-            )
+        "Opened off the event loop by the persist task (SQLite creates and syncs the file)."
         now = time.monotonic()
         self.core = SessionLog(
             self.me,
@@ -375,8 +365,22 @@ class SessionRecord:
             )
         )
 
+    def _open_store(self) -> LogStore:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return LogStore(self.path)
+
     async def _persist_loop(self) -> None:
         """Entries reach the disk off the event loop, in order, before they count."""
+        try:
+            self._store = await asyncio.to_thread(self._open_store)
+        except (PeerDeskError, OSError) as exc:
+            # Replication and take-over still work from memory; only the record is lost.
+            log.warning("the session log cannot be kept on disk: %s", exc)
+            self._emit(
+                status.Error(
+                    reason=f"this session's log is kept in memory only: {exc}", code="no_record"
+                )
+            )
         while True:
             await self._wake.wait()
             self._wake.clear()
