@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
 from agent import status
 from agent.errors import DecodeError, PeerDeskError
@@ -53,7 +53,6 @@ class CustomerPanel(LocalServer):
         self.history: list[status.Status] = []
         self._also = also
         self.tray: CustomerTray | None = None
-        self._sends: set[asyncio.Future[None]] = set()
 
     @property
     def warning_seen(self) -> bool:
@@ -63,21 +62,11 @@ class CustomerPanel(LocalServer):
         """The session's status callback: keep, show on the page, pass on."""
         self.history.append(event)
         del self.history[:-1000]
-        message = {"type": "status", "event": event.to_json()}
-        for ws in list(self._sockets):
-            if not ws.closed:
-                send = asyncio.ensure_future(ws.send_json(message))
-                self._sends.add(send)
-                send.add_done_callback(self._sent)
+        self.broadcast({"type": "status", "event": event.to_json()})
         if self._also is not None:
             self._also(event)
         if self.tray is not None:
             self.tray.on_status(event)
-
-    def _sent(self, future: asyncio.Future[None]) -> None:
-        self._sends.discard(future)
-        if not future.cancelled() and future.exception() is not None:
-            log.debug("page gone: %s", future.exception())
 
     def routes(self, app: web.Application) -> None:
         app.router.add_get("/", self._index)
@@ -92,17 +81,7 @@ class CustomerPanel(LocalServer):
         await ws.send_json({"type": "hello", "warn": not self.warning_seen})
         for event in list(self.history):
             await ws.send_json({"type": "status", "event": event.to_json()})
-        self._sockets.add(ws)
-        try:
-            async for msg in ws:
-                if msg.type != WSMsgType.TEXT:
-                    await ws.send_json({"type": "error", "reason": "send JSON text messages"})
-                    continue
-                reply = await self._handle(msg.data)
-                if reply is not None:
-                    await ws.send_json(reply)
-        finally:
-            self._sockets.discard(ws)
+        await self.serve(ws)
         return ws
 
     async def _handle(self, text: str) -> dict[str, Any] | None:
@@ -151,8 +130,6 @@ class CustomerPanel(LocalServer):
     async def stop(self) -> None:
         if self.tray is not None:
             self.tray.stop()
-        for send in list(self._sends):
-            send.cancel()
         with contextlib.suppress(Exception):
             await super().stop()
 

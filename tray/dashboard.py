@@ -115,7 +115,6 @@ class Dashboard(LocalServer):
     def __init__(self, hub: Hub, *, host: str = "127.0.0.1", port: int = 0) -> None:
         super().__init__(host=host, port=port)
         self.hub = hub
-        self._sends: set[asyncio.Future[None]] = set()
         self._unlisten: Callable[[], None] | None = None
         self.on_shown: ShownHook | None = None
         "Benchmarks: called when the page drew a frame (see ``ShownHook``)."
@@ -197,17 +196,7 @@ class Dashboard(LocalServer):
                 await ws.send_json(_status_message(sid, event))
             for text in entry.notes:
                 await ws.send_json({"type": "note", "session": sid, "text": text})
-        self._sockets.add(ws)
-        try:
-            async for msg in ws:
-                if msg.type != WSMsgType.TEXT:
-                    await ws.send_json({"type": "error", "reason": "send JSON text messages"})
-                    continue
-                reply = await self._handle(msg.data)
-                if reply is not None:
-                    await ws.send_json(reply)
-        finally:
-            self._sockets.discard(ws)
+        await self.serve(ws)
         return ws
 
     async def _handle(self, text: str) -> dict[str, Any] | None:
@@ -238,7 +227,7 @@ class Dashboard(LocalServer):
                 if not isinstance(text_, str):
                     raise DecodeError("note: text must be a string")
                 self.hub.note(sid, text_)
-                self._broadcast({"type": "note", "session": sid, "text": text_.strip()})
+                self.broadcast({"type": "note", "session": sid, "text": text_.strip()})
                 return None
             raw = obj.get("cmd")
             if not isinstance(raw, dict):
@@ -250,14 +239,7 @@ class Dashboard(LocalServer):
             return {"type": "error", "session": sid, "reason": exc.message, "code": exc.code}
 
     def _on_status(self, sid: str, event: status.Status) -> None:
-        self._broadcast(_status_message(sid, event))
-
-    def _broadcast(self, message: dict[str, Any]) -> None:
-        for ws in list(self._sockets):
-            if not ws.closed:
-                send = asyncio.ensure_future(_send_quietly(ws, message))
-                self._sends.add(send)
-                send.add_done_callback(self._sends.discard)
+        self.broadcast(_status_message(sid, event))
 
     # -- the customer's screen
 
@@ -448,11 +430,6 @@ class _Passthrough:
                 await self.ws.send_bytes(struct.pack(">BI", kind, self.seq) + data)
             except (ConnectionError, RuntimeError):
                 return
-
-
-async def _send_quietly(ws: web.WebSocketResponse, message: dict[str, Any]) -> None:
-    with contextlib.suppress(ConnectionError, RuntimeError):
-        await ws.send_json(message)
 
 
 def _draw(obj: Any) -> float:

@@ -8,14 +8,16 @@ when the browser sends one, an ``Origin`` of this very address: anything else ge
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import secrets
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
-from aiohttp import web
+from aiohttp import WSMsgType, web
 
 MAX_REQUEST = 128 * 1024
 CSP = (
@@ -46,6 +48,7 @@ class LocalServer:
         self.token = secrets.token_urlsafe(24)
         self._runner: web.AppRunner | None = None
         self._sockets: set[web.WebSocketResponse] = set()
+        self._sends: set[asyncio.Future[None]] = set()
 
     @property
     def origin(self) -> str:
@@ -71,7 +74,36 @@ class LocalServer:
         self.port = int(self._runner.addresses[0][1])
         return self.url
 
+    async def _handle(self, text: str) -> dict[str, Any] | None:
+        """One JSON text message from the page; a reply for it alone, or None (subclasses)."""
+        raise NotImplementedError
+
+    async def serve(self, ws: web.WebSocketResponse) -> None:
+        """Answer the page's messages on ``ws`` with ``_handle`` until it closes; while
+        open it also receives ``broadcast``."""
+        self._sockets.add(ws)
+        try:
+            async for msg in ws:
+                if msg.type != WSMsgType.TEXT:
+                    await ws.send_json({"type": "error", "reason": "send JSON text messages"})
+                    continue
+                reply = await self._handle(msg.data)
+                if reply is not None:
+                    await ws.send_json(reply)
+        finally:
+            self._sockets.discard(ws)
+
+    def broadcast(self, message: dict[str, Any]) -> None:
+        """Send ``message`` to every open page, without waiting (a page gone is no error)."""
+        for ws in list(self._sockets):
+            if not ws.closed:
+                send = asyncio.ensure_future(_send_quietly(ws, message))
+                self._sends.add(send)
+                send.add_done_callback(self._sends.discard)
+
     async def stop(self) -> None:
+        for send in list(self._sends):
+            send.cancel()
         for ws in list(self._sockets):
             with contextlib.suppress(Exception):
                 await ws.close()
@@ -112,3 +144,8 @@ class LocalServer:
                 "Content-Security-Policy": CSP,
             },
         )
+
+
+async def _send_quietly(ws: web.WebSocketResponse, message: dict[str, Any]) -> None:
+    with contextlib.suppress(ConnectionError, RuntimeError):
+        await ws.send_json(message)
