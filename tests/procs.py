@@ -16,6 +16,17 @@ from typing import Any
 Event = dict[str, Any]
 
 
+def run_peerdesk(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """One ``peerdesk`` command run to its end (``log verify``, ``report``, ...), bounded."""
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PEERDESK_HOME": str(home), "PATH": "/usr/bin:/bin"},
+    )
+
+
 class Proc:
     """One child process speaking JSON lines; every wait is bounded."""
 

@@ -5,27 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from agent.protocol.log import Entry
 from agent.store.logstore import LogStore
-from tests.procs import Proc
-
-
-def peerdesk(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "agent", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={"PEERDESK_HOME": str(home), "PATH": "/usr/bin:/bin"},
-    )
+from tests.procs import Event, Proc, run_peerdesk
 
 
 def shows(csr: Proc, path: Path, rgb: tuple[int, int, int], tries: int = 20) -> bool:
@@ -48,14 +33,6 @@ def entries(path: Path) -> list[Entry]:
         return store.load()
 
 
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for p in started:
-        p.kill()
-
-
 def agent(
     procs: list[Proc], home: Path, *args: str, name: str, env: dict[str, str] | None = None
 ) -> Proc:
@@ -64,22 +41,34 @@ def agent(
     return p
 
 
+def start_primary(procs: list[Proc], home: Path) -> tuple[Proc, Event]:
+    """Carol starts a session with an embedded server; returns her and its ``session`` event."""
+    primary = agent(
+        procs, home, "start", "--headless", "--json", "--port", "0", "--name", "Carol",
+        name="primary",
+    )  # fmt: skip
+    return primary, primary.expect("session")
+
+
+def join_as_assistant(
+    procs: list[Proc],
+    home: Path,
+    code: str,
+    signal: str,
+    name: str = "Dan",
+    label: str = "assistant",
+) -> Proc:
+    """An assistant CSR asks to join with the CSR code (the primary admits or refuses)."""
+    return agent(
+        procs, home, "join", code, "--signal", signal, "--as", "assistant", "--headless",
+        "--json", "--name", name, name=label,
+    )  # fmt: skip
+
+
 def test_assistant_joins_with_the_csr_code_after_the_primary_admits(
     procs: list[Proc], tmp_path: Path
 ) -> None:
-    primary = agent(
-        procs,
-        tmp_path / "p",
-        "start",
-        "--headless",
-        "--json",
-        "--port",
-        "0",
-        "--name",
-        "Carol",
-        name="primary",
-    )
-    session = primary.expect("session")
+    primary, session = start_primary(procs, tmp_path / "p")
     assert session["csr_code"] and session["csr_code"] != session["code"]
     signal = session["signal"]
     cust = agent(
@@ -116,21 +105,7 @@ def test_assistant_joins_with_the_csr_code_after_the_primary_admits(
     assert eve.wait() == 1
     primary.expect("join_failed")
 
-    dan = agent(
-        procs,
-        tmp_path / "d",
-        "join",
-        session["csr_code"],
-        "--signal",
-        signal,
-        "--as",
-        "assistant",
-        "--headless",
-        "--json",
-        "--name",
-        "Dan",
-        name="assistant",
-    )
+    dan = join_as_assistant(procs, tmp_path / "d", session["csr_code"], signal)
     asked = primary.expect("assistant_request", timeout=20)
     assert asked["name"] == "Dan" and len(asked["sas"]) == 6
     primary.send({"cmd": "admit", "peer": asked["peer"]})
@@ -190,19 +165,7 @@ def test_transfer_control_to_the_assistant_and_back(procs: list[Proc], tmp_path:
     from tests.desktop import wait_pointer, xvfb
 
     with xvfb(1280, 800) as display:
-        primary = agent(
-            procs,
-            tmp_path / "p",
-            "start",
-            "--headless",
-            "--json",
-            "--port",
-            "0",
-            "--name",
-            "Carol",
-            name="primary",
-        )
-        session = primary.expect("session")
+        primary, session = start_primary(procs, tmp_path / "p")
         cust = agent(
             procs,
             tmp_path / "c",
@@ -217,21 +180,7 @@ def test_transfer_control_to_the_assistant_and_back(procs: list[Proc], tmp_path:
         )
         cust.expect("joined")
         primary.expect("joined")
-        dan = agent(
-            procs,
-            tmp_path / "d",
-            "join",
-            session["csr_code"],
-            "--signal",
-            session["signal"],
-            "--as",
-            "assistant",
-            "--headless",
-            "--json",
-            "--name",
-            "Dan",
-            name="assistant",
-        )
+        dan = join_as_assistant(procs, tmp_path / "d", session["csr_code"], session["signal"])
         dan_id = primary.expect("assistant_request", timeout=20)["peer"]
         primary.send({"cmd": "admit", "peer": dan_id})
         dan.expect("joined")
@@ -303,18 +252,10 @@ def test_transfer_control_to_the_assistant_and_back(procs: list[Proc], tmp_path:
 
 
 def test_team_member_joins_by_room_id_alone(procs: list[Proc], tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
     def peerdesk(home: Path, *args: str) -> str:
-        return subprocess.run(
-            [sys.executable, "-m", "agent", *args],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            env={"PEERDESK_HOME": str(home), "PATH": "/usr/bin:/bin"},
-            check=True,
-        ).stdout
+        done = run_peerdesk(home, *args)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
 
     def key_of(home: Path) -> str:
         return next(
@@ -380,19 +321,7 @@ def test_kill_the_primary_and_the_assistant_carries_on(procs: list[Proc], tmp_pa
 
     (tmp_path / "downloads").mkdir()
     with xvfb(1280, 800) as display:
-        primary = agent(
-            procs,
-            tmp_path / "p",
-            "start",
-            "--headless",
-            "--json",
-            "--port",
-            "0",
-            "--name",
-            "Carol",
-            name="primary",
-        )
-        session = primary.expect("session")
+        primary, session = start_primary(procs, tmp_path / "p")
         cust = agent(
             procs,
             tmp_path / "c",
@@ -409,21 +338,7 @@ def test_kill_the_primary_and_the_assistant_carries_on(procs: list[Proc], tmp_pa
         )
         cust.expect("joined")
         primary.expect("joined")
-        dan = agent(
-            procs,
-            tmp_path / "d",
-            "join",
-            session["csr_code"],
-            "--signal",
-            session["signal"],
-            "--as",
-            "assistant",
-            "--headless",
-            "--json",
-            "--name",
-            "Dan",
-            name="assistant",
-        )
+        dan = join_as_assistant(procs, tmp_path / "d", session["csr_code"], session["signal"])
         dan_id = primary.expect("assistant_request", timeout=20)["peer"]
         primary.send({"cmd": "admit", "peer": dan_id})
         cust_id = dan.expect("joined", lambda e: e["role"] == "customer")["peer"]
@@ -513,7 +428,7 @@ def test_kill_the_primary_and_the_assistant_carries_on(procs: list[Proc], tmp_pa
 
     # both surviving copies verify, and they agree on every entry
     for copy, home in ((dan_copy, tmp_path / "d"), (cust_copy, tmp_path / "c")):
-        verified = peerdesk(home, "log", "verify", str(copy))
+        verified = run_peerdesk(home, "log", "verify", str(copy))
         assert verified.returncode == 0, verified.stdout + verified.stderr
     survivors = entries(dan_copy)
     assert [e.digest for e in survivors] == [e.digest for e in entries(cust_copy)]
@@ -574,10 +489,7 @@ def test_after_a_take_over_the_new_primary_hosts_and_a_new_customer_joins(
     )  # fmt: skip
     cust.expect("joined")
     primary.expect("joined")
-    dan = agent(
-        procs, tmp_path / "d", "join", session["csr_code"], "--signal", signal,
-        "--as", "assistant", "--headless", "--json", "--name", "Dan", name="assistant",
-    )  # fmt: skip
+    dan = join_as_assistant(procs, tmp_path / "d", session["csr_code"], signal)
     dan_id = primary.expect("assistant_request", timeout=20)["peer"]
     primary.send({"cmd": "admit", "peer": dan_id})
     cust_id = dan.expect("joined", lambda e: e["role"] == "customer")["peer"]
@@ -616,10 +528,7 @@ def test_after_a_take_over_the_new_primary_hosts_and_a_new_customer_joins(
     assert dan.expect("chat", lambda e: e["text"] == "still here")["from"] == cust_id
 
     # a second assistant joins with the new CSR code, and gets the log and the chat
-    eve = agent(
-        procs, tmp_path / "e", "join", again["csr_code"], "--signal", signal,
-        "--as", "assistant", "--headless", "--json", "--name", "Eve", name="assistant 2",
-    )  # fmt: skip
+    eve = join_as_assistant(procs, tmp_path / "e", again["csr_code"], signal, "Eve", "assistant 2")
     eve_id = dan.expect("assistant_request", timeout=20)["peer"]
     dan.send({"cmd": "admit", "peer": eve_id})
     assert eve.expect("joined", lambda e: e["peer"] == dan_id, timeout=20)["role"] == "csr"
@@ -646,7 +555,7 @@ def test_after_a_take_over_the_new_primary_hosts_and_a_new_customer_joins(
         (cust_copy, tmp_path / "c"),
         (eve_copy, tmp_path / "e"),
     ):
-        verified = peerdesk(home, "log", "verify", str(copy))
+        verified = run_peerdesk(home, "log", "verify", str(copy))
         assert verified.returncode == 0, verified.stdout + verified.stderr
     survivors = entries(dan_copy)
     assert [e.digest for e in survivors] == [e.digest for e in entries(cust_copy)]

@@ -18,14 +18,6 @@ def display() -> Iterator[str]:
         yield name
 
 
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for p in started:
-        p.kill()
-
-
 def session(procs: list[Proc], tmp_path: Path, display: str, *join_args: str) -> tuple[Proc, Proc]:
     csr = Proc(
         ["agent", "start", "--headless", "--json", "--port", "0", "--name", "Carol"],

@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from tests.browser import chromium, dashboard_agent, shot
 from tests.procs import Proc, start_signal_server
 
 WAIT_MS = 30_000
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for p in reversed(started):
-        p.kill()
 
 
 def test_an_assistant_joins_from_the_dashboard_and_chats(procs: list[Proc], tmp_path: Path) -> None:

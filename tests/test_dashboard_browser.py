@@ -30,14 +30,6 @@ WAIT_MS = 20_000
 
 
 @pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for p in reversed(started):
-        p.kill()
-
-
-@pytest.fixture
 def display() -> Iterator[str]:
     with xvfb(1280, 800) as name:
         yield name

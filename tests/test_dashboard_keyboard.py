@@ -7,23 +7,12 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from tests.browser import chromium, dashboard_agent
 from tests.desktop import xdotool, xvfb
 from tests.procs import Proc, start_signal_server
 from tests.test_control import TK_WINDOW, wait_for_text
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for p in reversed(started):
-        p.kill()
 
 
 def test_keys_typed_on_the_video_arrive_in_the_customers_window(

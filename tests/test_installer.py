@@ -14,23 +14,12 @@ import re
 import shlex
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from tests.procs import Proc, start_signal_server
 
 ROOT = Path(__file__).resolve().parent.parent
 INSTALL = ROOT / "installers" / "linux" / "install.sh"
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for p in started:
-        p.kill()
 
 
 def clean_env(home: Path) -> dict[str, str]:

@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -24,14 +23,6 @@ from agent.errors import DecodeError
 from agent.protocol.lan import LanRecord, decode_txt, encode_txt, signal_urls
 from bench.netns import NetnsPair
 from tests.procs import Proc
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for p in started:
-        p.kill()
 
 
 def agent(procs: list[Proc], ns_exec: list[str], home: Path, *args: str, name: str) -> Proc:

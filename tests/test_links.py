@@ -16,7 +16,6 @@ import sys
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,14 +27,6 @@ from agent.protocol.code import parse_code_or_link, parse_link
 from tests.procs import Proc, start_signal_server
 
 CHROMIUM = "/usr/bin/chromium"
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for p in started:
-        p.kill()
 
 
 class Listener:

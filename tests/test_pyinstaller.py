@@ -17,7 +17,6 @@ import platform
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -77,14 +76,6 @@ def _prune(keep: Path, newest: int = 3) -> None:
     others = [d for d in keep.parent.iterdir() if d.is_dir() and d != keep]
     for old in sorted(others, key=lambda d: d.stat().st_mtime, reverse=True)[newest - 1 :]:
         shutil.rmtree(old, ignore_errors=True)
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for p in started:
-        p.kill()
 
 
 def frozen_env(home: Path) -> dict[str, str]:

@@ -3,21 +3,9 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-from tests.procs import Proc
-
-
-def peerdesk(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "agent", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={"PEERDESK_HOME": str(home), "PATH": "/usr/bin:/bin"},
-    )
+from tests.procs import Proc, run_peerdesk
 
 
 def test_session_ends_with_a_verifiable_log_and_a_report(tmp_path: Path) -> None:
@@ -50,7 +38,7 @@ def test_session_ends_with_a_verifiable_log_and_a_report(tmp_path: Path) -> None
 
     db = Path(written["log"])
     assert db.parent == home / "sessions"
-    verified = peerdesk(home, "log", "verify", str(db))
+    verified = run_peerdesk(home, "log", "verify", str(db))
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert verified.stdout.startswith("OK")
 
@@ -64,10 +52,10 @@ def test_session_ends_with_a_verifiable_log_and_a_report(tmp_path: Path) -> None
     assert "<script" not in html
     assert "&lt;script&gt;" in html
 
-    listed = peerdesk(home, "sessions", "--json")
+    listed = run_peerdesk(home, "sessions", "--json")
     assert listed.returncode == 0
     assert written["id"] in listed.stdout
-    shown = peerdesk(home, "report", written["id"])
+    shown = run_peerdesk(home, "report", written["id"])
     assert "Alice" in shown.stdout and "Carol" in shown.stdout
 
     # tampering with the log is found, and the verifier says where
@@ -87,7 +75,7 @@ def test_session_ends_with_a_verifiable_log_and_a_report(tmp_path: Path) -> None
         data = bytearray(row[1] if isinstance(row[1], bytes) else row[1].encode())
         data[len(data) // 2] ^= 0x01
         conn.execute(f"update {table} set {blob} = ? where seq = ?", (bytes(data), row[0]))
-    broken = peerdesk(home, "log", "verify", str(db))
+    broken = run_peerdesk(home, "log", "verify", str(db))
     assert broken.returncode in (1, 2)
     assert "entry" in (broken.stdout + broken.stderr)
 
@@ -155,5 +143,5 @@ def test_the_record_keeps_every_join_control_change_and_file(tmp_path: Path) -> 
     assert people["Bob"]["how_left"] == "left"
     assert [f["name"] for f in report["files"]] == ["notes.txt"]
     assert report["files"][0]["state"] == "done"
-    verified = peerdesk(home, "log", "verify", written["log"])
+    verified = run_peerdesk(home, "log", "verify", written["log"])
     assert verified.returncode == 0, verified.stdout

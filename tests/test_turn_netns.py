@@ -24,8 +24,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 from tests.procs import Proc
 
 SECRET = "peerdesk-test-turn-secret-0123456789"
@@ -153,14 +151,6 @@ def coturn(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for p in started:
-        p.kill()
 
 
 def run_session(procs: list[Proc], tmp_path: Path, net: Net) -> list[tuple[str, ...]]:
