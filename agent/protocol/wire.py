@@ -98,7 +98,7 @@ def get_bytes(obj: Mapping[str, Any], name: str, *, min_len: int = 0, max_len: i
     """A base64url (unpadded) field decoded to bytes of a bounded length."""
     text = get_str(obj, name, max_len=(max_len * 4) // 3 + 4)
     try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        raw = b64d(text)
     except (binascii.Error, ValueError):
         raise DecodeError(f'field "{name}" is not base64url') from None
     if not min_len <= len(raw) <= max_len:
@@ -112,7 +112,7 @@ def b64(raw: bytes) -> str:
 
 
 def b64d(text: str) -> bytes:
-    """Decode unpadded base64url that a decoder here already checked."""
+    """Decode unpadded base64url (raises ``binascii.Error`` for what is not)."""
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
