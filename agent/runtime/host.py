@@ -365,8 +365,7 @@ class CsrSession:
             )
         self._ending = True
         if self.record is not None:  # everyone's copy of the log gets the end first
-            self.record.write("session_end", {"by": self.me, "reason": reason[:200]})
-            await self.record.settle(1.0)
+            await self.record.end(reason)
         self._byes = {
             pid for pid, m in self._members.items() if m.link.channel.readyState == "open"
         }

@@ -364,8 +364,7 @@ class CustomerSession:
         if self.leading and self._link is not None:  # we lead since a take-over
             self._leaving = True  # the customer closing its end is no loss now
             if self.record is not None:  # the customer's copy gets the end first
-                self.record.write("session_end", {"by": self.me, "reason": reason[:200]})
-                await self.record.settle(1.0)
+                await self.record.end(reason)
             self._link.send(ch.End())
             await asyncio.sleep(0.2)
             self._finish(status.Ended(reason=reason), 0)

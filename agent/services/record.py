@@ -278,14 +278,20 @@ class SessionRecord:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._committed.wait(), left)
 
+    async def end(self, reason: str) -> None:
+        """Write ``session_end`` (once) and wait, bounded, until the other holders have it:
+        the sequencer does this before it tells anyone the session ended."""
+        if not self.core.state.ended:
+            self.write("session_end", {"by": self.me, "reason": reason[:200]})
+            await self.settle(1.0)
+
     async def finish(self, reason: str, *, end: bool) -> tuple[Path, Path] | None:
         """Close the log (with ``session_end`` when ``end``), write the JSON and HTML
         reports and stop; returns their paths."""
         from agent import report
 
-        if end and not self.core.state.ended:
-            self.write("session_end", {"by": self.me, "reason": reason[:200]})
-            await self.settle(1.0)
+        if end:
+            await self.end(reason)
         await self._flush()
         self._closed = True
         for task in self._tasks:
