@@ -270,7 +270,7 @@ async def test_a_node_stopped_gracefully_leaves_its_rooms_resumable_and_others_n
             a.proc.terminate()  # SIGTERM: a graceful stop
             msg = await host.ws.receive(timeout=TIMEOUT)
             assert (msg.type, msg.data) == (WSMsgType.CLOSE, 1001)
-            assert a.proc.wait(10) == 0
+            assert await asyncio.to_thread(a.proc.wait, 10) == 0  # loop free for its close
             # a's claim stays, with no live node behind it, so that its host can resume
             # the room elsewhere (tests/test_signaling_resume.py); nobody can join it
             owner = await store.get(f"peerdesk:room:{room}")

@@ -361,7 +361,7 @@ async def test_resumes_refused_on_nodes_wrong_secret_live_owner_replay(redis_url
                 assert await store.get(f"peerdesk:room:{room}") == owner  # untouched
 
                 a.proc.terminate()  # a graceful stop: its rooms stay resumable
-                assert a.proc.wait(10) == 0
+                assert await asyncio.to_thread(a.proc.wait, 10) == 0  # loop free for its close
                 back = await _ws(http, b)
                 await back.send("resume", room=room, secret=secret)
                 resumed = await back.recv()
