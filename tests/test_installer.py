@@ -1,7 +1,9 @@
 """The Linux installer, for real, in a throwaway HOME.
 
-install.sh makes a private virtualenv (offline: it sees this interpreter's packages
-and installs this checkout without dependencies), a menu entry and the peerdesk://
+install.sh makes a private virtualenv with the Python a fresh machine has (the
+interpreter this test venv was made from; only its standard library and venv are
+used: pip builds and installs this checkout and its dependencies from the package
+registry, as on a user's machine), a menu entry and the peerdesk://
 handler; xdg-mime names our desktop file; the desktop file's Exec line, run with a
 link as a desktop would run it, joins a running session with the *installed* agent;
 uninstall.sh leaves HOME exactly as it was.
@@ -20,6 +22,7 @@ from tests.procs import Proc, start_signal_server
 
 ROOT = Path(__file__).resolve().parent.parent
 INSTALL = ROOT / "installers" / "linux" / "install.sh"
+PIP_CACHE = os.environ.get("PIP_CACHE_DIR") or str(Path.home() / ".cache" / "pip")
 
 
 def clean_env(home: Path) -> dict[str, str]:
@@ -46,14 +49,14 @@ def install(home: Path, *extra: str) -> subprocess.CompletedProcess[str]:
             str(INSTALL),
             "--source",
             str(ROOT),
-            "--system-site-packages",
-            "--pip-arg",
-            "--no-deps",
-            "--pip-arg",
-            "--no-build-isolation",
             *extra,
         ],
-        env={**clean_env(home), "PYTHON": sys.executable},
+        # The interpreter the test venv was made from: what a fresh machine has.
+        env={
+            **clean_env(home),
+            "PYTHON": getattr(sys, "_base_executable", sys.executable),
+            "PIP_CACHE_DIR": PIP_CACHE,  # outside the throwaway HOME: wheels come once
+        },
         cwd=home,
         capture_output=True,
         text=True,

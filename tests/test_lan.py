@@ -329,6 +329,47 @@ def test_no_network_at_all_is_a_clear_error(tmp_path: Path) -> None:
         subprocess.run(["ip", "netns", "del", ns], timeout=20)
 
 
+def test_no_ipv6_route_starts_quietly(procs: list[Proc], tmp_path: Path) -> None:
+    """A namespace whose only IPv6 is loopback's ::1, with no route for multicast, as
+    in most VMs and containers. Both agents start with every interface
+    (no PEERDESK_LAN_INTERFACES), find each other by the code alone, and print nothing
+    on stderr: no zeroconf traceback per packet it cannot send."""
+    ns = f"pdv4only{os.getpid() % 100000}"
+    subprocess.run(["ip", "netns", "add", ns], check=True, timeout=20)
+    try:
+        wrap = ["ip", "netns", "exec", ns]
+        setup = [  # a veth pair gives aiortc a host candidate; IPv6 off on it
+            "ip link set lo up",
+            "ip link add pdq0 type veth peer name pdq1",
+            "sysctl -qw net.ipv6.conf.pdq0.disable_ipv6=1 net.ipv6.conf.pdq1.disable_ipv6=1",
+            "ip addr add 10.231.0.1/24 dev pdq0",
+            "ip addr add 10.231.0.2/24 dev pdq1",
+            "ip link set pdq0 up",
+            "ip link set pdq1 up",
+        ]
+        for line in setup:
+            subprocess.run([*wrap, *line.split()], check=True, timeout=20)
+        csr = Proc(["agent", "start", "--headless", "--json"], home=tmp_path / "c", wrap=wrap)
+        procs.append(csr)
+        session = csr.expect("session")
+        alice = Proc(
+            ["agent", "join", session["code"], "--headless", "--json"],
+            home=tmp_path / "a",
+            wrap=wrap,
+        )
+        procs.append(alice)
+        alice.expect("joined")
+        csr.expect("joined")
+        csr.send({"cmd": "end"})
+        alice.expect("ended")
+        assert csr.wait() == 0 and alice.wait() == 0
+        for who in (csr, alice):
+            assert "".join(who.stderr) == "", f"{who.name}: {''.join(who.stderr)}"
+            assert not [e for e in who.events if e.get("event") == "error"], who.events
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], timeout=20)
+
+
 def test_lan_options_are_checked(tmp_path: Path) -> None:
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

@@ -24,12 +24,13 @@ import ipaddress
 import logging
 import os
 import secrets
+import socket
 import time
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from zeroconf import InterfaceChoice, IPVersion, ServiceStateChange, Zeroconf
+from zeroconf import ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from agent.errors import DecodeError, LocalProtocolError
@@ -95,11 +96,68 @@ def instance_name(room: str) -> str:
     return f"PeerDesk {room}.{SERVICE_TYPE}"
 
 
-def _zeroconf(interfaces: Interfaces) -> AsyncZeroconf:
+def _can_multicast(address: str, index: int) -> bool:
+    """Whether multicast DNS can leave through this interface: a UDP ``connect`` to
+    the mDNS group asks the kernel for a route without sending anything. A machine
+    with IPv6 but no IPv6 route (most VMs and containers) fails here; without the
+    check, zeroconf logs a traceback for every packet it cannot send."""
+    v6 = ":" in address
+    family = socket.AF_INET6 if v6 else socket.AF_INET
     try:
-        if interfaces is None:
-            return AsyncZeroconf(interfaces=InterfaceChoice.All, ip_version=IPVersion.All)
-        return AsyncZeroconf(interfaces=list(interfaces))
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            if v6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, index)
+                probe.connect(("ff02::fb", 5353, 0, index))
+            else:
+                probe.setsockopt(
+                    socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(address)
+                )
+                probe.connect(("224.0.0.251", 5353))
+    except OSError:
+        return False
+    return True
+
+
+def multicast_interfaces(wanted: Interfaces = None) -> list[str]:
+    """The addresses (of ``wanted``, or of every interface) that multicast DNS can use.
+
+    IPv4 first. An interface without a route for the mDNS group is left out quietly:
+    it could not reach anyone anyway.
+    """
+    import ifaddr
+
+    keep = {str(ipaddress.ip_address(a)) for a in wanted} if wanted is not None else None
+    v4: list[str] = []
+    v6: list[str] = []
+    skipped: list[str] = []
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            text = ip.ip if isinstance(ip.ip, str) else ip.ip[0]
+            try:
+                address = str(ipaddress.ip_address(text.split("%", 1)[0]))
+            except ValueError:
+                continue
+            if keep is not None and address not in keep:
+                continue
+            if _can_multicast(address, adapter.index):
+                (v6 if ":" in address else v4).append(address)
+            else:
+                skipped.append(address)
+    if skipped:
+        log.debug("no multicast route through %s: not used for LAN discovery", skipped)
+    return [*dict.fromkeys(v4), *dict.fromkeys(v6)]
+
+
+def _zeroconf(interfaces: Interfaces) -> AsyncZeroconf:
+    usable = multicast_interfaces(interfaces)
+    if not usable:
+        which = ", ".join(interfaces) if interfaces is not None else "any interface"
+        raise LocalProtocolError(
+            f"cannot use the LAN for discovery: no route for multicast DNS on {which}",
+            code=LAN_UNAVAILABLE,
+        )
+    try:
+        return AsyncZeroconf(interfaces=usable)  # IP versions: those of the list
     except (OSError, RuntimeError) as exc:  # zeroconf: "No interfaces to listen on", ...
         raise LocalProtocolError(
             f"cannot use the LAN for discovery: {exc}", code=LAN_UNAVAILABLE
