@@ -19,9 +19,9 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from agent import __version__, identity, status
 from agent.errors import LocalProtocolError, PeerDeskError
@@ -39,6 +39,10 @@ log = logging.getLogger("peerdesk")
 
 LAN_LOOKUP_S = 4.0
 "How long ``join`` without a server listens on the LAN for the session's announcement."
+LOCAL_FALLBACK = "ws://127.0.0.1:{port}"
+"Where ``join`` looks last when the LAN knows no session for the room: this machine."
+T = TypeVar("T")
+Emit = Callable[[status.Status], None]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,6 +59,13 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--headless", action="store_true", help="no tray: use stdin/stdout")
         sp.add_argument("--json", action="store_true", help="JSON lines on stdin/stdout")
         sp.add_argument("--name", help="display name for this session")
+        sp.add_argument(
+            "--exit-on-eof",
+            action="store_true",
+            help="leave (customer, assistant) or end (CSR) the session when stdin ends; "
+            "by default the agent carries on without commands (a terminal's Ctrl-D "
+            "always leaves)",
+        )
 
     start = sub.add_parser("start", help="start a support session (CSR)")
     front(start)
@@ -239,11 +250,106 @@ async def _embedded_server(port: int) -> tuple[web.AppRunner, str]:
     return endpoint.runner, endpoint.url
 
 
-def _install_signal_handlers(stop: asyncio.Event) -> None:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
+"Signals that stop an agent cleanly: a customer leaves, a CSR ends its session."
+STOP_WITHIN = 10.0
+"Seconds leaving or ending may take once stopped; past that the agent says so and exits."
+
+
+class Stopper:
+    """SIGINT, SIGTERM and SIGHUP — and, when asked, the end of stdin — as one event."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.why = ""
+        "What stopped us: a signal's name, or ``eof``."
+        self._installed: list[int] = []
+
+    def __enter__(self) -> Stopper:
+        loop = asyncio.get_running_loop()
+        for name in STOP_SIGNALS:
+            number = getattr(signal, name, None)
+            if number is None:
+                continue
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(number, self.stop, name)
+                self._installed.append(number)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        loop = asyncio.get_running_loop()
+        for number in self._installed:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(number)
+
+    def stop(self, why: str) -> None:
+        if not self.event.is_set():
+            log.info("stopping: %s", why)
+            self.why = why
+            self.event.set()
+
+    async def race(self, work: Awaitable[T]) -> tuple[bool, T | None]:
+        """Run ``work`` unless we are stopped first (then it is cancelled and awaited):
+        ``(True, result)`` or ``(False, None)``. Its errors propagate."""
+        task = asyncio.ensure_future(work)
+        stopper = asyncio.ensure_future(self.event.wait())
+        try:
+            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+        if task.done():
+            return True, task.result()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, PeerDeskError, TimeoutError):
+            await asyncio.wait_for(task, STOP_WITHIN)
+        return False, None
+
+
+async def _live(
+    session: Any,
+    emit: Emit,
+    args: argparse.Namespace,
+    stopper: Stopper,
+    stop: Callable[[], Awaitable[None]],
+) -> int:
+    """Serve a started or joined session until it ends or we are stopped; the exit status.
+
+    Commands come from stdin. Its end stops the session only with ``--exit-on-eof``, or
+    from a terminal in console mode (Ctrl-D); otherwise the agent goes on without
+    commands (a service with stdin on /dev/null stays in its session). Stopped, ``stop``
+    leaves or ends the session for everyone, within ``STOP_WITHIN`` seconds.
+    """
+    at_terminal = not args.json and sys.stdin is not None and sys.stdin.isatty()
+
+    async def commands() -> None:
+        await read_commands(session, emit, json_mode=args.json)
+        if args.exit_on_eof or at_terminal:
+            stopper.stop("eof")
+
+    reader = asyncio.ensure_future(commands())
+    try:
+        finished, code = await stopper.race(session.wait())
+        if finished:
+            return int(code or 0)
+        try:
+            await asyncio.wait_for(stop(), STOP_WITHIN)
+            return int(await asyncio.wait_for(session.wait(), STOP_WITHIN))
+        except TimeoutError:
+            emit(
+                status.Error(
+                    reason=f"stopped ({stopper.why}), but the session did not finish closing "
+                    f"within {STOP_WITHIN:g} s",
+                    code="stop_timeout",
+                )
+            )
+            return 1
+        except PeerDeskError as exc:
+            emit(status.Error(reason=exc.message, code=exc.code))
+            return 1
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
 
 
 def _directory(value: str | None) -> Path | None:
@@ -255,37 +361,42 @@ async def _start(args: argparse.Namespace) -> int:
 
     emit = json_emitter() if args.json else console_emitter()
     me = identity.load().with_name(args.name)
-    endpoint: HostedEndpoint | None = None
     if args.signal and args.lan:
         raise LocalProtocolError("--lan hosts the signaling endpoint in this agent: drop --signal")
-    if args.signal:
-        url = check_signal_url(args.signal)
-    else:
-        endpoint = await HostedEndpoint.start(args.port)
-        url = endpoint.url
-    session = CsrSession(me, url, emit, download_dir=_directory(args.download_dir))
-    try:
-        code = await session.start()
-    except PeerDeskError as exc:
-        emit(status.Error(reason=exc.message, code=exc.code))
-        if endpoint is not None:
-            await endpoint.stop()
-        return 1
-    if endpoint is not None and not args.no_advertise:
-        endpoint.advertise(code.room, me.name, emit)
-    stop = asyncio.Event()
-    _install_signal_handlers(stop)
-    reader = asyncio.ensure_future(read_commands(session, emit, json_mode=args.json))
-    stopper = asyncio.ensure_future(stop.wait())
-    done = asyncio.ensure_future(session.wait())
-    await asyncio.wait({done, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    if not done.done():
-        await session.end("stopped", force=True)
-    reader.cancel()
-    stopper.cancel()
-    if endpoint is not None:
-        await endpoint.stop()
-    return done.result()
+    url = check_signal_url(args.signal) if args.signal else None
+    with Stopper() as stopper:
+        endpoint: HostedEndpoint | None = None
+        session: CsrSession | None = None
+
+        async def open_session() -> CsrSession:
+            nonlocal endpoint
+            signal_url = url
+            if signal_url is None:
+                endpoint = await HostedEndpoint.start(args.port)
+                signal_url = endpoint.url
+            opened = CsrSession(me, signal_url, emit, download_dir=_directory(args.download_dir))
+            code = await opened.start()
+            if endpoint is not None and not args.no_advertise:
+                endpoint.advertise(code.room, me.name, emit)
+            return opened
+
+        try:
+            started, session = await stopper.race(open_session())
+            if not started or session is None:
+                emit(status.Ended(reason="stopped"))
+                return 0
+            live = session
+
+            async def end() -> None:
+                await live.end("stopped", force=True)
+
+            return await _live(live, emit, args, stopper, end)
+        except PeerDeskError as exc:
+            emit(status.Error(reason=exc.message, code=exc.code))
+            return 1
+        finally:
+            if endpoint is not None:
+                await endpoint.stop()
 
 
 async def _discover(args: argparse.Namespace) -> int:
@@ -355,7 +466,7 @@ async def _lan_candidates(room: str) -> AsyncIterator[str]:
             if url not in tried:
                 tried.add(url)
                 yield url
-    yield f"ws://127.0.0.1:{DEFAULT_PORT}"
+    yield LOCAL_FALLBACK.format(port=DEFAULT_PORT)
 
 
 async def _join(args: argparse.Namespace) -> int:
@@ -373,11 +484,55 @@ async def _join(args: argparse.Namespace) -> int:
     role = "csr" if args.role == "assistant" else "customer"
     options = _customer_options(args)
     panel = None
-    if role == "customer" and not (args.headless or args.json):
-        from tray.customer import open_panel
+    with Stopper() as stopper:
+        if role == "customer" and not (args.headless or args.json):
+            from tray.customer import open_panel
 
-        panel = await open_panel(identity.home(), also=emit)  # prompts in the browser
-        emit = panel.emit
+            panel = await open_panel(identity.home(), also=emit)  # prompts in the browser
+            emit = panel.emit
+        try:
+            joining = _join_one(args, link, me, role, options, emit, panel)
+            joined, session = await stopper.race(joining)
+            if not joined or session is None:
+                emit(status.Ended(reason="stopped"))
+                return 0
+            live: CustomerSession = session
+
+            async def leave() -> None:
+                await live.leave()
+
+            try:
+                return await _live(live, emit, args, stopper, leave)
+            finally:
+                await live.closed()
+        except PeerDeskError as exc:
+            emit(status.Error(reason=exc.message, code=exc.code))
+            return 1
+        finally:
+            if panel is not None:
+                await asyncio.sleep(0.3)  # the page shows "ended" before its server goes
+                await panel.stop()
+
+
+async def _join_one(
+    args: argparse.Namespace,
+    link: JoinLink,
+    me: identity.Identity,
+    role: str,
+    options: CustomerOptions,
+    emit: Emit,
+    panel: Any,
+) -> Any:
+    """Join through the first signaling server that holds the room; the joined session.
+
+    With no server given, the LAN's answers for the room id are tried in turn, then
+    this machine's default port. A wrong code stops the search where the room was
+    found: trying the same session again by another path would count the mistyped
+    code twice (a squatter's room and the real one are different announcements, and
+    each of those is tried). Raises the ``PeerDeskError`` that says why nothing worked.
+    """
+    from agent.runtime import CustomerSession
+
     on_lan = not (args.signal or link.signal)
     if args.signal:
         urls: AsyncIterator[str] = _one(check_signal_url(args.signal))
@@ -387,6 +542,8 @@ async def _join(args: argparse.Namespace) -> int:
         urls = _lan_candidates(link.code.room)
     failure: PeerDeskError | None = None
     async for url in urls:
+        if failure is not None and url == LOCAL_FALLBACK.format(port=DEFAULT_PORT):
+            break  # the LAN answered for the room: this machine's server is no other path
         session = CustomerSession(
             me,
             link,
@@ -400,45 +557,26 @@ async def _join(args: argparse.Namespace) -> int:
             panel.session = session
         try:
             await session.join()
-            break
-        except PeerDeskError as exc:
-            if failure is None or failure.code != "wrong_code":
-                failure = exc
-            # Discovery is untrusted: another answer for this room id (a second
-            # session, or someone squatting the id) may be the one that knows the code.
-            if on_lan and exc.code in ("signal_unreachable", "no_such_session", "wrong_code"):
+            return session
+        except BaseException as exc:
+            await session.closed()
+            if not isinstance(exc, PeerDeskError) or not on_lan:
+                raise
+            if exc.code in ("signal_unreachable", "no_such_session"):
                 log.info("no session %s at %s (%s); next", link.code.room, url, exc.message)
                 continue
-            emit(status.Error(reason=exc.message, code=exc.code))
-            if panel is not None:
-                await panel.stop()
-            return 1
-    else:
-        if failure is None or failure.code in ("signal_unreachable", "no_such_session"):
-            failure = LocalProtocolError(
-                f"no session {link.code.room} found on the LAN or on this machine. "
-                "Pass --signal URL or use the full link the CSR sent",
-                code="no_such_session",
-            )
-        emit(status.Error(reason=failure.message, code=failure.code))
-        if panel is not None:
-            await panel.stop()
-        return 1
-
-    stop = asyncio.Event()
-    _install_signal_handlers(stop)
-    reader = asyncio.ensure_future(read_commands(session, emit, json_mode=args.json))
-    stopper = asyncio.ensure_future(stop.wait())
-    done = asyncio.ensure_future(session.wait())
-    await asyncio.wait({done, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    if not done.done():
-        await session.leave()
-    reader.cancel()
-    stopper.cancel()
-    if panel is not None:
-        await asyncio.sleep(0.3)  # the page shows "ended" before its server goes
-        await panel.stop()
-    return done.result()
+            # Discovery is untrusted: another announcement for this room id (a second
+            # session, or someone squatting the id) may be the one that knows the code.
+            if exc.code != "wrong_code":
+                raise
+            failure = exc
+    if failure is None:
+        raise LocalProtocolError(
+            f"no session {link.code.room} found on the LAN or on this machine. "
+            "Pass --signal URL or use the full link the CSR sent",
+            code="no_such_session",
+        )
+    raise failure
 
 
 if __name__ == "__main__":

@@ -9,8 +9,11 @@ always go to stderr, never into the JSON stream.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import sys
+import threading
 from collections.abc import Callable
 from typing import Protocol, TextIO
 
@@ -31,10 +34,23 @@ def _line_emitter(
 ) -> Callable[[status.Status], None]:
     def emit(event: status.Status) -> None:
         stream = out or sys.stdout
-        stream.write(render(event) + "\n")
-        stream.flush()
+        try:
+            stream.write(render(event) + "\n")
+            stream.flush()
+        except (BrokenPipeError, ValueError):  # nobody reads us any more (a closed terminal)
+            if out is None:
+                _silence_stdout()
 
     return emit
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null once its reader is gone, so that neither later events
+    nor the interpreter's last flush raise ("Exception ignored ... BrokenPipeError")."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def json_emitter(out: TextIO | None = None) -> Callable[[status.Status], None]:
@@ -148,27 +164,85 @@ async def dispatch(session: Controllable, command: cmds.Command) -> None:
     await session.command(command)
 
 
+class _StdinLines:
+    """Lines of a file descriptor read in a daemon thread, handed to the event loop.
+
+    A thread, not ``connect_read_pipe``: stdin may be a pipe, a terminal, a regular
+    file or ``/dev/null`` (cron, nohup and service managers give that), and epoll
+    refuses the last two. The thread reads the descriptor with ``os.read`` (no
+    buffered object whose lock it could hold at interpreter exit), never blocks the
+    loop and never keeps the process alive. ``b""`` means end of input; ``None`` a
+    line that was too long (the rest of it is skipped).
+    """
+
+    def __init__(self, fd: int, limit: int) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._fd = fd
+        self._limit = limit
+        threading.Thread(target=self._run, name="peerdesk-stdin", daemon=True).start()
+
+    def _put(self, item: bytes | None) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody listens
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+
+    def _run(self) -> None:
+        pending = b""
+        skipping = False  # inside a line that was too long
+        while True:
+            try:
+                chunk = os.read(self._fd, 65536)
+            except InterruptedError:
+                continue
+            except OSError:
+                chunk = b""  # stdin closed under us: end of input
+            if not chunk:
+                break
+            pending += chunk
+            while (newline := pending.find(b"\n")) >= 0:
+                line, pending = pending[: newline + 1], pending[newline + 1 :]
+                if skipping:
+                    skipping = False
+                elif len(line) > self._limit:
+                    self._put(None)
+                else:
+                    self._put(line)
+            if len(pending) > self._limit:
+                if not skipping:
+                    self._put(None)
+                skipping, pending = True, b""
+        if pending and not skipping:
+            self._put(pending)
+        self._put(b"")
+
+    async def next(self) -> bytes | None:
+        return await self._queue.get()
+
+
 async def read_commands(
     session: Controllable,
     emit: Callable[[status.Status], None],
     *,
     json_mode: bool,
-    stream: TextIO | None = None,
+    fd: int | None = None,
 ) -> None:
-    """Read commands from stdin until EOF; a bad line gets an error event, nothing else."""
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=cmds.MAX_COMMAND_BYTES * 2)
-    try:
-        await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), stream or sys.stdin
-        )
-    except (ValueError, OSError):
-        return  # stdin is closed or not a pipe/tty: no commands
-    while True:
+    """Read commands from ``fd`` (default stdin) until end of input, then return; a bad
+    line gets an error event, nothing else. What end of input means is the caller's."""
+    if fd is None:
         try:
-            raw = await reader.readline()
-        except (ValueError, asyncio.LimitOverrunError):
-            emit(status.Error(reason="command line too long", code="too_large"))
+            fd = sys.stdin.fileno()
+        except (AttributeError, ValueError, OSError):  # no stdin at all (pythonw, closed)
+            return
+    lines = _StdinLines(fd, cmds.MAX_COMMAND_BYTES)
+    while True:
+        raw = await lines.next()
+        if raw is None:
+            emit(
+                status.Error(
+                    reason=f"command line too long (at most {cmds.MAX_COMMAND_BYTES} bytes)",
+                    code="too_large",
+                )
+            )
             continue
         if not raw:
             return

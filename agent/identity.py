@@ -9,10 +9,12 @@ silently replaced.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,9 +102,32 @@ def _load_config(path: Path) -> dict[str, object]:
     return data
 
 
+@contextlib.contextmanager
+def _usable(directory: Path) -> Iterator[None]:
+    """Turn a data directory that cannot be used (a file, read-only, no permission)
+    into one clear error instead of a traceback."""
+    try:
+        if directory.exists() and not directory.is_dir():
+            raise NotADirectoryError(20, "it is not a directory")
+        yield
+    except OSError as exc:
+        what = exc.strerror or type(exc).__name__
+        where = f": {exc.filename}" if exc.filename and str(exc.filename) != str(directory) else ""
+        raise LocalProtocolError(
+            f"cannot use {directory} as PeerDesk's data directory ({what}{where}); "
+            "set PEERDESK_HOME to a directory you can write",
+            code="home_unusable",
+        ) from None
+
+
 def load(directory: Path | None = None, *, create: bool = True) -> Identity:
     """Load this agent's identity, making it on first run."""
     directory = directory or home()
+    with _usable(directory):
+        return _load(directory, create=create)
+
+
+def _load(directory: Path, *, create: bool) -> Identity:
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     key_path = directory / KEY_FILE
     try:
@@ -133,9 +158,10 @@ def set_name(name: str, directory: Path | None = None) -> Identity:
     """Store a new display name for this agent."""
     directory = directory or home()
     identity = load(directory)
-    config = _load_config(directory / CONFIG_FILE)
-    config["name"] = clean_name(name)
-    tmp = directory / f".{CONFIG_FILE}.tmp"
-    tmp.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, directory / CONFIG_FILE)
+    with _usable(directory):
+        config = _load_config(directory / CONFIG_FILE)
+        config["name"] = clean_name(name)
+        tmp = directory / f".{CONFIG_FILE}.tmp"
+        tmp.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, directory / CONFIG_FILE)
     return identity.with_name(name)

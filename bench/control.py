@@ -113,7 +113,7 @@ async def _pair() -> tuple[RTCPeerConnection, RTCPeerConnection, Any, Any]:
     tx = csr.createDataChannel(ctl.CHANNEL_LABEL, negotiated=True, id=2)
     rx = customer.createDataChannel(ctl.CHANNEL_LABEL, negotiated=True, id=2)
     opened = asyncio.get_running_loop().create_future()
-    tx.on("open", lambda: opened.done() or opened.set_result(None))
+    tx.on("open", lambda: None if opened.done() else opened.set_result(None))
     await csr.setLocalDescription(await csr.createOffer())
     await customer.setRemoteDescription(csr.localDescription)
     await customer.setLocalDescription(await customer.createAnswer())

@@ -192,7 +192,7 @@ async def data_channel_copy(src: Path, size: int, chunk: int = 64 * 1024) -> flo
             done.set_result(None)
 
     cb.on("message", on_message)
-    ca.on("open", lambda: opened.done() or opened.set_result(None))
+    ca.on("open", lambda: None if opened.done() else opened.set_result(None))
     ca.on("bufferedamountlow", low.set)
     ca.bufferedAmountLowThreshold = 1 * MiB
     try:
@@ -245,7 +245,10 @@ async def measure(size_mb: int = 200, *, runs: int = 3, datachannel_mb: int = 32
             fast_times.append(await fast_path_copy(src, store, info))
         dc_size = min(datachannel_mb, size_mb) * MiB
         dc_time = await data_channel_copy(src, dc_size)
-    mbps = lambda n, s: n / s / 1e6  # noqa: E731
+
+    def mbps(n: float, seconds: float) -> float:
+        return n / seconds / 1e6
+
     tls = mbps(info.size, min(tls_times))
     fast = mbps(info.size, min(fast_times))
     dc = mbps(dc_size, dc_time)

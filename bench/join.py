@@ -58,7 +58,7 @@ async def _bare_connect() -> float:
     ca = a.createDataChannel("c", negotiated=True, id=0)
     cb = b.createDataChannel("c", negotiated=True, id=0)
     got = asyncio.get_running_loop().create_future()
-    cb.on("message", lambda m: got.done() or got.set_result(None))
+    cb.on("message", lambda m: None if got.done() else got.set_result(None))
     ca.on("open", lambda: ca.send("hi"))
     try:
         await a.setLocalDescription(await a.createOffer())

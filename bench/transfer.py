@@ -35,7 +35,7 @@ async def _bare_one_way(n: int) -> list[float]:
     got: asyncio.Queue[float] = asyncio.Queue()
     cb.on("message", lambda m: got.put_nowait(time.perf_counter()))
     opened = asyncio.get_running_loop().create_future()
-    ca.on("open", lambda: opened.done() or opened.set_result(None))
+    ca.on("open", lambda: None if opened.done() else opened.set_result(None))
     await a.setLocalDescription(await a.createOffer())
     await b.setRemoteDescription(a.localDescription)
     await b.setLocalDescription(await b.createAnswer())

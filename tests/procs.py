@@ -15,6 +15,18 @@ from typing import Any
 
 Event = dict[str, Any]
 
+NOISE = (
+    "Traceback",
+    "Unclosed",
+    "Task was destroyed",
+    "Exception ignored",
+    "Fatal Python error",
+    "ResourceWarning",
+    "was never awaited",
+    "exception was never retrieved",
+)
+"What must never reach a user's stderr, whatever went wrong."
+
 
 def run_peerdesk(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """One ``peerdesk`` command run to its end (``log verify``, ``report``, ...), bounded."""
@@ -39,8 +51,11 @@ class Proc:
         env: dict[str, str] | None = None,
         wrap: list[str] | None = None,
         exe: list[str] | None = None,
+        stdin: int = subprocess.PIPE,
     ) -> None:
         """``env`` adds to this process's environment (``DISPLAY`` for a customer's desktop).
+
+        ``stdin=subprocess.DEVNULL`` gives it what cron and service managers give.
 
         ``wrap`` prefixes the command (``["ip", "netns", "exec", NS]``: run it in a namespace);
         ``exe`` replaces ``python -m`` (a frozen ``peerdesk`` binary).
@@ -55,7 +70,7 @@ class Proc:
         self.name = name or args[0]
         self.proc = subprocess.Popen(
             [*(wrap or []), *(exe or [sys.executable, "-m"]), *args],
-            stdin=subprocess.PIPE,
+            stdin=stdin,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -129,6 +144,12 @@ class Proc:
                 break
             self.events.append(json.loads(line))
         return self.events
+
+    def quiet(self) -> None:
+        """Fail unless stderr is clean: no traceback, no resource or task warnings."""
+        text = "".join(self.stderr)
+        for bad in NOISE:
+            assert bad not in text, f"{self.name} printed {bad!r} on stderr:\n{text}"
 
     def kill(self) -> None:
         if self.proc.poll() is None:

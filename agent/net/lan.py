@@ -139,7 +139,7 @@ def multicast_interfaces(wanted: Interfaces = None) -> list[str]:
                 continue
             if keep is not None and address not in keep:
                 continue
-            if _can_multicast(address, adapter.index):
+            if _can_multicast(address, adapter.index or 0):
                 (v6 if ":" in address else v4).append(address)
             else:
                 skipped.append(address)

@@ -38,6 +38,8 @@ from agent.session.roster import Roster
 
 log = logging.getLogger(__name__)
 
+CREATE_TIMEOUT = 10.0
+"Seconds the signaling server has to allocate a room before ``start`` gives up."
 
 # --- the CSR's side ------------------------------------------------------------------
 
@@ -105,7 +107,12 @@ class CsrSession:
     async def start(self) -> SessionCode:
         """Open a room on the signaling server and make the session code."""
         self._client = await SignalingClient.connect(self.signal_url)
-        await self._create_room()
+        try:
+            await self._create_room()
+        except BaseException:  # a refusal, a server that does not answer, a stop
+            client, self._client = self._client, None
+            await client.close()
+            raise
         return self._serve()
 
     @classmethod
@@ -190,11 +197,29 @@ class CsrSession:
         """Ask the signaling server for a room; make the codes and the handshake core."""
         assert self._client is not None
         await self._client.send(sig.Create())
-        reply = await asyncio.wait_for(self._client.recv(), 10)
+        try:
+            reply = await asyncio.wait_for(self._client.recv(), CREATE_TIMEOUT)
+        except TimeoutError:
+            raise RemoteProtocolError(
+                f"the signaling server at {self.signal_url} did not allocate a room within "
+                f"{CREATE_TIMEOUT:g} s (no answer, or answers that could not be read)",
+                code="signal_timeout",
+            ) from None
+        if reply is None:
+            raise SignalingUnreachable(
+                f"the signaling server at {self.signal_url} closed the connection "
+                "before allocating a room"
+            )
         if isinstance(reply, sig.Error):
-            raise RemoteProtocolError(f"the signaling server refused a room: {reply.message}")
+            raise RemoteProtocolError(
+                f"the signaling server refused a room: {reply.message}", code="room_refused"
+            )
         if not isinstance(reply, sig.Created):
-            raise RemoteProtocolError("the signaling server did not allocate a room")
+            raise RemoteProtocolError(
+                f"the signaling server answered {reply.type!r} where it should have "
+                "allocated a room",
+                code="signal_protocol",
+            )
         self.code = SessionCode.new(reply.room)
         self._resume_secret = reply.resume
         if not reply.resume:
@@ -240,7 +265,7 @@ class CsrSession:
 
     async def wait(self) -> int:
         """Until the session ends; returns the process exit status."""
-        return await self._done
+        return await asyncio.shield(self._done)  # a waiter cancelled is not the session
 
     # -- commands (the same API for headless, console, tray and dashboard)
 
@@ -717,7 +742,10 @@ class CsrSession:
             (member.role == "csr" and msg.peer == primary)
             or (pid == primary and other.role == "csr")
         )
-        if other is None or not allowed:
+        if other is None:  # they left meanwhile; the roster tells the sender so
+            log.info("introduction of %s to %s, who has left: dropped", pid, msg.peer)
+            return
+        if not allowed:
             member.link.send(ch.Refused(code="not_allowed", message="no such introduction"))
             return
         other.link.send(ch.Sdp(peer=pid, kind=msg.kind, sdp=msg.sdp))

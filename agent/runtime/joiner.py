@@ -4,6 +4,7 @@ with their direct link and the take-over after the primary's loss."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -88,6 +89,7 @@ class CustomerSession:
         self._tick_task: asyncio.Task[None] | None = None
         self.services = CustomerServices(self._emit, options or CustomerOptions())
         self._closing: asyncio.Future[None] | None = None
+        self._signal_closing: asyncio.Future[None] | None = None
         self._finishing = False
         self._announced = False
         self._sas = ""
@@ -227,7 +229,7 @@ class CustomerSession:
                 recv_task.cancel()
             if not offer_task.done():
                 offer_task.cancel()
-            self._closing = asyncio.ensure_future(self._close_signaling(outbox, client))
+            self._signal_closing = asyncio.ensure_future(self._close_signaling(outbox, client))
 
     @staticmethod
     async def _close_signaling(outbox: Outbox, client: SignalingClient) -> None:
@@ -272,7 +274,15 @@ class CustomerSession:
         )
 
     async def wait(self) -> int:
-        return await self._done
+        return await asyncio.shield(self._done)  # a waiter cancelled is not the session
+
+    async def closed(self, within: float = 3.0) -> None:
+        """Until what this session opened is closed: the signaling connection (after a
+        failed join as after a good one) and, once it ended, its links (bounded)."""
+        for closing in (self._signal_closing, self._closing):
+            if closing is not None:
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await asyncio.wait_for(asyncio.shield(closing), within)
 
     # -- commands
 
