@@ -14,6 +14,11 @@ tamper hook can also inject with ``to_host``/``to_joiner`` (those bypass the hoo
 invent joiners with ``add_fake_joiner`` (what the host sends them lands in
 ``fake_inbox``), and ``honour_close = False`` keeps closed rooms open.
 
+Below the relay, ``outgoing(conn, msg, text)`` sees every frame the server is about
+to send (``conn.hosted`` tells a host from a joiner) and returns the raw frames to
+send instead: ``None`` keeps it, ``[]`` drops it, ``[CLOSE]`` closes the connection
+there, anything else goes out as written (garbage, truncated JSON, other messages).
+
 Everything clients asked to relay is logged in ``relayed`` (before tampering),
 everything delivered in ``delivered``, and every raw frame in ``frames``.
 """
@@ -55,6 +60,9 @@ TO_JOINER = "to_joiner"
 Tamper = Callable[[str, str, str, str], list[str]]
 "(direction, room, peer, data) -> the data strings to deliver instead."
 
+CLOSE = "\x00close"
+"A frame an ``outgoing`` hook returns to close the connection at that point."
+
 
 @dataclass(frozen=True)
 class Relayed:
@@ -91,6 +99,7 @@ class HostileSignaling:
 
     def __init__(self) -> None:
         self.tamper: Tamper | None = None
+        self.outgoing: Callable[[_Conn, ServerMessage, str], list[str] | None] | None = None
         self.honour_close = True
         self.relayed: list[Relayed] = []
         self.delivered: list[Relayed] = []
@@ -186,14 +195,24 @@ class HostileSignaling:
     async def _write_loop(self, conn: _Conn) -> None:
         while (text := await conn.queue.get()) is not None:
             try:
+                if text == CLOSE:
+                    await conn.ws.close()
+                    return
                 await conn.ws.send_str(text)
             except Exception:  # the client went away mid-write
                 return
 
     def _send(self, conn: _Conn, msg: ServerMessage) -> None:
         text = encode(msg)
-        self.frames.append(("out", text))
-        conn.queue.put_nowait(text)
+        frames: list[str] | None = None
+        if self.outgoing is not None:
+            try:
+                frames = self.outgoing(conn, msg, text)
+            except Exception as exc:  # surfaced by the test
+                self.hook_errors.append(exc)
+        for frame in [text] if frames is None else frames:
+            self.frames.append(("out", frame))
+            conn.queue.put_nowait(frame)
 
     def _receive(self, conn: _Conn, text: str) -> None:
         try:

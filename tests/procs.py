@@ -92,11 +92,18 @@ class Proc:
             self.lines.put(None)
 
     def expect(
-        self, event: str, where: Callable[[Event], bool] = lambda e: True, timeout: float = 15.0
+        self,
+        event: str,
+        where: Callable[[Event], bool] = lambda e: True,
+        timeout: float = 15.0,
+        *,
+        names: tuple[str, ...] = (),
     ) -> Event:
-        """Wait for the next event named ``event`` matching ``where``; earlier ones are kept."""
+        """Wait for the next event named ``event`` (or any of ``names``) matching ``where``;
+        earlier ones are kept."""
+        wanted = names or (event,)
         for seen in self.events:
-            if seen.get("event") == event and where(seen) and not seen.get("_taken"):
+            if seen.get("event") in wanted and where(seen) and not seen.get("_taken"):
                 seen["_taken"] = True
                 return seen
         deadline = time.monotonic() + timeout
@@ -119,9 +126,13 @@ class Proc:
                 )
             obj = json.loads(line)  # the stream must be pure JSON lines
             self.events.append(obj)
-            if obj.get("event") == event and where(obj):
+            if obj.get("event") in wanted and where(obj):
                 obj["_taken"] = True
                 return obj
+
+    def first_of(self, *events: str, timeout: float = 15.0) -> Event:
+        """The next event named any of ``events`` (such as ``joined`` or ``error``)."""
+        return self.expect(events[0], lambda e: True, timeout, names=events)
 
     def send(self, cmd: dict[str, Any]) -> None:
         assert self.proc.stdin is not None

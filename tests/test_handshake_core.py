@@ -162,14 +162,23 @@ def test_messages_out_of_order_fail_cleanly() -> None:
     (failed,) = events(h2)
     assert isinstance(failed, AttemptFailed) and not failed.counted
     assert hs.decode(h2.messages_to_send()[0][1]) == hs.Reject(reason="protocol")
-    # a second hello in the same join
+    # the same hello again is ignored; another hello in the same join fails it
     h.receive("aaaaaaaaaaaa", hello, 0.0)
+    assert events(h) == []
+    other = joiner()
+    other.start()
+    (hello2,) = other.messages_to_send()
+    h.receive("aaaaaaaaaaaa", hello2, 0.0)
     assert isinstance(events(h)[0], AttemptFailed)
-    # a pake delivered twice to the joiner
+    # a pake delivered twice to the joiner: the same bytes again say nothing new (a
+    # server may deliver at least once), so the copy is ignored...
     j2 = joiner()
     j2.start()
     j2.receive(pake, 0.0)
     j2.receive(pake, 0.0)
+    assert events(j2) == []
+    # ...but another pake after the first is out of order
+    j2.receive(hs.encode(hs.Pake(pake=b"\x01" + bytes(32))), 0.0)
     assert isinstance(events(j2)[-1], JoinFailed)
     # an accept before any pake
     j3 = joiner()
@@ -305,6 +314,25 @@ def test_garbage_from_the_network_never_raises() -> None:
         j.receive(junk, 0.0)
     assert all(isinstance(e, AttemptFailed) and not e.counted for e in events(h))
     assert h.failures == 0
+
+
+def test_pake_points_off_the_curve_are_refused_not_raised() -> None:
+    """A hello or a pake whose 33 bytes decode to no curve point: python-spake2 raises
+    its own ``NotOnCurve`` (not a ValueError). Anyone who knows a room id could send
+    one; it must be a refused join, and the next join must still work."""
+    h = host()
+    for first in (0x00, 0x7F, 0xFF):
+        bad = bytes([0x42]) + bytes([first]) * 32  # SPAKE2 side byte + a bogus point
+        h.receive("bbbbbbbbbbbb", hs.encode(hs.Hello(role="customer", pake=bad)), 0.0)
+        j = joiner()
+        j.start()
+        j.receive(hs.encode(hs.Pake(pake=bad)), 0.0)
+        (fail,) = events(j)
+        assert isinstance(fail, JoinFailed) and "PAKE" in fail.error.message
+    assert all(isinstance(e, AttemptFailed) and not e.counted for e in events(h))
+    assert h.failures == 0
+    (admitted,) = run_join(h, joiner(), peer="cccccccccccc")
+    assert isinstance(admitted, Admitted)
 
 
 def test_csr_code_admits_a_csr_and_the_customer_code_does_not() -> None:

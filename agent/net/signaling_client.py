@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from agent.errors import DecodeError, PeerDeskError
+from agent.errors import DecodeError, PeerDeskError, RemoteProtocolError, UnknownMessage
 from agent.protocol import signaling as sig
 
 log = logging.getLogger(__name__)
@@ -89,8 +89,14 @@ class SignalingClient:
         except (ConnectionError, RuntimeError, aiohttp.ClientError) as exc:
             raise SignalingUnreachable(f"lost the signaling server: {exc}") from None
 
-    async def recv(self) -> sig.ServerMessage | None:
-        """The next message from the server, or None once the connection is closed."""
+    async def recv(self, *, strict: bool = False) -> sig.ServerMessage | None:
+        """The next message from the server, or None once the connection is closed.
+
+        Messages of types we do not know are dropped (a newer server may send them).
+        One that does not parse is dropped too, or with ``strict`` (while a room is
+        being allocated or a join runs, when waiting on would only end in a timeout)
+        raised as ``RemoteProtocolError`` with code ``signal_protocol``.
+        """
         while True:
             frame = await self._ws.receive()
             if frame.type is not aiohttp.WSMsgType.TEXT:
@@ -104,7 +110,15 @@ class SignalingClient:
                 continue
             try:
                 return sig.decode_server(frame.data)
+            except UnknownMessage as exc:
+                log.info("dropped a signaling message: %s", exc.message)
             except DecodeError as exc:
+                if strict:
+                    raise RemoteProtocolError(
+                        f"the signaling server sent a message that could not be read "
+                        f"({exc.message})",
+                        code="signal_protocol",
+                    ) from None
                 log.warning("dropped a signaling message: %s", exc.message)
 
     @property

@@ -60,6 +60,25 @@ MAX_LISTED = 200
 HOST = "host"
 
 
+JOINER_ERRORS = frozenset(
+    {
+        "room_full",
+        "rate_limited",
+        "room_rate_limited",
+        "host_away",
+        "draining",
+        "server_full",
+        "unavailable",
+        "already_joined",
+    }
+)
+"""Server error codes a joiner passes on as its own ``error`` code (documented in the
+README); any other code from a server becomes ``signal_error``: the server is not
+trusted to speak in our codes (it could say ``wrong_code``)."""
+OTHER_SERVER_ERROR = "signal_error"
+"The joiner's ``error`` code for any other error a signaling server answers with."
+
+
 @dataclass(frozen=True)
 class Create:
     """Ask the server for a new room; the sender becomes its host."""

@@ -198,7 +198,7 @@ class CsrSession:
         assert self._client is not None
         await self._client.send(sig.Create())
         try:
-            reply = await asyncio.wait_for(self._client.recv(), CREATE_TIMEOUT)
+            reply = await asyncio.wait_for(self._client.recv(strict=True), CREATE_TIMEOUT)
         except TimeoutError:
             raise RemoteProtocolError(
                 f"the signaling server at {self.signal_url} did not allocate a room within "
@@ -478,18 +478,25 @@ class CsrSession:
                         )
                     )
                 return
-            now = time.monotonic()
-            if isinstance(msg, sig.Relay):
-                self._core.receive(msg.sender, msg.data, now)
-            elif isinstance(msg, sig.Gone):
-                self._core.peer_gone(msg.peer)
-            elif isinstance(msg, sig.Closed):
-                self._resume_secret = ""  # nothing left to resume
-                self._no_resume = "this session's code admits nobody any more"
-                self._emit(status.CodeClosed(reason=msg.reason))
-            elif isinstance(msg, sig.Error):
-                log.warning("signaling error: %s (%s)", msg.message, msg.code)
+            try:
+                self._on_signal(msg)
+            except Exception as exc:  # one hostile message must not end hosting
+                log.error("a signaling message could not be handled (%s): %r", msg.type, exc)
             self._pump()
+
+    def _on_signal(self, msg: sig.ServerMessage) -> None:
+        assert self._core is not None
+        now = time.monotonic()
+        if isinstance(msg, sig.Relay):
+            self._core.receive(msg.sender, msg.data, now)
+        elif isinstance(msg, sig.Gone):
+            self._core.peer_gone(msg.peer)
+        elif isinstance(msg, sig.Closed):
+            self._resume_secret = ""  # nothing left to resume
+            self._no_resume = "this session's code admits nobody any more"
+            self._emit(status.CodeClosed(reason=msg.reason))
+        elif isinstance(msg, sig.Error):
+            log.warning("signaling error: %s (%s)", msg.message, msg.code)
 
     async def _resume_room(self) -> str | None:
         """Reconnect and host our room again; None once done, else why it failed."""
@@ -608,6 +615,7 @@ class CsrSession:
         except (TimeoutError, PeerDeskError, asyncio.CancelledError) as exc:
             self._pending.pop(req.peer, None)
             self._early.pop(link, None)
+            await services.close()
             await link.close()
             if isinstance(exc, asyncio.CancelledError):
                 raise

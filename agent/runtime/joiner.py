@@ -209,7 +209,7 @@ class CustomerSession:
                     self._session_key = event.session_key
                     return
                 if recv_task is None:
-                    recv_task = asyncio.ensure_future(client.recv())
+                    recv_task = asyncio.ensure_future(client.recv(strict=True))
                 waits: set[asyncio.Future[object]] = {recv_task}  # type: ignore[arg-type]
                 if not offer_task.done():
                     waits.add(offer_task)  # type: ignore[arg-type]
@@ -251,7 +251,8 @@ class CustomerSession:
                     "(it may have expired or ended)",
                     code="no_such_session",
                 )
-            raise RemoteProtocolError(f"the signaling server said: {msg.message}", code=msg.code)
+            code = msg.code if msg.code in sig.JOINER_ERRORS else sig.OTHER_SERVER_ERROR
+            raise RemoteProtocolError(f"the signaling server said: {msg.message}", code=code)
         elif isinstance(msg, sig.Gone | sig.Closed):
             raise RemoteProtocolError(
                 "the session host went away before we could join", code="host_gone"

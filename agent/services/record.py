@@ -363,6 +363,9 @@ class SessionRecord:
         if event.peer is None:  # our own proposal: the policy said no
             log.debug("left out of the session log: %s", event.detail)
             return
+        if event.reason == "session_ended":  # a line that crossed the end: nobody's fault
+            log.info("session log: after the end, from %s: %s", event.peer, event.detail)
+            return
         log.warning("session log: refused from %s: %s (%s)", event.peer, event.detail, event.reason)
         self._emit(
             status.Error(

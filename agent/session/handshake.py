@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from spake2 import SPAKE2_A, SPAKE2_B
+from spake2.ed25519_basic import NotOnCurve
 from spake2.spake2 import SPAKEError
 
 from agent.errors import (
@@ -51,6 +52,10 @@ from agent.protocol import handshake as hs
 from agent.protocol.code import SessionCode
 
 MAX_FAILURES = 3
+PAKE_ERRORS = (SPAKEError, NotOnCurve, ValueError, AssertionError)
+"""What python-spake2 raises for a hostile PAKE message (a point off the curve is its
+own ``NotOnCurve``, not a ``ValueError``): a refused join, never a crash."""
+
 CODE_TTL = 600.0
 "Seconds a code lives without a successful join."
 ATTEMPT_TTL = 30.0
@@ -222,6 +227,8 @@ class _Attempt:
     keys: _Keys
     team_key: bytes | None = None
     "For a join by team roster: the Ed25519 key the joiner's hello named."
+    last: str = ""
+    "The last message this joiner sent (the same bytes again are ignored)."
 
 
 class HostHandshake:
@@ -283,16 +290,25 @@ class HostHandshake:
     # -- input
 
     def receive(self, peer: str, data: str, now: float) -> None:
-        """Handle one handshake message relayed from joiner ``peer``."""
+        """Handle one handshake message relayed from joiner ``peer``. The same message
+        again (a server that delivers at least once) is ignored: it says nothing new."""
+        attempt = self._attempts.get(peer)
+        if attempt is not None:
+            if data == attempt.last:
+                return
+            attempt.last = data
         try:
             msg = hs.decode(data)
         except DecodeError as exc:
             self._fail(peer, exc, counted=False, reason="protocol")
             return
-        if isinstance(msg, hs.Hello):
-            self._on_hello(peer, msg, now)
-        elif isinstance(msg, hs.TeamHello):
-            self._on_team_hello(peer, msg, now)
+        if isinstance(msg, hs.Hello | hs.TeamHello):
+            if isinstance(msg, hs.Hello):
+                self._on_hello(peer, msg, now)
+            else:
+                self._on_team_hello(peer, msg, now)
+            if (started := self._attempts.get(peer)) is not None and attempt is None:
+                started.last = data
         elif isinstance(msg, hs.Confirm):
             self._on_confirm(peer, msg, now)
         else:
@@ -329,7 +345,7 @@ class HostHandshake:
         pake, msg_a = self._take_pake(msg.role)
         try:
             key = pake.finish(msg.pake)
-        except (SPAKEError, ValueError, AssertionError):
+        except PAKE_ERRORS:
             self._fail(
                 peer,
                 RemoteProtocolError("the joiner's PAKE message is invalid"),
@@ -562,7 +578,9 @@ class JoinerHandshake:
         self.role = role
         self._identity = identity
         self._name = name
-        self._deadline = now + timeout
+        self._started = now
+        self._timeout = timeout
+        self._last = ""
         self.state = JoinerState.START
         id_a, id_b = _ids(code.room, role)
         self._pake = SPAKE2_B(code.secret.encode(), idA=id_a, idB=id_b)
@@ -590,9 +608,11 @@ class JoinerHandshake:
         self._maybe_confirm()
 
     def receive(self, data: str, now: float) -> None:
-        """Handle one handshake message relayed from the host."""
-        if self.state in (JoinerState.DONE, JoinerState.FAILED):
+        """Handle one handshake message relayed from the host. The same message again
+        (a server that delivers at least once) is ignored: it says nothing new."""
+        if self.state in (JoinerState.DONE, JoinerState.FAILED) or data == self._last:
             return
+        self._last = data
         try:
             msg = hs.decode(data)
         except DecodeError as exc:
@@ -607,7 +627,7 @@ class JoinerHandshake:
         elif isinstance(msg, hs.Pake) and self.state is JoinerState.SENT_HELLO:
             try:
                 key = self._pake.finish(msg.pake)
-            except (SPAKEError, ValueError, AssertionError):
+            except PAKE_ERRORS:
                 self._failed(RemoteProtocolError("the host's PAKE message is invalid"))
                 return
             self._keys = _Keys.derive(key, self.code.room, self.role, msg.pake, self._msg_b)
@@ -691,6 +711,15 @@ class JoinerHandshake:
             return
         self.state = JoinerState.DONE
         self._events.append(Admitted(intro.name, intro.key, keys.sas, intro.sdp, keys.session))
+
+    @property
+    def _deadline(self) -> float:
+        """Until our confirmation is sent nothing waits for a person, so the join gets
+        ``JOIN_TIMEOUT`` at most; then the whole ``timeout`` (an assistant waits for
+        the primary CSR to admit it)."""
+        if self.state is JoinerState.SENT_CONFIRM:
+            return self._started + self._timeout
+        return self._started + min(self._timeout, JOIN_TIMEOUT)
 
     def handle_timer(self, now: float) -> None:
         if self.state not in (JoinerState.DONE, JoinerState.FAILED) and now >= self._deadline:
