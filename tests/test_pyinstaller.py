@@ -29,6 +29,8 @@ from tests.procs import Proc, start_signal_server
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "installers" / "linux" / "peerdesk.spec"
 BUILD_TIMEOUT = 900
+# The build runs in the first test's setup: it gets the build's bound, not the default.
+pytestmark = pytest.mark.timeout(BUILD_TIMEOUT + 120)
 
 
 def source_hash() -> str:
