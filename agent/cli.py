@@ -21,19 +21,15 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from agent import __version__, identity, status
 from agent.errors import LocalProtocolError, PeerDeskError
 from agent.headless import console_emitter, json_emitter, read_commands
 from agent.net.endpoint import DEFAULT_PORT as DEFAULT_PORT  # re-exported: the tray uses it
-from agent.net.endpoint import HostedEndpoint
 from agent.protocol.code import JoinLink, SessionCode, check_signal_url, parse_code_or_link
 from agent.services.customer import CustomerOptions
 from agent.session import handshake as hsk
-
-if TYPE_CHECKING:
-    from aiohttp import web
 
 log = logging.getLogger("peerdesk")
 
@@ -243,13 +239,6 @@ def _id(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _embedded_server(port: int) -> tuple[web.AppRunner, str]:
-    """The embedded signaling server and its URL (``HostedEndpoint`` without the LAN
-    announcement; for callers that manage the runner themselves, such as the tray)."""
-    endpoint = await HostedEndpoint.start(port)
-    return endpoint.runner, endpoint.url
-
-
 STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
 "Signals that stop an agent cleanly: a customer leaves, a CSR ends its session."
 STOP_WITHIN = 10.0
@@ -357,31 +346,23 @@ def _directory(value: str | None) -> Path | None:
 
 
 async def _start(args: argparse.Namespace) -> int:
-    from agent.runtime import CsrSession
+    from agent.runtime.hosting import Hosting, HostOptions
 
     emit = json_emitter() if args.json else console_emitter()
     me = identity.load().with_name(args.name)
     if args.signal and args.lan:
         raise LocalProtocolError("--lan hosts the signaling endpoint in this agent: drop --signal")
-    url = check_signal_url(args.signal) if args.signal else None
+    hosting = Hosting(
+        HostOptions(
+            signal=args.signal,
+            port=args.port,
+            advertise=not args.no_advertise,
+            download_dir=_directory(args.download_dir),
+        )
+    )
     with Stopper() as stopper:
-        endpoint: HostedEndpoint | None = None
-        session: CsrSession | None = None
-
-        async def open_session() -> CsrSession:
-            nonlocal endpoint
-            signal_url = url
-            if signal_url is None:
-                endpoint = await HostedEndpoint.start(args.port)
-                signal_url = endpoint.url
-            opened = CsrSession(me, signal_url, emit, download_dir=_directory(args.download_dir))
-            code = await opened.start()
-            if endpoint is not None and not args.no_advertise:
-                endpoint.advertise(code.room, me.name, emit)
-            return opened
-
         try:
-            started, session = await stopper.race(open_session())
+            started, session = await stopper.race(hosting.start_session(me, emit))
             if not started or session is None:
                 emit(status.Ended(reason="stopped"))
                 return 0
@@ -395,8 +376,7 @@ async def _start(args: argparse.Namespace) -> int:
             emit(status.Error(reason=exc.message, code=exc.code))
             return 1
         finally:
-            if endpoint is not None:
-                await endpoint.stop()
+            await hosting.close()
 
 
 async def _discover(args: argparse.Namespace) -> int:

@@ -112,6 +112,72 @@ def test_lan_join_by_code_between_namespaces(
         assert not [s for s in discover(lan.b.exec, tmp_path / "scan") if s["room"] == room]
 
 
+DASHBOARD_DRIVER = """
+import asyncio, json, sys
+import aiohttp
+
+async def main(url):
+    base, token = url.split("/?t=")
+    loop = asyncio.get_running_loop()
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(f"{base}/ws?t={token}", origin=base) as ws:
+            await ws.send_json({"op": "start"})
+            line = asyncio.ensure_future(loop.run_in_executor(None, sys.stdin.readline))
+            frame = asyncio.ensure_future(ws.receive())
+            while True:
+                await asyncio.wait({line, frame}, return_when=asyncio.FIRST_COMPLETED)
+                if line.done():
+                    if not line.result():
+                        return
+                    await ws.send_str(line.result())
+                    line = asyncio.ensure_future(loop.run_in_executor(None, sys.stdin.readline))
+                if frame.done():
+                    if frame.result().type != aiohttp.WSMsgType.TEXT:
+                        return
+                    obj = json.loads(frame.result().data)
+                    if obj.get("type") == "status":  # the session's status values, as events
+                        print(json.dumps({**obj["event"], "sid": obj["session"]}), flush=True)
+                    frame = asyncio.ensure_future(ws.receive())
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+def test_a_dashboard_session_is_found_on_the_lan_by_its_code(
+    procs: list[Proc], tmp_path: Path
+) -> None:
+    """The dashboard hosts sessions the same way as ``peerdesk start``: a session
+    started from it (machine A, the page's own websocket API) is announced on the LAN,
+    and a customer on machine B joins with the code alone."""
+    with NetnsPair(ipv6=False) as lan:
+        dash = agent(
+            procs, lan.a.exec, tmp_path / "csr", "dashboard", "--no-browser", "--json",
+            "--port", "0", "--name", "Carol", name="dashboard",
+        )  # fmt: skip
+        url = dash.expect("dashboard", timeout=30)["url"]
+        page = Proc(
+            ["-c", DASHBOARD_DRIVER, url], name="page", wrap=lan.a.exec, exe=[sys.executable]
+        )
+        procs.append(page)
+        status = page.expect
+        session = status("session", timeout=30)
+        assert session["room"] in [s["room"] for s in discover(lan.b.exec, tmp_path / "scan")]
+        alice = agent(
+            procs, lan.b.exec, tmp_path / "alice", "join", session["code"], "--headless",
+            "--json", "--name", "Alice", name="alice",
+        )  # fmt: skip
+        assert alice.expect("joined", timeout=30)["name"] == "Carol"
+        assert status("joined")["name"] == "Alice"
+        alice.send({"cmd": "chat", "text": "found you on the LAN"})
+        assert status("chat")["text"] == "found you on the LAN"
+        page.send({"op": "cmd", "session": session["sid"], "cmd": {"cmd": "end"}})
+        alice.expect("ended", timeout=20)
+        assert alice.wait(timeout=20) == 0
+        status("ended")
+        # the announcement went with the session; the dashboard goes on
+        assert session["room"] not in [s["room"] for s in discover(lan.b.exec, tmp_path / "x")]
+
+
 def test_after_a_take_over_the_new_primary_advertises(procs: list[Proc], tmp_path: Path) -> None:
     """The primary (machine A) hosts the session's signaling endpoint and dies with it
     (kill -9). The assistant (machine B) takes over, hosts an endpoint of its own and

@@ -63,14 +63,15 @@ class Hub:
         download_dir: Path | None = None,
         port: int = 0,
     ) -> None:
+        from agent.runtime.hosting import Hosting, HostOptions
+
         self.me = me
-        self.signal_url = signal_url
         self.download_dir = download_dir
-        self.port = port
+        self.hosting = Hosting(HostOptions(signal=signal_url, port=port, download_dir=download_dir))
+        "Where sessions are hosted: the same way as ``peerdesk start`` (LAN announcement too)."
         self.entries: dict[str, Entry] = {}
         self._listeners: list[Listener] = []
         self._ids = itertools.count(1)
-        self._server: Any = None
         self._uploads = tempfile.TemporaryDirectory(prefix="peerdesk-uploads-")
         self._lock = asyncio.Lock()
 
@@ -100,35 +101,28 @@ class Hub:
             except Exception:  # a broken front end must not break the session
                 log.exception("status listener failed")
 
-    async def _signal(self) -> str:
-        if self.signal_url is not None:
-            return self.signal_url
-        from agent.cli import _embedded_server
-
-        self._server, self.signal_url = await _embedded_server(self.port)
-        return self.signal_url
+    @property
+    def signal_url(self) -> str | None:
+        """The signaling URL sessions use (None until the embedded one started)."""
+        return self.hosting.signal_url
 
     async def start_session(self) -> str:
         """Start a CSR session; returns its id here (``s1``, ``s2``, ...)."""
-        from agent.runtime import CsrSession
-
         async with self._lock:
             live = sum(1 for e in self.entries.values() if not e.ended)
             if live >= MAX_SESSIONS:
                 raise LocalProtocolError(
                     f"{MAX_SESSIONS} sessions are open already: end one first", code="too_many"
                 )
-            url = await self._signal()
             sid = f"s{next(self._ids)}"
 
             def emit(event: status.Status, sid: str = sid) -> None:
                 self._emit(sid, event)
 
-            session = CsrSession(self.me, url, emit, download_dir=self.download_dir)
-            entry = Entry(sid, session)
+            entry = Entry(sid, None)
             self.entries[sid] = entry
             try:
-                await session.start()
+                entry.session = await self.hosting.start_session(self.me, emit)
             except PeerDeskError as exc:
                 entry.ended = True
                 self._emit(sid, status.Error(reason=exc.message, code=exc.code))
@@ -236,7 +230,5 @@ class Hub:
                     await entry.session.leave()
                 else:
                     await entry.session.end("stopped", force=True)
-        if self._server is not None:
-            await self._server.cleanup()
-            self._server = None
+        await self.hosting.close()
         self._uploads.cleanup()

@@ -46,7 +46,8 @@ class HostedEndpoint:
         self.runner = runner
         "The aiohttp runner serving the endpoint."
         self.url = url
-        self._advertising: asyncio.Task[LanAdvertiser | None] | None = None
+        self._advertising: dict[str, asyncio.Task[LanAdvertiser | None]] = {}
+        "Room id -> its announcement (several sessions share one endpoint)."
 
     @classmethod
     async def start(cls, port: int = DEFAULT_PORT) -> HostedEndpoint:
@@ -72,8 +73,25 @@ class HostedEndpoint:
         """Announce ``room`` on the LAN in the background (probing the name takes ~1.5 s;
         ``PEERDESK_LAN_INTERFACES`` chooses the interfaces). A LAN without multicast is
         reported (``lan_unavailable``), not fatal."""
-        if self._advertising is None:
-            self._advertising = asyncio.ensure_future(self._advertise(room, name, emit))
+        if room not in self._advertising:
+            self._advertising[room] = asyncio.ensure_future(self._advertise(room, name, emit))
+
+    @property
+    def advertised(self) -> tuple[str, ...]:
+        """The rooms announced (or being announced) now."""
+        return tuple(self._advertising)
+
+    async def withdraw(self, room: str) -> None:
+        """Withdraw ``room``'s announcement (its session ended); the endpoint goes on."""
+        advertising = self._advertising.pop(room, None)
+        if advertising is None:
+            return
+        if not advertising.done():
+            advertising.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            advertiser = await advertising
+            if advertiser is not None:
+                await advertiser.stop()
 
     async def _advertise(self, room: str, name: str, emit: Emit) -> LanAdvertiser | None:
         from agent.net import lan
@@ -95,15 +113,9 @@ class HostedEndpoint:
         return advertiser
 
     async def stop(self) -> None:
-        """Withdraw the announcement, then stop the server."""
-        advertising, self._advertising = self._advertising, None
-        if advertising is not None:
-            if not advertising.done():
-                advertising.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                advertiser = await advertising
-                if advertiser is not None:
-                    await advertiser.stop()
+        """Withdraw every announcement, then stop the server."""
+        for room in list(self._advertising):
+            await self.withdraw(room)
         await self.runner.cleanup()
 
 
