@@ -57,7 +57,7 @@ import secrets
 import signal
 import sys
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeAlias
@@ -371,6 +371,10 @@ Action: TypeAlias = (
 )
 
 MAX_CLAIM_ATTEMPTS = 20
+CLOSED_ROOMS_TTL = 600.0
+"Seconds a closed room's id still answers why it closed (burned, expired, ended)."
+MAX_CLOSED_ROOMS = 10_000
+"Closed rooms remembered at most (the oldest are forgotten first)."
 
 
 def resume_digest(secret: str) -> str:
@@ -424,6 +428,9 @@ class Hub:
         "Totals for ``/metrics``: messages, relays, refusals by code."
         self.queues = Queues(self.config.csr_token)
         "Support queues (``wait``, ``serve``, ``list``, ``take``, ``transfer``)."
+        self.closed: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        """Rooms closed lately: id -> (why, when). A join to one is told why (the code
+        was burned, it expired, the session ended) instead of "no such room"."""
 
     # -- connections
 
@@ -529,7 +536,7 @@ class Hub:
             if self.shared and conn.node is None and not self.queues.involves(conn):
                 return [LocateQueues(conn, msg)]
             return self._queue_message(conn, msg, now)
-        return self._close(conn, msg)
+        return self._close(conn, msg, now)
 
     def expire(self, now: float) -> list[Action]:
         """Close every room unused for ``room_idle_ttl`` seconds."""
@@ -538,11 +545,11 @@ class Hub:
         for room in list(self.rooms.values()):
             if room.away_since is not None and now - room.away_since >= grace:
                 _event("room_removed", room=room.id, reason="host_gone")
-                out.extend(self._close_room(room, "host_gone"))
+                out.extend(self._close_room(room, "host_gone", now))
             elif now - room.last_used >= ttl:
                 if room.away_since is None:
                     out.append(Deliver(room.host, Closed(room=room.id, reason="expired")))
-                out.extend(self._close_room(room, "expired"))
+                out.extend(self._close_room(room, "expired", now))
         return out
 
     def shutdown(self) -> list[Action]:
@@ -592,6 +599,7 @@ class Hub:
             secret_hash=resume_digest(secret),
         )
         self.rooms[room_id] = room
+        self.closed.pop(room_id, None)  # a new room under an old id
         conn.hosted[room_id] = room
         self.counters["rooms_created"] += 1
         _event("room_created", room=room_id, peer=conn.id, rooms=len(self.rooms))
@@ -643,7 +651,7 @@ class Hub:
         if room is None and self.shared and conn.node is None:
             return [Locate(conn, room_id)]
         if room is None:
-            return _error(conn, "room_not_found", f"room {room_id} does not exist or has closed")
+            return self._not_found(conn, room_id, now)
         if room.host is conn:
             return _error(conn, "own_room", f"you host room {room_id}; you cannot also join it")
         if room.away_since is not None:
@@ -679,7 +687,7 @@ class Hub:
         if room_id in self.rooms:  # opened here meanwhile
             return self._join(conn, room_id, now)
         if node is None:
-            return _error(conn, "room_not_found", f"room {room_id} does not exist or has closed")
+            return self._not_found(conn, room_id, now)
         if conn.hosted or conn.joined is not None or self.queues.involves(conn):
             return _error(
                 conn,
@@ -872,16 +880,39 @@ class Hub:
         _event("relay", level=logging.DEBUG, room=room.id, peer=HOST, to=to, size=len(data))
         return [Deliver(target, Relay(room=room.id, sender=HOST, data=data))]
 
-    def _close(self, conn: Connection, msg: Close) -> list[Action]:
+    def _close(self, conn: Connection, msg: Close, now: float) -> list[Action]:
         room = self.rooms.get(msg.room)
         if room is None:
             return _error(conn, "room_not_found", f"room {msg.room} does not exist or has closed")
         if room.host is not conn:
             return _error(conn, "not_host", f"only the host of room {msg.room} can close it")
-        return self._close_room(room, msg.reason)
+        return self._close_room(room, msg.reason, now)
 
-    def _close_room(self, room: Room, reason: str) -> list[Action]:
+    def _not_found(self, conn: Connection, room_id: str, now: float) -> list[Action]:
+        """No room ``room_id`` here: say why if it closed lately (``room_burned``,
+        ``room_expired``, ``room_ended``), else ``room_not_found``."""
+        closed = self.closed.get(room_id)
+        if closed is not None and now - closed[1] < CLOSED_ROOMS_TTL:
+            why = closed[0]
+            text = {
+                "burned": f"the code for room {room_id} was burned after too many wrong "
+                "attempts; ask the CSR for a new one",
+                "expired": f"the code for room {room_id} expired unused; ask for a new one",
+            }.get(why, f"the session in room {room_id} has ended")
+            code = {"burned": "room_burned", "expired": "room_expired"}.get(why, "room_ended")
+            return _error(conn, code, text)
+        return _error(conn, "room_not_found", f"room {room_id} does not exist or has closed")
+
+    def _remember_closed(self, room_id: str, reason: str, now: float) -> None:
+        self.closed.pop(room_id, None)
+        self.closed[room_id] = (reason, now)
+        while len(self.closed) > MAX_CLOSED_ROOMS:
+            self.closed.popitem(last=False)
+
+    def _close_room(self, room: Room, reason: str, now: float) -> list[Action]:
         """Tell the joiners ``room`` closed, and drop it."""
+        if reason in ("burned", "expired", "ended"):
+            self._remember_closed(room.id, reason, now)
         out: list[Action] = []
         for joiner in room.joiners.values():
             joiner.joined = None

@@ -178,6 +178,48 @@ def test_a_dashboard_session_is_found_on_the_lan_by_its_code(
         assert session["room"] not in [s["room"] for s in discover(lan.b.exec, tmp_path / "x")]
 
 
+def test_a_wrong_code_counts_once_and_a_burned_code_says_so(
+    procs: list[Proc], tmp_path: Path
+) -> None:
+    """On its default port, the CSR's session is reachable two ways from its own
+    machine: the LAN announcement and this machine's fallback address. A mistyped code
+    costs one attempt, not two; after three, the right code is told it was burned."""
+    with NetnsPair(ipv6=False) as lan:
+        csr = agent(
+            procs, lan.a.exec, tmp_path / "csr", "start", "--headless", "--json",
+            "--name", "Carol", name="csr",
+        )  # fmt: skip
+        session = csr.expect("session", timeout=30)
+        assert session["signal"].endswith(":47800")
+        right = session["code"]
+        wrong = right[:-1] + str((int(right[-1]) + 1) % 10)
+        for attempt in (1, 2, 3):
+            bad = agent(
+                procs, lan.a.exec, tmp_path / f"bad{attempt}", "join", wrong, "--headless",
+                "--json", name=f"typo{attempt}",
+            )  # fmt: skip
+            err = bad.expect("error", timeout=30)
+            assert err["code"] == ("wrong_code" if attempt < 3 else "code_burned"), err
+            if attempt < 3:
+                assert f"{3 - attempt} attempt" in err["reason"], err
+            assert bad.wait(timeout=15) == 1
+            failed = csr.expect("join_failed", timeout=15)
+            assert (failed["failures"], failed["remaining"]) == (attempt, 3 - attempt)
+        assert csr.expect("code_closed")["reason"] == "burned"
+        late = agent(
+            procs, lan.a.exec, tmp_path / "late", "join", right, "--headless", "--json",
+            name="late",
+        )  # fmt: skip
+        err = late.expect("error", timeout=30)
+        assert err["code"] == "code_burned" and "burned" in err["reason"], err
+        csr.drain(1.0)
+        assert len([e for e in csr.events if e.get("event") == "join_failed"]) == 3
+        csr.send({"cmd": "end"})
+        assert csr.wait(timeout=20) == 0
+        for p in procs:
+            p.quiet()
+
+
 def test_after_a_take_over_the_new_primary_advertises(procs: list[Proc], tmp_path: Path) -> None:
     """The primary (machine A) hosts the session's signaling endpoint and dies with it
     (kill -9). The assistant (machine B) takes over, hosts an endpoint of its own and

@@ -14,6 +14,7 @@ from typing import Any
 
 from agent import status
 from agent.errors import (
+    CodeBurned,
     LocalProtocolError,
     PeerDeskError,
     RemoteProtocolError,
@@ -245,6 +246,21 @@ class CustomerSession:
         if isinstance(msg, sig.Relay) and msg.sender == sig.HOST:
             core.receive(msg.data, now)
         elif isinstance(msg, sig.Error):
+            if msg.code in ("room_burned", "room_expired"):
+                burned = msg.code == "room_burned"
+                raise CodeBurned(
+                    "this code was burned after too many wrong attempts; ask your support "
+                    "representative for a new one"
+                    if burned
+                    else "this code expired unused; ask your support representative for a new one",
+                    code="code_burned" if burned else "code_expired",
+                )
+            if msg.code == "room_ended":
+                raise LocalProtocolError(
+                    f"the session {self.code.room} has ended; ask for a new code if you "
+                    "still need help",
+                    code="no_such_session",
+                )
             if msg.code == "room_not_found":
                 raise LocalProtocolError(
                     f"no session {self.code.room} on {self.signal_url}: check the code "
