@@ -74,6 +74,13 @@ def _describe(event: status.Status) -> str:
     if isinstance(event, status.Joined):
         sas = f"  (check code {event.sas[:3]} {event.sas[3:]} with them)" if event.sas else ""
         return f"* {event.name} [{event.peer}] joined as {event.role}{sas}"
+    if isinstance(event, status.Rejoined):
+        return (
+            f"* {event.name} [{event.peer}] joined again from another agent, which takes "
+            f"their place (new check code {event.sas[:3]} {event.sas[3:]})"
+        )
+    if isinstance(event, status.Ended) and event.reason == "replaced":
+        return "* you joined this session again from another agent: this one has left it"
     if isinstance(event, status.ChatReceived):
         private = " (to you)" if event.to else ""
         return f"<{event.name}>{private} {event.text}"

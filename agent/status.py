@@ -62,6 +62,19 @@ class ChatReceived(Status):
 
 
 @dataclass(frozen=True)
+class Rejoined(Status):
+    """CSR: a participant already in the session joined again from another agent (the
+    same key): the new agent takes the seat, the old one is told and leaves. ``sas``
+    is the new join's check code."""
+
+    event: ClassVar[str] = "rejoined"
+    peer: str
+    role: str
+    name: str
+    sas: str
+
+
+@dataclass(frozen=True)
 class Left(Status):
     event: ClassVar[str] = "left"
     peer: str

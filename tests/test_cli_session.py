@@ -183,3 +183,37 @@ def test_bad_input_is_refused_clearly(tmp_path: Path) -> None:
     assert r.returncode == 0 and "id:" in r.stdout
     key = tmp_path / "identity.pem"
     assert key.stat().st_mode & 0o777 == 0o600
+
+
+def test_the_same_customer_joining_again_takes_the_seat_visibly(
+    procs: list[Proc], tmp_path: Path
+) -> None:
+    """Two agents of one participant (the same key): the second takes the seat; the CSR
+    sees ``rejoined`` with the new check code, the first agent is told and exits."""
+    csr = Proc(["agent", "start", "--headless", "--json", "--port", "0"], home=tmp_path / "c")
+    procs.append(csr)
+    session = csr.expect("session", timeout=20)
+    home = tmp_path / "alice"
+    first = Proc(["agent", "join", session["link"], "--headless", "--json"], home=home)
+    procs.append(first)
+    sas1 = first.expect("joined", timeout=20)["sas"]
+    joined = csr.expect("joined")
+    assert joined["sas"] == sas1
+    second = Proc(["agent", "join", session["link"], "--headless", "--json"], home=home)
+    procs.append(second)
+    sas2 = second.expect("joined", timeout=20)["sas"]
+    again = csr.expect("rejoined", timeout=15)
+    assert again["peer"] == joined["peer"] and again["sas"] == sas2 != sas1
+    assert first.expect("ended", timeout=15)["reason"] == "replaced"
+    assert first.wait(timeout=15) == 0
+    roster = csr.expect("roster", lambda e: len(e["participants"]) == 2)
+    assert [p["id"] for p in roster["participants"]].count(joined["peer"]) == 1
+    second.send({"cmd": "chat", "text": "from my other window"})
+    assert csr.expect("chat")["text"] == "from my other window"
+    csr.drain(1.0)
+    assert not [e for e in csr.events if e.get("event") == "left"], csr.events
+    csr.send({"cmd": "end"})
+    assert second.expect("ended")["reason"] == "ended"
+    assert csr.wait() == 0 and second.wait() == 0
+    for p in (csr, first, second):
+        p.quiet()

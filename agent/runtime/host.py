@@ -636,7 +636,16 @@ class CsrSession:
         if self._core is not None:
             self._core.refill()  # the next joiner's SPAKE2 start, while nobody waits
         old = self._members.pop(pid, None)
-        if old is not None:  # the same agent reconnected: the new link replaces the old
+        if old is not None:  # the same participant again: the new agent takes the seat
+            old.link.send(
+                ch.Refused(
+                    code="replaced",
+                    message="you joined this session again from another PeerDesk agent: "
+                    "this one has left it",
+                )
+            )
+            await asyncio.sleep(0.1)  # let the old agent read why, then close
+            await old.services.close()
             await old.link.close()
         self._early.pop(link, None)
         services.attach_files(req.session_key, self.download_dir)
@@ -651,16 +660,19 @@ class CsrSession:
                         text=line.text, to=None, sender=line.sender, name=line.name, history=True
                     )
                 )
-        self._emit(
-            status.Joined(
-                peer=pid,
-                role=req.role,
-                name=req.name,
-                sas=req.sas,
-                me=self.me,
-                primary=person.primary,
+        if old is not None:
+            self._emit(status.Rejoined(peer=pid, role=req.role, name=req.name, sas=req.sas))
+        else:
+            self._emit(
+                status.Joined(
+                    peer=pid,
+                    role=req.role,
+                    name=req.name,
+                    sas=req.sas,
+                    me=self.me,
+                    primary=person.primary,
+                )
             )
-        )
         self._roster_changed()
 
     # -- the session's channels

@@ -519,6 +519,9 @@ class CustomerSession:
             if self._link is not None:
                 self._link.send(ch.Bye())  # tells the CSR we have it: it may close now
             self._finish(status.Ended(reason="ended"), 0)
+        elif isinstance(msg, ch.Refused) and msg.code == "replaced":
+            self._leaving = True  # the CSR closes this link: that is no loss
+            self._finish(status.Ended(reason="replaced"), 0)
         elif isinstance(msg, ch.Refused):
             self._emit(status.Error(reason=msg.message, code=msg.code))
         elif isinstance(msg, ch.ControlState) and self.role == "csr":

@@ -222,6 +222,10 @@ class SessionRecord:
             self._people[event.peer] = (event.name, role, event.primary)
             if self.leads:  # followers learn participants from the log itself
                 self._participant(event.peer, event.name, role, event.primary, "joined")
+        elif isinstance(event, status.Rejoined) and event.peer in self._people and self.leads:
+            name, role, primary = self._people[event.peer]  # the seat, from a new agent
+            self._people[event.peer] = (event.name, role, primary)
+            self._participant(event.peer, event.name, role, primary, "joined")
         elif isinstance(event, status.Left) and event.peer in self._people:
             name, role, primary = self._people[event.peer]
             action = "left" if event.reason == "left" else "lost"
