@@ -173,3 +173,41 @@ def start_signal_server() -> tuple[Proc, str]:
     proc = Proc(["signaling", "--host", "127.0.0.1", "--port", "0"], name="signal")
     ready = proc.expect("listening", timeout=20)
     return proc, f"ws://127.0.0.1:{ready['port']}"
+
+
+_DASHBOARD_PAGE = """
+import asyncio, json, sys
+import aiohttp
+
+async def main(url):
+    base, token = url.split("/?t=")
+    loop = asyncio.get_running_loop()
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(f"{base}/ws?t={token}", origin=base) as ws:
+            await ws.send_json({"op": "start"})
+            line = asyncio.ensure_future(loop.run_in_executor(None, sys.stdin.readline))
+            frame = asyncio.ensure_future(ws.receive())
+            while True:
+                await asyncio.wait({line, frame}, return_when=asyncio.FIRST_COMPLETED)
+                if line.done():
+                    if not line.result():
+                        return
+                    await ws.send_str(line.result())
+                    line = asyncio.ensure_future(loop.run_in_executor(None, sys.stdin.readline))
+                if frame.done():
+                    if frame.result().type != aiohttp.WSMsgType.TEXT:
+                        return
+                    obj = json.loads(frame.result().data)
+                    if obj.get("type") == "status":  # the session's status values, as events
+                        print(json.dumps({**obj["event"], "sid": obj["session"]}), flush=True)
+                    frame = asyncio.ensure_future(ws.receive())
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+def dashboard_page(url: str, *, wrap: list[str] | None = None) -> Proc:
+    """A stand-in for the dashboard's page: it opens the page's websocket at ``url``
+    (with its token and Origin), starts a session, prints the sessions' status values
+    as JSON lines (``sid`` added) and sends the page messages it is ``send``-ed."""
+    return Proc(["-c", _DASHBOARD_PAGE, url], name="page", wrap=wrap, exe=[sys.executable])

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from agent.errors import DecodeError
 from agent.protocol.lan import LanRecord, decode_txt, encode_txt, signal_urls
 from bench.netns import NetnsPair
-from tests.procs import Proc
+from tests.procs import Proc, dashboard_page
 
 
 def agent(procs: list[Proc], ns_exec: list[str], home: Path, *args: str, name: str) -> Proc:
@@ -112,37 +112,6 @@ def test_lan_join_by_code_between_namespaces(
         assert not [s for s in discover(lan.b.exec, tmp_path / "scan") if s["room"] == room]
 
 
-DASHBOARD_DRIVER = """
-import asyncio, json, sys
-import aiohttp
-
-async def main(url):
-    base, token = url.split("/?t=")
-    loop = asyncio.get_running_loop()
-    async with aiohttp.ClientSession() as http:
-        async with http.ws_connect(f"{base}/ws?t={token}", origin=base) as ws:
-            await ws.send_json({"op": "start"})
-            line = asyncio.ensure_future(loop.run_in_executor(None, sys.stdin.readline))
-            frame = asyncio.ensure_future(ws.receive())
-            while True:
-                await asyncio.wait({line, frame}, return_when=asyncio.FIRST_COMPLETED)
-                if line.done():
-                    if not line.result():
-                        return
-                    await ws.send_str(line.result())
-                    line = asyncio.ensure_future(loop.run_in_executor(None, sys.stdin.readline))
-                if frame.done():
-                    if frame.result().type != aiohttp.WSMsgType.TEXT:
-                        return
-                    obj = json.loads(frame.result().data)
-                    if obj.get("type") == "status":  # the session's status values, as events
-                        print(json.dumps({**obj["event"], "sid": obj["session"]}), flush=True)
-                    frame = asyncio.ensure_future(ws.receive())
-
-asyncio.run(main(sys.argv[1]))
-"""
-
-
 def test_a_dashboard_session_is_found_on_the_lan_by_its_code(
     procs: list[Proc], tmp_path: Path
 ) -> None:
@@ -155,9 +124,7 @@ def test_a_dashboard_session_is_found_on_the_lan_by_its_code(
             "--port", "0", "--name", "Carol", name="dashboard",
         )  # fmt: skip
         url = dash.expect("dashboard", timeout=30)["url"]
-        page = Proc(
-            ["-c", DASHBOARD_DRIVER, url], name="page", wrap=lan.a.exec, exe=[sys.executable]
-        )
+        page = dashboard_page(url, wrap=lan.a.exec)
         procs.append(page)
         status = page.expect
         session = status("session", timeout=30)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import identity, status
+from agent.cli import STOP_SIGNALS
 from agent.errors import PeerDeskError
 from agent.protocol import commands as cmds
 from agent.protocol.code import check_signal_url
@@ -75,10 +76,12 @@ class Agent:
         return self.url
 
     async def close(self) -> None:
-        if self.dashboard is not None:
-            await self.dashboard.stop()
+        """End every session for everyone first (their End goes out while the links
+        are up), then stop the dashboard."""
         if self.hub is not None:
             await self.hub.close()
+        if self.dashboard is not None:
+            await self.dashboard.stop()
 
     def say(self, why: str = "") -> None:
         if self.args.json:
@@ -108,8 +111,8 @@ async def _serve(args: argparse.Namespace, why: str = "") -> int:
     if not args.no_browser and not open_browser(agent.url):
         print("No browser found: open the address above yourself.", file=sys.stderr)
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, agent.stop.set)
+    for name in STOP_SIGNALS:
+        loop.add_signal_handler(getattr(signal, name), agent.stop.set)
     try:
         await agent.stop.wait()
     finally:
@@ -274,7 +277,8 @@ class TrayApp:
         )
         self.driver = IconDriver(self.icon, self.act)
         self.refresh()
-        signal.signal(signal.SIGTERM, lambda *_: self.act(model.Action("quit")))
+        for name in STOP_SIGNALS:
+            signal.signal(getattr(signal, name), lambda *_: self.act(model.Action("quit")))
         self.icon.run(setup=show_icon)
         self.driver.close()
         self.loop.call_soon_threadsafe(self.agent.stop.set)
