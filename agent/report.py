@@ -33,7 +33,7 @@ readers and ignored by :func:`from_json`::
     entries          int             (log entries read)
     names            {id: name}      (everyone the log names)
     participants     [{id, name, role: csr|assistant|customer|unknown, primary: bool,
-                       stints: [{joined, left, how: left|lost|null}],
+                       stints: [{joined, left, how: left|lost|end|null}],
                        joined, left, how_left (derived)}]
     timeline         [{at, kind, text}]          (human sentences, log order)
     grants           [{id, cap, csr, customer, requested, state, history: [{at, state}]}]
@@ -107,9 +107,10 @@ class Stint:
     joined: datetime | None
     "``None`` when the log does not say (e.g. it starts with them leaving)."
     left: datetime | None
-    "``None``: still there when the log ends."
+    "``None``: still there when the log ends (the session's end closes every stint)."
     how: str | None
-    "``left`` (said goodbye), ``lost`` (connection lost) or ``None``."
+    """``left`` (said goodbye), ``lost`` (connection lost), ``end`` (there until the
+    session ended) or ``None``."""
 
 
 @dataclass(frozen=True)
@@ -482,7 +483,8 @@ class _Builder:
         self.primary_csr: str | None = None
         self.people: dict[str, dict[str, Any]] = {}
         self.timeline: list[Event] = []
-        self.grants: dict[str, dict[str, Any]] = {}
+        self.grants: dict[tuple[str, str, str], dict[str, Any]] = {}
+        "(customer, csr, request id) -> the grant's fields."
         self.control: list[ControlChange] = []
         self.files: dict[str, dict[str, Any]] = {}
         self.chat: list[ChatLine] = []
@@ -626,8 +628,10 @@ class _Builder:
         csr = _ident(body.get("csr")) or self.author
         customer = _ident(body.get("customer"))
         g = self.grants.setdefault(
-            gid, {"cap": cap, "csr": csr, "customer": customer, "requested": at, "history": []}
-        )
+            (customer, csr, gid),
+            {"id": gid, "cap": cap, "csr": csr, "customer": customer, "requested": at,
+             "history": []},
+        )  # fmt: skip
         g["requested"] = g["requested"] or at
         g["history"].append(GrantChange(at, "requested"))
         self.event(at, "request", f"{self.name(csr)} asked {self.name(customer)} for {_cap(cap)}")
@@ -637,12 +641,17 @@ class _Builder:
         state = body.get("state")
         if not gid or state not in CONSENT_STATES:
             raise _Skip("no id or an unknown state")
+        csr = _ident(body.get("csr"))
+        customer = _ident(body.get("customer")) or self.author
+        # Request ids restart with every customer's agent (and every CSR's): a grant is
+        # the request of one CSR to one customer.
         g = self.grants.setdefault(
-            gid,
+            (customer, csr, gid),
             {
+                "id": gid,
                 "cap": _clean_line(body.get("cap"), 40),
-                "csr": _ident(body.get("csr")),
-                "customer": _ident(body.get("customer")) or self.author,
+                "csr": csr,
+                "customer": customer,
                 "requested": None,
                 "history": [],
             },
@@ -777,6 +786,10 @@ class _Builder:
         self.end_reason = _clean_line(body.get("reason")) or None
         reason = f" ({self.end_reason})" if self.end_reason else ""
         self.event(at, "session_end", f"Session ended by {self.name(self.ended_by)}{reason}")
+        for person in self.people.values():  # everyone still there was there until the end
+            stints = person["stints"]
+            if stints and stints[-1][1] is None:
+                stints[-1][1], stints[-1][2] = self.ended, "end"
 
     def finish(self, count: int, session_id: str | None) -> Report:
         if self.started is None:
@@ -799,7 +812,7 @@ class _Builder:
         )
         grants = tuple(
             Grant(
-                gid,
+                g["id"],
                 g["cap"],
                 g["csr"],
                 g["customer"],
@@ -807,7 +820,7 @@ class _Builder:
                 g["history"][-1].state,
                 tuple(g["history"]),
             )
-            for gid, g in self.grants.items()
+            for g in self.grants.values()
         )
         files = tuple(
             FileRecord(
@@ -1102,6 +1115,8 @@ def _stint_text(report: Report, s: Stint, tz: tzinfo | None) -> str:
     """``10:15:02 to 10:19:02 (connection lost)``, ``10:20:02 to the end``."""
     day = report.started
     start = _clock(s.joined, tz, day) if s.joined else "the start"
+    if s.how == "end":
+        return f"{start} to the end"
     if s.left is not None:
         end = _clock(s.left, tz, day) + (" (connection lost)" if s.how == "lost" else "")
         return f"{start} to {end}"

@@ -28,7 +28,7 @@ from agent.session.logstate import LogState
 from agent.store import LogStore
 from tests.logsim import ALICE, BOB, CAROL, DAVE, EVE, Net, Who, joined, session
 
-A, B, C = ALICE.id, BOB.id, CAROL.id
+A, B, C, D = ALICE.id, BOB.id, CAROL.id, DAVE.id
 
 
 def chat(person: Who, text: str) -> dict[str, object]:
@@ -471,3 +471,33 @@ def test_a_solo_log_records_everything_before_replication_exists(tmp_path: Path)
         again.propose("chat", chat(ALICE, "after the restart"), 1.0)
         assert again.committed_seq == 4
     assert verify(path).ok
+
+
+def test_a_customer_gone_before_acknowledging_its_join_does_not_stall_the_log() -> None:
+    """Two voters, one of them gone: the customer's join made it a voter, and it left
+    (or was lost) before acknowledging that entry. Its departure brings the voters back
+    to the committed ones, so it is appended and commits, and so does what follows: a
+    second customer's join, chat, the end. (Before, every later entry waited forever
+    and the session's record ended at the first customer's join.)"""
+    net = session(customer=False, assistant=False)
+    net.add(CAROL, {A}, A)
+    alice, carol = net.nodes[A], net.nodes[C]
+    net.cut = {frozenset((A, C))}  # Carol never hears of (nor acknowledges) her join
+    alice.propose("participant", joined(CAROL, "customer", True), net.now)
+    net.tick(0.5)
+    assert alice.voters == {A, C} and alice.committed_seq == 0
+    gone = {**joined(CAROL, "customer", True), "action": "lost"}
+    alice.propose("participant", gone, net.now)
+    net.tick(0.5)
+    assert alice.voters == {A}
+    assert alice.committed_seq == 2  # her join and her loss, on Alice's vote alone
+    net.add(DAVE, {A}, A)
+    alice.propose("participant", joined(DAVE, "customer", True), net.now)
+    net.tick(0.5)
+    net.pump()
+    net.nodes[D].propose("chat", chat(DAVE, "my turn"), net.now)
+    net.tick(0.5)
+    kinds = [e.kind for e in alice.entries]
+    assert kinds == ["session_start", "participant", "participant", "participant", "chat"]
+    assert alice.committed_seq == 4 and net.nodes[D].committed_seq == 4
+    assert carol.committed_seq == -1

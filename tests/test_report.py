@@ -214,10 +214,10 @@ def test_participants_with_stints_and_roles(report: rp.Report) -> None:
     assert [p.name for p in report.participants] == ["Carol", "Alice", "Dave", "Bob"]
     carol = people[CAROL]
     assert carol.role == "csr"
-    assert [(s.how) for s in carol.stints] == ["lost", None]
+    assert [(s.how) for s in carol.stints] == ["lost", "end"]
     assert carol.stints[0].left == datetime.fromtimestamp(T0 + 240, UTC)
     assert carol.stints[1].joined == datetime.fromtimestamp(T0 + 300, UTC)
-    assert carol.left is None
+    assert carol.left == report.ended  # present at the end: she gets its time
     assert not carol.primary
     assert people[DAVE].role == "csr" and people[DAVE].primary  # took over
     assert people[BOB].primary and not people[ALICE].primary  # promoted, then left

@@ -294,6 +294,8 @@ class SessionLog:
         self._match: dict[str, int] = {}
         self._broadcast_from = len(self._log)
         self._config_seq = -1
+        self._configs: list[tuple[int, frozenset[str]]] = []
+        "The voters after each voter change this sequencer appended: (seq, voters)."
         self._held_changes: deque[tuple[str, Any, Any]] = deque()
         self._votes: set[str] = set()
         self._prevotes: set[str] | None = None
@@ -507,15 +509,33 @@ class SessionLog:
         self._log.append(entry)
         if self._state.apply(entry):
             self._config_seq = entry.seq
+            self._configs.append((entry.seq, self._state.voters()))
         self._queue_persist(entries=(entry,))
 
-    def _config_blocked(self) -> bool:
+    def _config_blocked(self, kind: str = "", body: dict[str, Any] | None = None) -> bool:
+        """Whether a voter change must wait: until the epoch entry and the previous
+        voter change have committed (single-step changes).
+
+        One exception keeps a session's record going: a change that brings the voters
+        back to those of the last committed change (a customer who joined and left, or
+        was lost, before acknowledging the entry that made it a voter). Without it
+        nothing after could ever commit: two voters, one of them gone. Majorities of a
+        committed configuration and of a one-step change of it always overlap, so this
+        cannot make two sequencers.
+        """
         if self._solo:
             return False
-        return self._commit < max(self._epoch_start, self._config_seq)
+        if self._commit < self._epoch_start:
+            return True
+        if self._commit >= self._config_seq:
+            return False
+        if body is None:
+            return True
+        committed = [voters for seq, voters in self._configs if seq <= self._commit]
+        return not committed or self._state.voters_after(kind, body) != committed[-1]
 
     def _write_own(self, kind: str, body: dict[str, Any], ts: float) -> None:
-        if self._state.changes_voters(kind, body) and self._config_blocked():
+        if self._state.changes_voters(kind, body) and self._config_blocked(kind, body):
             self._held_changes.append(("own", (kind, body), ts))
             return
         refusal = self._state.allowed(self.me, kind, body)
@@ -563,7 +583,7 @@ class SessionLog:
             return
         if any(item[0] == "proposal" and item[1].sig == p.sig for item in self._held_changes):
             return
-        if self._state.changes_voters(p.kind, p.body) and self._config_blocked():
+        if self._state.changes_voters(p.kind, p.body) and self._config_blocked(p.kind, p.body):
             self._held_changes.append(("proposal", p, sender))
             return
         refusal = self._proposal_refusal(p)
@@ -968,6 +988,7 @@ class SessionLog:
     def _truncate(self, seq: int, state: LogState | None, now: float) -> None:
         dropped = tuple(self._log[seq:])
         del self._log[seq:]
+        self._configs = [(n, voters) for n, voters in self._configs if n < seq]
         self._state = state if state is not None else LogState.replay(self._log)
         self._queue_persist(truncate_from=seq)
         self._events.append(Truncated(seq, dropped))

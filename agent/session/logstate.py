@@ -334,15 +334,18 @@ class LogState:
 
     def changes_voters(self, kind: str, body: dict[str, object]) -> bool:
         """Whether an entry of ``kind``/``body`` appended next would change the voters."""
+        return kind == "participant" and self.voters_after(kind, body) != self.voters()
+
+    def voters_after(self, kind: str, body: dict[str, object]) -> frozenset[str]:
+        """The voters once an entry of ``kind``/``body`` were appended next."""
         if kind != "participant":
-            return False
-        before = self.voters()
+            return self.voters()
         saved = self.people
         self.people = dict(saved)
         self._voters = None
         try:
             self._participant(body)
-            return self.voters() != before
+            return self.voters()
         finally:
             self.people = saved
             self._voters = None
