@@ -102,7 +102,8 @@ def _describe(event: status.Status) -> str:
             f"/grant {event.id} or /deny {event.id}"
         )
     if isinstance(event, status.ConsentChanged):
-        return f"* {event.cap.replace('_', ' ')}: {event.state}"
+        why = f" ({event.reason})" if event.reason else ""
+        return f"* {event.cap.replace('_', ' ')}: {event.state}{why}"
     if isinstance(event, status.ControlChanged):
         return f"* control: {event.holder or 'nobody'}"
     if isinstance(event, status.AssistantRequest):

@@ -664,6 +664,12 @@ class _Builder:
             "denied": f"{customer} refused {cap} to {csr}",
             "revoked": f"{customer} stopped {cap} for {csr}",
         }[state]
+        why = _clean_line(body.get("reason"), 200)
+        own = why in ("left", "stopped sharing", "no answer", "pre-accepted")
+        if why and state == "revoked" and not own:  # not the customer's choice: it could not
+            text = f"{cap.capitalize()} for {csr} could not be given on {customer}'s machine: {why}"
+        elif why:
+            text += f" ({why})"
         self.event(at, "consent", text)
 
     def on_control(self, at: datetime | None, body: Mapping[str, Any]) -> None:

@@ -60,3 +60,31 @@ def test_two_customers_in_turn_get_their_own_grants(procs: list[Proc], tmp_path:
     for present in ("Bob", "Carol"):  # there until the end: the end's time, not null
         assert people[present]["left"] == report["ended"], people[present]
         assert people[present]["how_left"] == "end"
+
+
+def test_a_grant_that_cannot_be_honoured_says_why(procs: list[Proc], tmp_path: Path) -> None:
+    """The customer allows screen viewing on a machine with no display: the CSR is not
+    told "revoked" as if the customer had changed their mind, but why, in the event and
+    in the record."""
+    carol = agent(procs, tmp_path / "carol", "start", "--port", "0", name="Carol")
+    session = carol.expect("session", timeout=20)
+    alice = Proc(
+        ["agent", "join", session["link"], "--headless", "--json", "--name", "Alice"],
+        home=tmp_path / "alice",
+        name="Alice",
+        env={"DISPLAY": "", "WAYLAND_DISPLAY": ""},
+    )
+    procs.append(alice)
+    alice.expect("joined", timeout=20)
+    carol.expect("joined")
+    carol.send({"cmd": "request", "cap": "view"})
+    asked = alice.expect("request", timeout=15)
+    alice.send({"cmd": "grant", "id": asked["id"]})
+    revoked = carol.expect("consent", lambda e: e["state"] == "revoked", timeout=15)
+    assert "no display" in revoked["reason"], revoked
+    carol.send({"cmd": "end"})
+    written = carol.expect("report", timeout=20)
+    report = json.loads(Path(written["json"]).read_text(encoding="utf-8"))
+    lines = [e["text"] for e in report["timeline"] if e["kind"] == "consent"]
+    assert any("could not be given on Alice's machine" in t and "no display" in t for t in lines)
+    assert not any(t == "Alice stopped screen viewing for Carol" for t in lines), lines

@@ -110,6 +110,8 @@ MAX_INT = 2**53 - 1
 MAX_TS = 1e11
 MAX_CHAT_CHARS = 4000
 MAX_NOTE_CHARS = 20000
+MAX_REASON_CHARS = 200
+"A consent entry's optional ``reason`` (why a grant could not be honoured), in characters."
 MAX_SEALED_NOTE_BYTES = 4 * MAX_NOTE_CHARS + 12 + 16
 "UTF-8 of the longest note, a 12-byte nonce and a 16-byte tag."
 MAX_FILE_NAME_CHARS = 255
@@ -289,7 +291,11 @@ def _b_request(b: Mapping[str, Any]) -> None:
 
 
 def _b_consent(b: Mapping[str, Any]) -> None:
-    _exact(b, "id", "cap", "state", "csr", "customer")
+    if "reason" in b:  # optional: why the agent could not honour a grant
+        _exact(b, "id", "cap", "state", "csr", "customer", "reason")
+        wire.get_str(b, "reason", max_len=MAX_REASON_CHARS, allow_empty=False)
+    else:
+        _exact(b, "id", "cap", "state", "csr", "customer")
     wire.get_str(b, "id", pattern=REF_RE)
     wire.get_str(b, "cap", pattern=CAP_RE)
     wire.get_str(b, "state", pattern=_CONSENT_RE)

@@ -264,7 +264,7 @@ class CustomerServices:
             )
         )
         if self.record is not None:
-            self.record.consent(change.id, cap, change.state.value, csr)
+            self.record.consent(change.id, cap, change.state.value, csr, change.reason)
         link = self._links.get(csr)
         if link is not None:
             link.send(
@@ -302,8 +302,9 @@ class CustomerServices:
             return
         if self.screen is None:
             if not self.monitors():
-                self._emit(status.Error(reason="no display to share here", code="no_display"))
-                self.consent.revoke("view")
+                why = "there is no display to share on this machine"
+                self._emit(status.Error(reason=why, code="no_display"))
+                self.consent.revoke("view", csr, reason=why)
                 return
             self.screen = EncodedScreen(
                 monitor=self._monitor_index,
@@ -327,7 +328,7 @@ class CustomerServices:
                 self._injector = self._make_injector()
             except PeerDeskError as exc:
                 self._emit(status.Error(reason=exc.message, code=exc.code))
-                self.consent.revoke("control")
+                self.consent.revoke("control", csr, reason=exc.message)
                 return
         self._inject(self.arbiter.transfer(csr, self._next_token()))
         self.arbiter.grant()

@@ -259,11 +259,13 @@ class SessionRecord:
             {"peer": peer, "name": name, "role": role, "primary": primary, "action": action},
         )
 
-    def consent(self, id: str, cap: str, state: str, csr: str) -> None:
-        """The customer's answer (customer side)."""
-        self.write(
-            "consent", {"id": id, "cap": cap, "state": state, "csr": csr, "customer": self.me}
-        )
+    def consent(self, id: str, cap: str, state: str, csr: str, reason: str = "") -> None:
+        """The customer's answer (customer side); ``reason`` when the agent could not
+        honour a grant (no display, ...)."""
+        body = {"id": id, "cap": cap, "state": state, "csr": csr, "customer": self.me}
+        if reason:
+            body["reason"] = reason[: lw.MAX_REASON_CHARS]
+        self.write("consent", body)
 
     def sysinfo(self, data: Mapping[str, Any]) -> None:
         """What the customer's agent sent as system information (customer side)."""
@@ -286,6 +288,10 @@ class SessionRecord:
         """Write ``session_end`` (once) and wait, bounded, until the other holders have it:
         the sequencer does this before it tells anyone the session ended."""
         if not self.core.state.ended:
+            # First every holder acknowledges what we hold: a joiner's own lines that
+            # waited for its copy to name it are proposed before that acknowledgement
+            # (one ordered channel), so they make it into the log before its end.
+            await self.settle(0.5)
             self.write("session_end", {"by": self.me, "reason": reason[:200]})
             await self.settle(1.0)
 

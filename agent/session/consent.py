@@ -155,10 +155,11 @@ class Consent:
         self._events.append(change)
         return change
 
-    def revoke(self, cap: str = "all", csr: str | None = None) -> list[Change]:
+    def revoke(self, cap: str = "all", csr: str | None = None, reason: str = "") -> list[Change]:
         """Revoke ``cap`` (or ``all``) from ``csr`` (or everyone); effective at once.
 
         Revoking ``all`` ("Stop sharing") also answers every open prompt with no.
+        ``reason`` says why when it was not the customer's choice (no display, ...).
         """
         if cap != "all" and cap not in CAPABILITIES:
             raise LocalProtocolError(f'unknown capability "{cap}"; use one of {CAPABILITIES}')
@@ -166,7 +167,7 @@ class Consent:
         for key, rid in list(self._grants.items()):
             if (cap == "all" or key[1] == cap) and (csr is None or key[0] == csr):
                 del self._grants[key]
-                change = Change(rid, key[1], key[0], State.REVOKED)
+                change = Change(rid, key[1], key[0], State.REVOKED, reason=reason)
                 self._events.append(change)
                 out.append(change)
         if cap == "all":
