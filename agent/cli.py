@@ -294,6 +294,15 @@ class Stopper:
         return False, None
 
 
+def _console_role(session: Any) -> str:
+    """``csr`` (this agent hosts), ``assistant`` or ``customer``: which console commands."""
+    from agent.runtime import CsrSession
+
+    if isinstance(session, CsrSession):
+        return "csr"
+    return "assistant" if session.role == "csr" else "customer"
+
+
 async def _live(
     session: Any,
     emit: Emit,
@@ -310,8 +319,10 @@ async def _live(
     """
     at_terminal = not args.json and sys.stdin is not None and sys.stdin.isatty()
 
+    role = _console_role(session)
+
     async def commands() -> None:
-        await read_commands(session, emit, json_mode=args.json)
+        await read_commands(session, emit, json_mode=args.json, role=role)
         if args.exit_on_eof or at_terminal:
             stopper.stop("eof")
 
@@ -341,6 +352,37 @@ async def _live(
             await reader
 
 
+def _me(args: argparse.Namespace, role: str) -> identity.Identity:
+    """This agent's identity and the name others see: ``--name``, the stored name,
+    asked once at a terminal (and remembered), else a default that says the role."""
+    if args.name:
+        return identity.load(role=role).with_name(args.name)
+    if identity.configured_name() is None and _at_terminal(args):
+        asked = _ask_name(role)
+        if asked:
+            return identity.set_name(asked)
+    return identity.load(role=role)
+
+
+def _at_terminal(args: argparse.Namespace) -> bool:
+    if args.json or getattr(args, "headless", False):
+        return False
+    return bool(sys.stdin and sys.stdin.isatty() and sys.stdout and sys.stdout.isatty())
+
+
+def _ask_name(role: str) -> str:
+    who = "the customers you help" if role == "csr" else "your support representative"
+    try:
+        answer = input(f"Your name, as {who} will see it (Enter: {identity.default_name(role)}): ")
+    except (EOFError, KeyboardInterrupt):
+        print()
+        return ""
+    try:
+        return identity.clean_name(answer) if answer.strip() else ""
+    except LocalProtocolError:
+        return ""
+
+
 def _directory(value: str | None) -> Path | None:
     return Path(value).expanduser() if value else None
 
@@ -348,8 +390,8 @@ def _directory(value: str | None) -> Path | None:
 async def _start(args: argparse.Namespace) -> int:
     from agent.runtime.hosting import Hosting, HostOptions
 
-    emit = json_emitter() if args.json else console_emitter()
-    me = identity.load().with_name(args.name)
+    emit = json_emitter() if args.json else console_emitter(role="csr")
+    me = _me(args, "csr")
     if args.signal and args.lan:
         raise LocalProtocolError("--lan hosts the signaling endpoint in this agent: drop --signal")
     hosting = Hosting(
@@ -452,7 +494,8 @@ async def _lan_candidates(room: str) -> AsyncIterator[str]:
 async def _join(args: argparse.Namespace) -> int:
     from agent.runtime import CustomerSession
 
-    emit = json_emitter() if args.json else console_emitter()
+    label = "assistant" if args.role == "assistant" else "customer"
+    emit = json_emitter() if args.json else console_emitter(role=label)
     room_only = (
         args.role == "assistant" and args.code.strip().isdigit() and len(args.code.strip()) == 6
     )
@@ -460,8 +503,8 @@ async def _join(args: argparse.Namespace) -> int:
         link = JoinLink(SessionCode(args.code.strip(), ""), None)
     else:
         link = parse_code_or_link(args.code)
-    me = identity.load().with_name(args.name)
     role = "csr" if args.role == "assistant" else "customer"
+    me = _me(args, role)
     options = _customer_options(args)
     panel = None
     with Stopper() as stopper:

@@ -15,12 +15,15 @@ import os
 import sys
 import threading
 from collections.abc import Callable
-from typing import Protocol, TextIO
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TextIO
 
 from agent import status
 from agent.errors import DecodeError, PeerDeskError
 from agent.protocol import commands as cmds
 from agent.protocol.code import landing_url, parse_code
+from agent.session.consent import AVAILABLE
 
 
 class Controllable(Protocol):
@@ -58,12 +61,57 @@ def json_emitter(out: TextIO | None = None) -> Callable[[status.Status], None]:
     return _line_emitter(lambda e: json.dumps(e.to_json(), ensure_ascii=False), out)
 
 
-def console_emitter(out: TextIO | None = None) -> Callable[[status.Status], None]:
-    """An ``emit`` callback that writes lines for a person."""
-    return _line_emitter(_describe, out)
+def console_emitter(
+    out: TextIO | None = None, role: str = "csr"
+) -> Callable[[status.Status], None]:
+    """An ``emit`` callback that writes lines for a person (``role``: ``csr``,
+    ``assistant`` or ``customer``: prompts show only on the side that answers them)."""
+    return _line_emitter(lambda e: _describe(e, role), out)
 
 
-def _describe(event: status.Status) -> str:
+def human_size(n: int | None) -> str:
+    """``4.8 MB`` for 5,000,000 bytes: the same units as the dashboard and the page."""
+    if n is None or n < 0:
+        return "?"
+    value, units = float(n), ("B", "KB", "MB", "GB", "TB")
+    unit = 0
+    while value >= 1024 and unit < len(units) - 1:
+        value /= 1024
+        unit += 1
+    return f"{value:.1f} {units[unit]}" if unit else f"{n} B"
+
+
+_ENDED = {
+    "ended": "the session has ended",
+    "stopped": "stopped: the session has ended",
+    "replaced": "you joined this session again from another agent: this one has left it",
+    "failed": "the session could not start",
+}
+
+
+def _describe_file(event: status.FileProgress, role: str) -> str:
+    size = human_size(event.size)
+    if event.state in ("offered", "requested"):
+        if role == "customer":
+            what = "offers you" if event.state == "offered" else "asks for"
+            return (
+                f"? the CSR {what} the file {event.name} ({size}): "
+                f"/accept {event.id} or /reject {event.id}"
+            )
+        return f"* file {event.name} ({size}): waiting for the customer to accept"
+    if event.state == "active":
+        done = event.bytes * 100 // event.size if event.size else 0
+        return f"* file {event.name}: {done}% of {size} at {human_size(int(event.rate))}/s"
+    if event.state == "done":
+        where = f", saved as {event.path}" if event.path and event.direction == "receive" else ""
+        digest = f" (SHA-256 {event.sha256[:16]}…)" if event.sha256 else ""
+        verb = "sent" if event.direction == "send" else "received"
+        return f"* file {event.name} ({size}) {verb}{where}{digest}"
+    why = f": {event.reason}" if event.reason else ""
+    return f"! file {event.name}: {event.state}{why}"
+
+
+def _describe(event: status.Status, role: str = "csr") -> str:
     if isinstance(event, status.SessionStarted):
         return (
             f"Session code: {event.code}\n"
@@ -87,7 +135,9 @@ def _describe(event: status.Status) -> str:
     if isinstance(event, status.Left):
         return f"* {event.peer} {'left' if event.reason == 'left' else 'was lost'}"
     if isinstance(event, status.Ended):
-        return f"* session ended ({event.reason})"
+        return f"* {_ENDED.get(event.reason, event.reason)}"
+    if isinstance(event, status.Notice):
+        return event.text
     if isinstance(event, status.AttemptFailed):
         return f"! failed join: {event.message} ({event.remaining} attempts left)"
     if isinstance(event, status.CodeClosed):
@@ -111,10 +161,8 @@ def _describe(event: status.Status) -> str:
             f"? {event.name} [{event.peer}] asks to join as assistant (check code "
             f"{event.sas[:3]} {event.sas[3:]}): /admit {event.peer} or /refuse {event.peer}"
         )
-    if isinstance(event, status.FileProgress) and event.state in ("offered", "requested"):
-        return f"? file {event.name} ({event.size} bytes): /accept {event.id} or /reject {event.id}"
-    if isinstance(event, status.FileProgress) and event.state in ("done", "failed"):
-        return f"* file {event.name}: {event.state} {event.path or event.reason}"
+    if isinstance(event, status.FileProgress):
+        return _describe_file(event, role)
     if isinstance(event, status.Failover):
         return (
             f"! the primary CSR {event.lost} was lost; {event.primary} leads the session now "
@@ -125,46 +173,105 @@ def _describe(event: status.Status) -> str:
     if isinstance(event, status.ReportWritten):
         return f"* session record: {event.html}"
     if isinstance(event, status.RosterChanged):
-        names = ", ".join(
-            f"{p['name']}{' (primary)' if p['primary'] else ''}" for p in event.participants
-        )
-        return f"* in the session: {names}"
-    return json.dumps(event.to_json())
+        people = event.participants  # in join order: the host CSR first
+        host = next((p["id"] for p in people if p["role"] == "csr"), None)
+        return f"* in the session: {', '.join(_person(p, host) for p in people)}"
+    fields = {k: v for k, v in event.to_json().items() if k != "event" and v not in (None, "")}
+    return f"* {event.event}: " + ", ".join(f"{k} {v}" for k, v in fields.items())
 
 
-def _parse_console(line: str) -> cmds.Command:
+def _person(p: dict[str, Any], host: str | None) -> str:
+    """``Carol (CSR)``, ``Dan (assistant CSR)``, ``Alice (customer, primary)``."""
+    if p["role"] == "csr":
+        role = "CSR" if p["id"] == host else "assistant CSR"
+    else:
+        role = "customer, primary" if p["primary"] else "customer"
+    return f"{p['name']} [{p['id']}] ({role})"
+
+
+@dataclass(frozen=True)
+class _Verb:
+    """One console command: ``/name ARG`` becomes ``{"cmd": cmd, field: ARG}``."""
+
+    cmd: str
+    field: str | None
+    usage: str
+    roles: frozenset[str]
+    help: str
+
+
+_CSR = frozenset({"csr", "assistant"})
+_ALL = frozenset({"csr", "assistant", "customer"})
+_VERBS = {
+    "/help": _Verb("", None, "/help", _ALL, "this list"),
+    "/to": _Verb("chat", None, "/to ID text", _ALL, "a chat line to one person"),
+    "/leave": _Verb("leave", None, "/leave", frozenset({"customer", "assistant"}), "leave"),
+    "/end": _Verb("end", None, "/end", frozenset({"csr"}), "end the session for everyone"),
+    "/request": _Verb(
+        "request", "cap", "/request CAP", _CSR, "ask for view, control, files, sysinfo"
+    ),
+    "/send": _Verb("send_file", "path", "/send FILE", _CSR, "offer a file to the customer"),
+    "/note": _Verb("note", "text", "/note TEXT", _CSR, "a note only CSRs can read"),
+    "/transfer": _Verb("transfer_control", "to", "/transfer ID", _CSR, "pass control"),
+    "/admit": _Verb("admit", "peer", "/admit ID", frozenset({"csr"}), "let an assistant in"),
+    "/refuse": _Verb("refuse", "peer", "/refuse ID", frozenset({"csr"}), "turn one away"),
+    "/grant": _Verb("grant", "id", "/grant ID", frozenset({"customer"}), "allow a request"),
+    "/deny": _Verb("deny", "id", "/deny ID", frozenset({"customer"}), "refuse a request"),
+    "/revoke": _Verb(
+        "revoke",
+        "cap",
+        "/revoke CAP|all",
+        frozenset({"customer"}),
+        "stop sharing it (all: everything)",
+    ),
+    "/accept": _Verb("accept_file", "id", "/accept ID", frozenset({"customer"}), "take a file"),
+    "/reject": _Verb("reject_file", "id", "/reject ID", frozenset({"customer"}), "refuse a file"),
+}
+
+
+def console_help(role: str) -> str:
+    """The console commands ``role`` (``csr``, ``assistant`` or ``customer``) can use."""
+    lines = [f"  {v.usage:<18} {v.help}" for v in _VERBS.values() if role in v.roles]
+    return "Commands:\n" + "\n".join(lines) + "\nAnything else is a chat line to everyone."
+
+
+def _parse_console(line: str, role: str = "csr") -> cmds.Command | str:
+    """A typed line: a command, a chat line, or (``str``) text to show, such as /help."""
     text = line.strip()
-    if text == "/leave":
-        return cmds.LeaveCommand()
-    if text == "/end":
-        return cmds.EndCommand()
     if text.startswith("{"):
         return cmds.parse_command(text)
-    verb, _, arg = text.partition(" ")
-    shortcuts = {
-        "/grant": ("grant", "id"),
-        "/deny": ("deny", "id"),
-        "/revoke": ("revoke", "cap"),
-        "/admit": ("admit", "peer"),
-        "/refuse": ("refuse", "peer"),
-        "/request": ("request", "cap"),
-        "/accept": ("accept_file", "id"),
-        "/reject": ("reject_file", "id"),
-        "/transfer": ("transfer_control", "to"),
-    }
-    if verb in shortcuts and arg.strip():
-        name, field = shortcuts[verb]
-        return cmds.parse_command(json.dumps({"cmd": name, field: arg.strip()}))
-    if text.startswith("/to "):
-        _, pid, rest = [*text.split(" ", 2), "", ""][:3]
-        return cmds.parse_command(json.dumps({"cmd": "chat", "text": rest, "to": [pid]}))
-    if text.startswith("/"):
-        raise DecodeError(
-            "commands: /leave, /end, /to ID text, /request CAP, /grant ID, /deny ID, "
-            "/revoke CAP|all, /admit ID, /refuse ID, /transfer ID, /accept ID, /reject ID, "
-            "or a JSON command; anything else is chat"
-        )
-    return cmds.ChatCommand(text=text)
+    if not text.startswith("/"):
+        return cmds.ChatCommand(text=text)
+    verb_text, _, arg = text.partition(" ")
+    arg = arg.strip()
+    verb = _VERBS.get(verb_text.lower())
+    if verb is None or role not in verb.roles:
+        mine = ", ".join(v for v, x in _VERBS.items() if role in x.roles)
+        raise DecodeError(f"{verb_text} is not a command here; yours: {mine}", code="unknown_type")
+    if verb_text.lower() == "/help":
+        return console_help(role)
+    if verb_text.lower() == "/to":
+        pid, _, rest = arg.partition(" ")
+        if not pid or not rest.strip():
+            raise DecodeError("usage: /to ID text (the ids are in the session list)")
+        return cmds.ChatCommand(text=rest.strip(), to=(pid,))
+    if verb.field is None:
+        return cmds.parse_command(json.dumps({"cmd": verb.cmd}))
+    if not arg:
+        raise DecodeError(f"usage: {verb.usage}")
+    if verb.field == "cap":
+        arg = arg.lower()
+        known = (*AVAILABLE, "all") if verb.cmd == "revoke" else AVAILABLE
+        if arg not in known:
+            raise DecodeError(
+                f"{arg} is not a capability; choose {', '.join(known)}", code="unknown_cap"
+            )
+    if verb.field == "path":
+        path = Path(arg).expanduser()
+        if not path.is_file():
+            raise DecodeError(f"{arg}: no such file", code="not_found")
+        arg = str(path.resolve())
+    return cmds.parse_command(json.dumps({"cmd": verb.cmd, verb.field: arg}))
 
 
 async def dispatch(session: Controllable, command: cmds.Command) -> None:
@@ -233,6 +340,7 @@ async def read_commands(
     *,
     json_mode: bool,
     fd: int | None = None,
+    role: str = "csr",
 ) -> None:
     """Read commands from ``fd`` (default stdin) until end of input, then return; a bad
     line gets an error event, nothing else. What end of input means is the caller's."""
@@ -258,7 +366,10 @@ async def read_commands(
         if not line:
             continue
         try:
-            command = cmds.parse_command(line) if json_mode else _parse_console(line)
+            command = cmds.parse_command(line) if json_mode else _parse_console(line, role)
+            if isinstance(command, str):
+                emit(status.Notice(text=command))
+                continue
             await dispatch(session, command)
         except PeerDeskError as exc:
             emit(status.Error(reason=exc.message, code=exc.code))

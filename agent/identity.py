@@ -51,12 +51,27 @@ def clean_name(name: str) -> str:
     return cleaned[:MAX_NAME_CHARS]
 
 
-def default_name() -> str:
+ROLE_LABELS = {"csr": "Support", "customer": "Customer"}
+"How a default name says the role, so that a CSR and a customer never look alike."
+
+
+def default_name(role: str | None = None) -> str:
+    """``user@host``, prefixed with the role when one is given (``Support root@vm``,
+    ``Customer root@vm``): two agents on one machine must not look the same."""
     try:
         user = getpass.getuser()
     except (KeyError, OSError):
         user = "user"
-    return clean_name(f"{user}@{socket.gethostname()}")
+    label = ROLE_LABELS.get(role or "", "")
+    return clean_name(f"{label} {user}@{socket.gethostname()}".strip())
+
+
+def configured_name(directory: Path | None = None) -> str | None:
+    """The name stored with ``peerdesk id --name`` (or asked at the first start), if any."""
+    directory = directory or home()
+    with _usable(directory):
+        name = _load_config(directory / CONFIG_FILE).get("name")
+    return clean_name(name) if isinstance(name, str) else None
 
 
 @dataclass(frozen=True)
@@ -120,14 +135,17 @@ def _usable(directory: Path) -> Iterator[None]:
         ) from None
 
 
-def load(directory: Path | None = None, *, create: bool = True) -> Identity:
-    """Load this agent's identity, making it on first run."""
+def load(
+    directory: Path | None = None, *, create: bool = True, role: str | None = None
+) -> Identity:
+    """Load this agent's identity, making it on first run. Without a stored name the
+    name is ``default_name(role)``."""
     directory = directory or home()
     with _usable(directory):
-        return _load(directory, create=create)
+        return _load(directory, create=create, role=role)
 
 
-def _load(directory: Path, *, create: bool) -> Identity:
+def _load(directory: Path, *, create: bool, role: str | None = None) -> Identity:
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     key_path = directory / KEY_FILE
     try:
@@ -151,7 +169,7 @@ def _load(directory: Path, *, create: bool) -> Identity:
         key = loaded
     config = _load_config(directory / CONFIG_FILE)
     name = config.get("name")
-    return Identity(key, clean_name(name) if isinstance(name, str) else default_name())
+    return Identity(key, clean_name(name) if isinstance(name, str) else default_name(role))
 
 
 def set_name(name: str, directory: Path | None = None) -> Identity:

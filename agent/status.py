@@ -62,6 +62,14 @@ class ChatReceived(Status):
 
 
 @dataclass(frozen=True)
+class Notice(Status):
+    """Text for the person at this agent's console (``/help``); not sent anywhere."""
+
+    event: ClassVar[str] = "notice"
+    text: str
+
+
+@dataclass(frozen=True)
 class Rejoined(Status):
     """CSR: a participant already in the session joined again from another agent (the
     same key): the new agent takes the seat, the old one is told and leaves. ``sas``

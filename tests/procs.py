@@ -168,6 +168,51 @@ class Proc:
             self.proc.wait(timeout=10)
 
 
+class ConsoleProc(Proc):
+    """A ``peerdesk`` in console mode: lines for a person, not JSON."""
+
+    def line(self, containing: str, timeout: float = 15.0) -> str:
+        """The next output line containing ``containing``; earlier ones are kept."""
+        for seen in self.events:
+            if containing in seen["line"] and not seen.get("_taken"):
+                seen["_taken"] = True
+                return str(seen["line"])
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                raw = self.lines.get(timeout=left)
+            except queue.Empty:
+                continue
+            if raw is None:
+                self.lines.put(None)
+                break
+            self.events.append({"line": raw.rstrip("\n")})
+            if containing in raw:
+                self.events[-1]["_taken"] = True
+                return raw.rstrip("\n")
+        raise AssertionError(
+            f"{self.name}: no line with {containing!r} within {timeout}s; lines: "
+            f"{[e['line'] for e in self.events]}\nstderr:\n{''.join(self.stderr[-40:])}"
+        )
+
+    def type(self, text: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(text + "\n")
+        self.proc.stdin.flush()
+
+    def all_lines(self) -> list[str]:
+        while True:
+            try:
+                raw = self.lines.get(timeout=0.2)
+            except queue.Empty:
+                break
+            if raw is None:
+                self.lines.put(None)
+                break
+            self.events.append({"line": raw.rstrip("\n")})
+        return [str(e["line"]) for e in self.events]
+
+
 def start_signal_server() -> tuple[Proc, str]:
     """A real signaling server process on a free loopback port."""
     proc = Proc(["signaling", "--host", "127.0.0.1", "--port", "0"], name="signal")

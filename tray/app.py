@@ -67,7 +67,7 @@ class Agent:
         self.stop = asyncio.Event()
 
     async def start(self) -> str:
-        me = identity.load().with_name(self.args.name)
+        me = identity.load(role="csr").with_name(self.args.name)
         url = check_signal_url(self.args.signal) if self.args.signal else None
         download = _directory(self.args.download_dir)
         self.hub = Hub(me, url, download_dir=download, port=self.args.port)

@@ -308,6 +308,13 @@ class CustomerSession:
             self.successor.chat(text, to)
             return
         assert self._link is not None
+        unknown = [pid for pid in to or () if pid not in self._known and pid != self.host]
+        if unknown:
+            people = ", ".join(f"{p.name} [{p.id}]" for p in self._known.values())
+            raise LocalProtocolError(
+                f"no one in this session has the id {', '.join(unknown)}; people: {people}",
+                code="unknown_recipient",
+            )
         if self.record is not None:
             self.record.chat(self.identity.name, text, to)
         if self.leading:  # we lead now: our lines are ours, not relayed

@@ -71,7 +71,11 @@ class Roster:
             return [pid for pid in self._people if pid != sender]
         unknown = [pid for pid in to if pid not in self._people]
         if unknown:
-            raise LocalProtocolError(f"not in this session: {', '.join(unknown)}")
+            people = ", ".join(f"{p.name} [{p.id}]" for p in self._people.values())
+            raise LocalProtocolError(
+                f"no one in this session has the id {', '.join(unknown)}; people: {people}",
+                code="unknown_recipient",
+            )
         return [pid for pid in dict.fromkeys(to) if pid != sender]
 
     def _replace(self, person: Participant, *, primary: bool) -> None:
