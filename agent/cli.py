@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"peerdesk {__version__}")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logs on stderr")
-    sub = p.add_subparsers(dest="command")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     def front(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--signal", metavar="URL", help="signaling server (ws:// or wss://)")
@@ -63,7 +63,13 @@ def _parser() -> argparse.ArgumentParser:
             "always leaves)",
         )
 
-    start = sub.add_parser("start", help="start a support session (CSR)")
+    start = sub.add_parser(
+        "start",
+        help="start a support session (CSR)",
+        description="Start a support session as its CSR and print the code and links to "
+        "give the customer. Without --signal the agent hosts the signaling endpoint itself "
+        "and announces the session on the LAN.",
+    )
     front(start)
     start.add_argument(
         "--download-dir", metavar="DIR", help="where files fetched from customers land"
@@ -85,7 +91,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="host the signaling endpoint but do not announce it on the LAN",
     )
-    join = sub.add_parser("join", help="join a session with a code or link (customer)")
+    join = sub.add_parser(
+        "join",
+        help="join a session with a code or link (customer)",
+        description="Join a session with the 12-digit code or the link the CSR gave you "
+        "(as the customer), or with a CSR code (--as assistant). Without --signal and "
+        "without a link, the session is looked up on the LAN by its code.",
+    )
     join.add_argument(
         "code",
         metavar="CODE|LINK|ROOM",
@@ -101,8 +113,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     join.add_argument("--download-dir", metavar="DIR", help="where files from the CSR land")
     join.add_argument("--share-dir", metavar="DIR", help="the directory files_advanced exposes")
-    join.add_argument("--monitor", type=int, default=1, help="monitor to share (1 = first)")
-    join.add_argument("--codec", choices=("vp8", "h264"), default="vp8", help="video codec")
+    join.add_argument(
+        "--monitor", type=int, default=1, help="monitor to share (default 1: the first)"
+    )
+    join.add_argument(
+        "--codec", choices=("vp8", "h264"), default="vp8", help="video codec (default vp8)"
+    )
     join.add_argument(
         "--as",
         dest="role",
@@ -150,8 +166,12 @@ def _parser() -> argparse.ArgumentParser:
         help="figures to measure: join, control, files, screen, log, idle, transfer, "
         "failover, lan (root: two network namespaces), signaling, dashboard, all (default: join)",
     )
-    bench.add_argument("--runs", type=int, default=20)
+    bench.add_argument("--runs", type=int, default=20, help="repetitions per figure (default 20)")
     bench.add_argument("--record", metavar="FILE", help="append the figures to this Markdown file")
+    for action in sub._choices_actions:  # the one-line help also heads each --help
+        choice = sub.choices[action.dest]
+        if choice.description is None and action.help:
+            choice.description = action.help[0].upper() + action.help[1:] + "."
     return p
 
 

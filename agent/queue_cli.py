@@ -51,7 +51,11 @@ def parse_help_link(link: str) -> tuple[str, str | None]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="peerdesk queue", description="support queues")
+    p = argparse.ArgumentParser(
+        prog="peerdesk queue",
+        description="Support queues on a signaling server: customers wait, CSRs list, take "
+        "and transfer them (with a message of at most 345 characters).",
+    )
     sub = p.add_subparsers(dest="action", required=True)
 
     def common(sp: argparse.ArgumentParser, csr: bool) -> None:

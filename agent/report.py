@@ -1637,7 +1637,11 @@ def _summary_json(s: SessionSummary) -> dict[str, Any]:
 
 def cmd_sessions(argv: list[str]) -> int:
     """``peerdesk sessions [--json]``: the stored session reports, newest first."""
-    p = argparse.ArgumentParser(prog="peerdesk sessions", description=cmd_sessions.__doc__)
+    p = argparse.ArgumentParser(
+        prog="peerdesk sessions",
+        description="List the sessions recorded on this machine (their signed logs and "
+        "activity reports), newest first.",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     try:
         args = p.parse_args(argv)

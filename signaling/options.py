@@ -35,7 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(or the PEERDESK_TURN_SECRET environment variable)",
     )
     parser.add_argument(
-        "--turn-ttl", type=int, default=3600, help="seconds TURN credentials stay valid"
+        "--turn-ttl",
+        type=int,
+        default=3600,
+        help="seconds TURN credentials stay valid (default 3600)",
     )
     parser.add_argument(
         "--csr-token",
