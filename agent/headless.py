@@ -116,7 +116,7 @@ def _describe(event: status.Status, role: str = "csr") -> str:
         return (
             f"Session code: {event.code}\n"
             f"Link:         {event.link}\n"
-            f"Web page:     {landing_url(parse_code(event.code), event.signal)}\n"
+            f"Web page:     {event.web or landing_url(parse_code(event.code), event.signal)}\n"
             "Give the customer the code (or the link). Type to chat; /end ends the session."
         )
     if isinstance(event, status.Joined):

@@ -34,6 +34,9 @@ class SessionStarted(Status):
     "The CSR's own peer id."
     csr_code: str = ""
     "The code an assistant CSR joins with (same room, its own secret); for CSRs' eyes only."
+    web: str = ""
+    """The signaling server's web page for the code (``http(s)://HOST/j/ROOM#SECRET``):
+    for customers who may not have PeerDesk yet."""
 
 
 @dataclass(frozen=True)

@@ -108,7 +108,7 @@ async def measure(seconds: float = 10.0) -> dict[str, Any]:
             url = await dash.start()
             sid = await hub.start_session()
             entry = hub.entry(sid)
-            started = next(e for e in entry.history if isinstance(e, status.SessionStarted))
+            started = next(e for _, e in entry.history if isinstance(e, status.SessionStarted))
             customer = await asyncio.create_subprocess_exec(
                 *[
                     sys.executable,
@@ -133,7 +133,7 @@ async def measure(seconds: float = 10.0) -> dict[str, Any]:
                 stderr=asyncio.subprocess.DEVNULL,
             )
             await _until(
-                lambda: any(isinstance(e, status.Joined) for e in entry.history), "the customer"
+                lambda: any(isinstance(e, status.Joined) for _, e in entry.history), "the customer"
             )
             await hub.command(sid, cmds.RequestCommand(cap="view"))
             viewer = await _until(

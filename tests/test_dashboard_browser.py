@@ -147,6 +147,14 @@ def test_a_whole_support_session_from_the_dashboard(
     assert link.startswith(f"peerdesk://join/{code}?signal="), link
     mailto = page.get_attribute("#email-link", "href") or ""
     assert mailto.startswith("mailto:?subject=") and code in mailto
+    # and the web page, for customers without PeerDesk: the secret only in the fragment
+    page.click("#copy-web")
+    web = page.evaluate("navigator.clipboard.readText()")
+    room, secret = code.replace("-", "")[:6], code.replace("-", "")[6:]
+    assert web.startswith("http://") and web.endswith(f"/j/{room}#{secret}"), web
+    # nobody to talk to, nobody to pass control to, nobody to ask: those wait
+    assert page.is_disabled("#chat-send") and page.is_disabled("#transfer-control")
+    assert page.is_disabled("#request-view")
 
     canvas = Canvas(display)
     try:
@@ -177,6 +185,9 @@ def test_a_whole_support_session_from_the_dashboard(
         joined = cust.expect("joined", timeout=30)
         assert joined["name"] == "Carol" and joined["sas"]
         page.wait_for_selector("#participants li:has-text('Alice')")
+        # the check code to read aloud is on Alice's card, the same digits as hers
+        card = page.text_content("#participants li:has-text('Alice') .psas .digits") or ""
+        assert card.replace(" ", "") == joined["sas"], (card, joined["sas"])
         shot(page, "03-customer-joined")
 
         # Request View: the customer is asked (naming the CSR), the video shows the pattern
@@ -207,6 +218,7 @@ def test_a_whole_support_session_from_the_dashboard(
             }"""
         )
         assert page.text_content("#cap-view") == "granted"
+        assert page.text_content("#request-view") == "View: granted"  # not "Request view"
         shot(page, "04-view-pattern")
         canvas.put_image(0, 0, _desktop_picture(canvas.width, canvas.height))
         canvas.sync()
@@ -249,6 +261,16 @@ def test_a_whole_support_session_from_the_dashboard(
         private = cust.expect("chat", lambda e: e["text"] == "Only for you: click Start.")
         assert private["to"] == [joined["me"]] or private["to"], private
         shot(page, "06-chat")
+        # a reload keeps every line, ours too, with the times they were said
+        lines_before = page.eval_on_selector_all("#chat-log .msg", "l => l.map(m => m.textContent)")
+        activity_before = page.text_content("#activity li:last-child")
+        assert len(lines_before) == 3 and all(":" in x[:6] for x in lines_before), lines_before
+        page.reload()
+        page.wait_for_selector("#chat-log :text('Only for you: click Start.')")
+        lines_after = page.eval_on_selector_all("#chat-log .msg", "l => l.map(m => m.textContent)")
+        assert lines_after == lines_before
+        assert page.text_content("#activity li:last-child") == activity_before
+        page.click(".tab[data-tab=tools]")
 
         # a second customer: the CSR makes them primary, then Alice again
         bob = Proc(

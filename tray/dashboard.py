@@ -148,7 +148,8 @@ class Dashboard(LocalServer):
         report = None
         if entry is not None:
             report = next(
-                (e for e in reversed(entry.history) if isinstance(e, status.ReportWritten)), None
+                (e for _, e in reversed(entry.history) if isinstance(e, status.ReportWritten)),
+                None,
             )
         if report is None:
             raise web.HTTPNotFound(text="no report for this session yet")
@@ -192,8 +193,8 @@ class Dashboard(LocalServer):
             {"type": "hello", "me": {"id": me.peer_id, "name": me.name}, "roles": roles}
         )
         for sid, entry in list(self.hub.entries.items()):
-            for event in list(entry.history):
-                await ws.send_json(_status_message(sid, event))
+            for at, event in list(entry.history):
+                await ws.send_json(_status_message(sid, event, at))
             for text in entry.notes:
                 await ws.send_json({"type": "note", "session": sid, "text": text})
         await self.serve(ws)
@@ -239,7 +240,7 @@ class Dashboard(LocalServer):
             return {"type": "error", "session": sid, "reason": exc.message, "code": exc.code}
 
     def _on_status(self, sid: str, event: status.Status) -> None:
-        self.broadcast(_status_message(sid, event))
+        self.broadcast(_status_message(sid, event, time.time()))
 
     # -- the customer's screen
 
@@ -440,8 +441,10 @@ def _draw(obj: Any) -> float:
     return float(value) / 1000
 
 
-def _status_message(sid: str, event: status.Status) -> dict[str, Any]:
-    return {"type": "status", "session": sid, "event": event.to_json()}
+def _status_message(sid: str, event: status.Status, at: float) -> dict[str, Any]:
+    """A status value for the page; ``at`` (ms since the epoch) is when it happened,
+    so that a page opened later shows true times."""
+    return {"type": "status", "session": sid, "event": event.to_json(), "at": int(at * 1000)}
 
 
 def _sid(value: object) -> str:

@@ -18,6 +18,7 @@ import contextlib
 import itertools
 import logging
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +45,9 @@ class Entry:
     sid: str
     session: Any
     "The ``CsrSession`` (typed loosely: the runtime is imported lazily)."
-    history: list[status.Status] = field(default_factory=list)
+    history: list[tuple[float, status.Status]] = field(default_factory=list)
+    """(when, what): status values with the wall-clock time they happened, for a page
+    that (re)connects."""
     notes: list[str] = field(default_factory=list)
     role: str = "primary"
     "``primary`` (this agent hosts the session) or ``assistant`` (joined with a CSR code)."
@@ -93,7 +96,7 @@ class Hub:
     def _emit(self, sid: str, event: status.Status) -> None:
         entry = self.entries.get(sid)
         if entry is not None:
-            entry.history.append(event)
+            entry.history.append((time.time(), event))
             del entry.history[:-MAX_HISTORY]
         for listener in list(self._listeners):
             try:
@@ -183,6 +186,9 @@ class Hub:
         if entry.ended:
             raise LocalProtocolError("this session has ended", code="ended")
         await entry.session.command(command)
+        if isinstance(command, cmds.ChatCommand):  # our own line, for every page and reload
+            me = self.me.peer_id
+            self._emit(sid, status.ChatReceived(me, self.me.name, command.text, command.to))
 
     def note(self, sid: str, text: str) -> None:
         """Keep a CSR note and write it into the session's signed log."""

@@ -25,7 +25,7 @@ from agent.protocol import channel as ch
 from agent.protocol import commands as cmds
 from agent.protocol import control as ctl
 from agent.protocol import signaling as sig
-from agent.protocol.code import JoinLink, SessionCode
+from agent.protocol.code import JoinLink, SessionCode, landing_url
 from agent.protocol.handshake import peer_id
 from agent.protocol.wire import b64
 from agent.runtime import common
@@ -259,6 +259,7 @@ class CsrSession:
                 signal=self.signal_url,
                 me=self.me,
                 csr_code=str(self.csr_code),
+                web=landing_url(self.code, self.signal_url),
             )
         )
         return self.code
@@ -271,6 +272,11 @@ class CsrSession:
 
     def chat(self, text: str, to: tuple[str, ...] | None = None) -> None:
         recipients = self.roster.recipients(self.me, to)
+        if not any(pid in self._members for pid in recipients):
+            raise LocalProtocolError(
+                "nobody else is in this session yet: the line was not sent",
+                code="nobody_here",
+            )
         msg = ch.Chat(text=text, to=to, sender=self.me, name=self.identity.name)
         if to is None:
             self._history.append(msg)

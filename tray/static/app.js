@@ -15,7 +15,7 @@ const state = { me: null, sessions: new Map(), current: null, ws: null, roles: {
 
 function newSession(sid) {
   return {
-    sid, code: "", link: "", csrCode: "", me: "", participants: [], holder: null,
+    sid, code: "", link: "", web: "", csrCode: "", me: "", participants: [], holder: null, sas: {},
     caps: {}, chat: [], files: new Map(), notes: [], ended: false, report: null,
     asking: new Map(), activity: [], sysinfo: null, target: null,
     role: state.roles[sid] || "primary", lead: "",
@@ -53,7 +53,9 @@ function onMessage(msg) {
   if (msg.type === "note") {
     const s = sessionOf(msg.session); s.notes.push(msg.text); render(); return;
   }
-  if (msg.type === "status") { apply(sessionOf(msg.session), msg.event); render(); }
+  if (msg.type === "status") {
+    apply(sessionOf(msg.session), msg.event, msg.at ? new Date(msg.at) : new Date()); render();
+  }
 }
 
 function sessionOf(sid) {
@@ -70,17 +72,25 @@ function nameOf(s, id) {
   return p ? p.name : id;
 }
 
-function log(s, text) { s.activity.push({ at: new Date(), text }); if (s.activity.length > 200) s.activity.shift(); }
+// every status value carries the time it happened (a reloaded page shows true times)
+let at = new Date();
+function log(s, text) { s.activity.push({ at, text }); if (s.activity.length > 200) s.activity.shift(); }
 
-function apply(s, e) {
+function apply(s, e, when) {
+  at = when;
   switch (e.event) {
     case "session":
-      s.code = e.code; s.link = e.link; s.csrCode = e.csr_code; s.me = e.me;
+      s.code = e.code; s.link = e.link; s.web = e.web || ""; s.csrCode = e.csr_code; s.me = e.me;
       log(s, "Session started"); break;
     case "joined":
       if (!s.me) s.me = e.me;
+      if (e.sas) s.sas[e.peer] = e.sas;
       if (s.role === "assistant" && e.role === "csr" && e.sas) s.lead = e.name;
       log(s, `${e.name} joined as ${e.role === "csr" ? (e.primary ? "primary CSR" : "assistant") : "customer"}` + (e.sas ? ` (check code ${e.sas})` : ""));
+      break;
+    case "rejoined":
+      s.sas[e.peer] = e.sas;
+      log(s, `${e.name} joined again from another agent (new check code ${e.sas})`);
       break;
     case "roster":
       s.participants = e.participants;
@@ -93,7 +103,7 @@ function apply(s, e) {
       log(s, `${nameOf(s, e.peer)} ${e.reason === "left" ? "left" : "was lost"}`);
       if (e.peer === s.me) s.ended = true;
       break;
-    case "chat": s.chat.push({ from: e.from, name: e.name, text: e.text, to: e.to, mine: e.from === s.me }); break;
+    case "chat": s.chat.push({ at, from: e.from, name: e.name, text: e.text, to: e.to, mine: e.from === s.me }); break;
     case "consent":
       (s.caps[e.peer] = s.caps[e.peer] || {})[e.cap] = e.state;
       if (e.cap === "control" && e.state !== "granted") s.holder = null;
@@ -143,6 +153,7 @@ function render() {
   const ended = s.ended;
   $("invite-code").textContent = s.code || "—";
   $("invite-link").value = s.link;
+  $("invite-web").value = s.web;
   const mail = `mailto:?subject=${encodeURIComponent("Join my PeerDesk support session")}&body=${encodeURIComponent(
     `Hello,\n\nto let me help you, install PeerDesk and run:\n\n  peerdesk join ${s.link}\n\nor enter the code ${s.code}.\nI will read you a six-digit check code on the phone.\n`)}`;
   $("email-link").href = mail;
@@ -151,6 +162,7 @@ function render() {
   const chatLog = $("chat-log");
   chatLog.replaceChildren(...s.chat.map((c) => {
     const line = el("div", "msg" + (c.mine ? " mine" : ""));
+    line.append(el("span", "when", c.at.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }) + " "));
     line.append(el("span", "who", c.mine ? "You" : c.name));
     if (c.to) line.append(el("span", "to", " → " + c.to.map((id) => nameOf(s, id)).join(", ")));
     line.append(el("div", "text", c.text));
@@ -204,6 +216,12 @@ function render() {
     if (p.primary) tags.append(el("span", "tag primary", "primary"));
     if (s.holder === p.id) tags.append(el("span", "tag control", "has control"));
     body.append(tags);
+    const sas = s.sas[p.id];
+    if (sas && p.id !== s.me) {  // read it aloud: the two screens must show the same digits
+      const check = el("div", "psas");
+      check.append(el("span", "label", "check code "), el("span", "digits", `${sas.slice(0, 3)} ${sas.slice(3)}`));
+      body.append(check);
+    }
     li.append(avatar, body);
     if (p.role === "customer" && !ended) {
       if (!p.primary) {
@@ -244,6 +262,20 @@ function render() {
   }
   for (const id of ["request-view", "request-control", "request-files", "request-sysinfo", "end-session",
     "chat-send", "file-send", "transfer-control", "note-save"]) $(id).disabled = ended;
+  // actions only where they can act: someone to talk to, a customer to ask, a CSR to pass to
+  const alone = !s.participants.some((p) => p.id !== s.me);
+  $("chat-send").disabled = ended || alone;
+  $("chat-input").placeholder = alone ? "Nobody has joined yet" : "Type a message…";
+  const target = s.participants.find((p) => p.id === s.target);
+  for (const cap of ["view", "control", "files", "sysinfo"]) {
+    const st = capsOf(s)[cap];
+    const b = $("request-" + cap);
+    b.disabled = ended || !target || st === "pending" || st === "granted";
+    b.textContent = st === "granted" ? `${REQUEST[cap]}: granted` : (st === "pending" ? `${REQUEST[cap]}: asked…` : `Request ${REQUEST[cap].toLowerCase()}`);
+  }
+  const otherCsrs = csrs.filter((p) => p.id !== s.me);
+  $("transfer-control").disabled = ended || !(otherCsrs.length || (s.holder && s.holder !== s.me));
+  $("file-send").disabled = ended || !s.participants.some((p) => p.role === "customer");
   // an assistant: no invitation; it asks the customer itself for the screen and system
   // information (control comes from the primary, by transfer); it leaves rather than ends
   const assistant = s.role === "assistant";
@@ -259,6 +291,7 @@ function render() {
 function capsOf(s) { return (s.target && s.caps[s.target]) || {}; }
 
 function roleName(p) { return p.role === "csr" ? "CSR" : "customer"; }
+const REQUEST = { view: "View", control: "Control", files: "Files", sysinfo: "System info" };
 
 function fillSelect(select, options) {
   const keep = select.value;
@@ -459,6 +492,11 @@ function wire() {
     try { await navigator.clipboard.writeText(s.link); toast("Link copied"); }
     catch { $("invite-link").select(); toast("Press Ctrl+C to copy the link"); }
   };
+  $("copy-web").onclick = async () => {
+    const s = current(); if (!s || !s.web) return;
+    try { await navigator.clipboard.writeText(s.web); toast("Web page copied"); }
+    catch { $("invite-web").select(); toast("Press Ctrl+C to copy the web page"); }
+  };
   $("copy-csr-code").onclick = async () => {
     const s = current(); if (!s) return;
     try { await navigator.clipboard.writeText(s.csrCode); toast(`Assistant code copied: ${s.csrCode}`); }
@@ -468,9 +506,8 @@ function wire() {
     ev.preventDefault();
     const text = $("chat-input").value.trim(); if (!text) return;
     const to = $("chat-to").value;
+    // our line shows once the agent sent it (it comes back as a status value)
     command(to ? { cmd: "chat", text, to: [to] } : { cmd: "chat", text });
-    const s = current();
-    if (s) { s.chat.push({ from: s.me, name: "You", text, to: to ? [to] : null, mine: true }); render(); }
     $("chat-input").value = "";
   };
   for (const cap of ["view", "control", "files", "sysinfo"]) {
