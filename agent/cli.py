@@ -533,6 +533,13 @@ async def _join(args: argparse.Namespace) -> int:
 
             panel = await open_panel(identity.home(), also=emit)  # prompts in the browser
             emit = panel.emit
+            # The first time, the warning about support scams comes before the join:
+            # nobody can ask this machine for anything until it was read.
+            answered, go_on = await stopper.race(panel.wait_for_warning())
+            if not answered or not go_on:
+                emit(status.Ended(reason="stopped" if not answered else "left"))
+                await panel.stop()
+                return 0
         try:
             joining = _join_one(args, link, me, role, options, emit, panel)
             joined, session = await stopper.race(joining)

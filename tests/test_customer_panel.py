@@ -104,7 +104,6 @@ def test_the_customer_answers_in_the_browser(procs: list[Any], tmp_path: Path) -
         procs.append(cust)
         url = _wait_file(opened)  # the agent opened its page in the "default browser"
         assert url.startswith("http://127.0.0.1:") and "?t=" in url
-        csr_joined = csr.expect("joined", timeout=30)
 
         context = browser.new_context(viewport={"width": 1000, "height": 900}, bypass_csp=True)
         page = context.new_page()
@@ -115,9 +114,13 @@ def test_the_customer_answers_in_the_browser(procs: list[Any], tmp_path: Path) -
             page.wait_for_selector("#warning:not([hidden])")
             assert "Nobody legitimate calls you unasked" in (page.text_content("#warning") or "")
             shot(page, "customer-01-scam-warning")
+            # ...before the join: while it is open, the CSR cannot reach this machine
+            csr.drain(2.0)
+            assert not [e for e in csr.events if e.get("event") == "joined"], csr.events
             page.click("#warning-ok")
             page.wait_for_selector("#warning", state="hidden")
             assert (home / WARNING_SEEN).exists()
+            csr_joined = csr.expect("joined", timeout=30)
 
             # the verified CSR and the check code
             page.wait_for_selector("#csr-name:has-text('Carol')")
@@ -172,6 +175,11 @@ def test_the_customer_answers_in_the_browser(procs: list[Any], tmp_path: Path) -
             assert page.is_hidden("#warning")
 
             page.click("#leave")
+            # the top of the page says so, and what no longer works is disabled
+            page.wait_for_selector("#ended:not([hidden]):has-text('You left the session')")
+            assert page.is_disabled("#chat-input") and page.is_disabled("#leave")
+            assert (page.text_content(".who .label") or "") == "You were connected to"
+            shot(page, "customer-05-left")
             csr.expect("left", timeout=20)
             assert cust.wait(timeout=20) == 0
         finally:

@@ -20,6 +20,7 @@ import json
 import logging
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,10 @@ class CustomerPanel(LocalServer):
         self.history: list[status.Status] = []
         self._also = also
         self.tray: CustomerTray | None = None
+        self.acknowledged = asyncio.Event()
+        "The first-run warning was answered with \"I asked for this help\"."
+        self.declined = asyncio.Event()
+        "The customer chose to leave at the warning, before joining."
 
     @property
     def warning_seen(self) -> bool:
@@ -89,7 +94,14 @@ class CustomerPanel(LocalServer):
             command = self.parse(text)
             if command is None:  # the warning was acknowledged
                 await asyncio.to_thread(_touch, self.home / WARNING_SEEN)
+                self.acknowledged.set()
                 return {"type": "warning_seen"}
+            if isinstance(command, _OpenFolder):
+                await self._open_folder(command.id)
+                return None
+            if isinstance(command, cmds.LeaveCommand) and self.session is None:
+                self.declined.set()  # left at the warning: nothing was joined
+                return None
             if self.session is None:
                 raise DecodeError("not connected to a session yet")
             await self.session.command(command)
@@ -97,8 +109,39 @@ class CustomerPanel(LocalServer):
             return {"type": "error", "reason": exc.message, "code": exc.code}
         return None
 
+    async def wait_for_warning(self) -> bool:
+        """Until the first-run warning is answered: True to go on, False to leave. At
+        once when it was acknowledged before (on this machine, once)."""
+        if self.warning_seen:
+            return True
+        ok = asyncio.ensure_future(self.acknowledged.wait())
+        no = asyncio.ensure_future(self.declined.wait())
+        try:
+            await asyncio.wait({ok, no}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ok.cancel()
+            no.cancel()
+        return self.acknowledged.is_set()
+
+    async def _open_folder(self, file_id: str) -> None:
+        """Show the folder of a file this session received: only a path the agent
+        itself reported in a ``done`` event, never one the page names."""
+        from tray.app import open_browser
+
+        for event in reversed(self.history):
+            if (
+                isinstance(event, status.FileProgress)
+                and event.id == file_id
+                and event.state == "done"
+                and event.path
+            ):
+                folder = Path(event.path).parent
+                await asyncio.to_thread(open_browser, folder.as_uri())
+                return
+        raise DecodeError("no received file with that id")
+
     @staticmethod
-    def parse(text: str) -> cmds.Command | None:
+    def parse(text: str) -> cmds.Command | _OpenFolder | None:
         """One message from the page as a command (None: acknowledge the warning)."""
         try:
             obj = json.loads(text)
@@ -113,6 +156,11 @@ class CustomerPanel(LocalServer):
             return cmds.RevokeCommand(cap="all")
         if op == "leave":
             return cmds.LeaveCommand()
+        if op == "open_folder":
+            ident = obj.get("id")
+            if not isinstance(ident, str) or not _ID_RE.fullmatch(ident):
+                raise DecodeError("open_folder: id is missing or malformed")
+            return _OpenFolder(ident)
         if op == "chat":
             return cmds.parse_command(json.dumps({"cmd": "chat", "text": obj.get("text")}))
         if op in ("answer", "file"):
@@ -125,13 +173,22 @@ class CustomerPanel(LocalServer):
             if op == "answer":
                 return cmds.AnswerCommand(id=ident, grant=yes)
             return cmds.FileCommand(kind="accept_file" if yes else "reject_file", id=ident)
-        raise DecodeError("unknown op (known: answer, chat, file, leave, stop, warning_seen)")
+        raise DecodeError(
+            "unknown op (known: answer, chat, file, leave, open_folder, stop, warning_seen)"
+        )
 
     async def stop(self) -> None:
         if self.tray is not None:
             self.tray.stop()
         with contextlib.suppress(Exception):
             await super().stop()
+
+
+@dataclass(frozen=True)
+class _OpenFolder:
+    """The page asks to show the folder a received file went to."""
+
+    id: str
 
 
 def _touch(path: Path) -> None:

@@ -18,7 +18,7 @@ const WHAT = {
   sysinfo: "see basic information about this computer",
 };
 const s = { csr: null, csrId: null, sas: "", me: "", prompts: new Map(), grants: {}, holder: null,
-  chat: [], offers: new Map(), ended: false, names: {} };
+  chat: [], offers: new Map(), ended: false, endedWhy: "", names: {}, received: [] };
 let ws = null;
 
 function connect() {
@@ -52,10 +52,12 @@ function apply(e) {
     case "chat": s.chat.push({ name: e.name, text: e.text, mine: false }); break;
     case "file":
       if (e.state === "offered") s.offers.set(e.id, e); else s.offers.delete(e.id);
-      if (e.state === "done") toast(`Received ${e.name}`);
+      if (e.state === "done" && e.direction === "receive") {
+        s.received.push(e); toast(`Received ${e.name}: saved in ${folderOf(e.path)}`);
+      }
       break;
-    case "ended": s.ended = true; break;
-    case "left": if (e.peer === s.me) s.ended = true; break;
+    case "ended": if (!s.ended) { s.ended = true; s.endedWhy = e.reason; } break;
+    case "left": if (e.peer === s.me) { s.ended = true; s.endedWhy = "you_left"; } break;
     case "error": toast(e.reason); break;
     default: break;
   }
@@ -65,7 +67,9 @@ function render() {
   $("csr-name").replaceChildren(document.createTextNode(s.csr || ""));
   if (s.csr && s.sas) $("csr-name").append(el("span", "verified", "✔ verified"));
   $("csr-initial").textContent = (s.csr || "?").slice(0, 1).toUpperCase();
-  document.querySelector(".who .label").textContent = s.csr ? "You are connected to" : "Connecting…";
+  document.querySelector(".who .label").textContent = s.ended
+    ? (s.csr ? "You were connected to" : "Not connected")
+    : (s.csr ? "You are connected to" : "Connecting…");
   $("sas-box").hidden = !s.sas;
   $("sas").textContent = s.sas ? `${s.sas.slice(0, 3)} ${s.sas.slice(3)}` : "";
 
@@ -83,7 +87,7 @@ function render() {
   const offers = [...s.offers.values()].map((f) => {
     const box = el("div", "prompt"); box.dataset.id = f.id;
     box.append(el("h3", "", `${s.csr || "The CSR"} wants to send you ${f.name}`));
-    box.append(el("p", "", `${f.size} bytes`));
+    box.append(el("p", "", human(f.size)));
     const row = el("div", "row");
     const no = el("button", "btn", "Decline"); no.onclick = () => send({ op: "file", id: f.id, yes: false });
     const yes = el("button", "btn primary", "Accept"); yes.onclick = () => send({ op: "file", id: f.id, yes: true });
@@ -114,8 +118,38 @@ function render() {
     return line;
   }));
   $("ended").hidden = !s.ended;
-  $("leave").disabled = s.ended;
+  const [title, text] = ENDED[s.endedWhy] || (s.endedWhy.startsWith("lost") ? ENDED.lost : ENDED.ended);
+  $("ended-title").textContent = title; $("ended-text").textContent = text;
+  document.body.classList.toggle("session-over", s.ended);
+  for (const id of ["leave", "chat-input", "chat-send", "stop"]) $(id).disabled = s.ended;
+  if (s.ended) { $("chat-input").placeholder = "The session is over"; $("prompts").replaceChildren(); }
+  $("files-card").hidden = !s.received.length;
+  $("received").replaceChildren(...s.received.map((f) => {
+    const li = el("li", "file");
+    li.append(el("div", "fname", `${f.name} (${human(f.size)})`));
+    li.append(el("div", "hint", `Saved as ${f.path}`));
+    const open = el("button", "btn small", "Show in folder");
+    open.onclick = () => send({ op: "open_folder", id: f.id });
+    li.append(open);
+    return li;
+  }));
 }
+
+const ENDED = {
+  you_left: ["You left the session", "Nobody can see or control this computer any more. You can close this page."],
+  ended: ["The support representative ended the session", "Nobody can see or control this computer any more. You can close this page."],
+  replaced: ["You joined again from another window", "This page is no longer connected; the other one is."],
+  stopped: ["PeerDesk was stopped", "Nobody can see or control this computer any more."],
+  lost: ["The connection to the support representative was lost", "Nobody can see or control this computer any more. If you still need help, ask for a new code."],
+};
+
+function human(n) {
+  if (n === undefined || n === null) return "?";
+  const u = ["B", "KB", "MB", "GB"]; let i = 0; let v = n;
+  while (v >= 1024 && i < u.length - 1) { v /= 1024; i++; }
+  return `${v.toFixed(i ? 1 : 0)} ${u[i]}`;
+}
+function folderOf(path) { return (path || "").replace(/[\\/][^\\/]*$/, "") || path; }
 
 let toastTimer = null;
 function toast(text) {
