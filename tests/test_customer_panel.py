@@ -169,10 +169,11 @@ def test_the_customer_answers_in_the_browser(procs: list[Any], tmp_path: Path) -
             assert "not granted" in csr.expect("error")["reason"]
             shot(page, "customer-04-stopped")
 
-            # the warning is for the first run only
+            # the warning is for the first run only; a reload keeps the chat, ours too
             page.reload()
             page.wait_for_selector("#csr-name:has-text('Carol')")
             assert page.is_hidden("#warning")
+            page.wait_for_selector("#chat-log .msg.mine:has-text('OK, go ahead')")
 
             page.click("#leave")
             # the top of the page says so, and what no longer works is disabled

@@ -73,6 +73,13 @@ class CustomerPanel(LocalServer):
         if self.tray is not None:
             self.tray.on_status(event)
 
+    def _on_page(self, event: status.Status) -> None:
+        """Keep and show ``event`` on the page only (our own chat line: the console and
+        the tray need not hear what we said)."""
+        self.history.append(event)
+        del self.history[:-1000]
+        self.broadcast({"type": "status", "event": event.to_json()})
+
     def routes(self, app: web.Application) -> None:
         app.router.add_get("/", self._index)
         app.router.add_get("/ws", self._ws)
@@ -105,6 +112,9 @@ class CustomerPanel(LocalServer):
             if self.session is None:
                 raise DecodeError("not connected to a session yet")
             await self.session.command(command)
+            if isinstance(command, cmds.ChatCommand):  # kept for a reload, as said
+                me = getattr(self.session, "me", "")
+                self._on_page(status.ChatReceived(me, "You", command.text, command.to))
         except PeerDeskError as exc:
             return {"type": "error", "reason": exc.message, "code": exc.code}
         return None

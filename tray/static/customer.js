@@ -49,7 +49,7 @@ function apply(e) {
       if (e.cap === "control" && e.state !== "granted") s.holder = null;
       break;
     case "control": s.holder = e.holder; break;
-    case "chat": s.chat.push({ name: e.name, text: e.text, mine: false }); break;
+    case "chat": s.chat.push({ name: e.name, text: e.text, mine: !!s.me && e.from === s.me }); break;
     case "file":
       if (e.state === "offered") s.offers.set(e.id, e); else s.offers.delete(e.id);
       if (e.state === "done" && e.direction === "receive") {
@@ -164,7 +164,7 @@ $("warning-leave").onclick = () => { send({ op: "leave" }); $("warning").hidden 
 $("chat-form").onsubmit = (ev) => {
   ev.preventDefault();
   const text = $("chat-input").value.trim(); if (!text) return;
-  send({ op: "chat", text }); s.chat.push({ name: "You", text, mine: true }); $("chat-input").value = ""; render();
+  send({ op: "chat", text }); $("chat-input").value = "";  // it comes back once sent
 };
 connect();
 render();
