@@ -210,6 +210,7 @@ _VERBS = {
     "/request": _Verb(
         "request", "cap", "/request CAP", _CSR, "ask for view, control, files, sysinfo"
     ),
+    "/stop": _Verb("release", "cap", "/stop CAP", _CSR, "stop using a granted capability"),
     "/send": _Verb("send_file", "path", "/send FILE", _CSR, "offer a file to the customer"),
     "/note": _Verb("note", "text", "/note TEXT", _CSR, "a note only CSRs can read"),
     "/transfer": _Verb("transfer_control", "to", "/transfer ID", _CSR, "pass control"),

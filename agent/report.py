@@ -666,7 +666,9 @@ class _Builder:
         }[state]
         why = _clean_line(body.get("reason"), 200)
         own = why in ("left", "stopped sharing", "no answer", "pre-accepted")
-        if why and state == "revoked" and not own:  # not the customer's choice: it could not
+        if why == "released" and state == "revoked":
+            text = f"{csr} stopped {cap} on {customer}'s machine"
+        elif why and state == "revoked" and not own:  # not the customer's choice: it could not
             text = f"{cap.capitalize()} for {csr} could not be given on {customer}'s machine: {why}"
         elif why:
             text += f" ({why})"

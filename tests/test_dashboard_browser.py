@@ -219,6 +219,7 @@ def test_a_whole_support_session_from_the_dashboard(
         )
         assert page.text_content("#cap-view") == "granted"
         assert page.text_content("#request-view") == "View: granted"  # not "Request view"
+        assert page.is_visible("#release-view")  # with Stop beside it
         shot(page, "04-view-pattern")
         canvas.put_image(0, 0, _desktop_picture(canvas.width, canvas.height))
         canvas.sync()

@@ -88,3 +88,30 @@ def test_a_grant_that_cannot_be_honoured_says_why(procs: list[Proc], tmp_path: P
     lines = [e["text"] for e in report["timeline"] if e["kind"] == "consent"]
     assert any("could not be given on Alice's machine" in t and "no display" in t for t in lines)
     assert not any(t == "Alice stopped screen viewing for Carol" for t in lines), lines
+
+
+def test_the_csr_can_give_a_grant_back(procs: list[Proc], tmp_path: Path) -> None:
+    """Stop beside a granted request: the CSR releases it, the customer's agent ends
+    the grant (its own consent), both are told, and the record says who stopped."""
+    carol = agent(procs, tmp_path / "carol", "start", "--port", "0", name="Carol")
+    session = carol.expect("session", timeout=20)
+    alice = agent(procs, tmp_path / "alice", "join", session["link"], name="Alice")
+    alice.expect("joined", timeout=20)
+    carol.expect("joined")
+    carol.send({"cmd": "release", "cap": "files"})
+    assert carol.expect("error")["code"] == "no_grant"  # nothing to give back yet
+    carol.send({"cmd": "request", "cap": "files"})
+    asked = alice.expect("request", timeout=15)
+    alice.send({"cmd": "grant", "id": asked["id"]})
+    carol.expect("consent", lambda e: e["state"] == "granted")
+    carol.send({"cmd": "release", "cap": "files"})
+    mine = alice.expect("consent", lambda e: e["state"] == "revoked", timeout=15)
+    assert mine["reason"] == "released" and mine["cap"] == "files"
+    theirs = carol.expect("consent", lambda e: e["state"] == "revoked", timeout=15)
+    assert theirs["reason"] == "released"
+    carol.send({"cmd": "send_file", "path": str(Path(__file__))})
+    assert carol.expect("error")["code"] == "no_grant"  # it is really gone
+    carol.send({"cmd": "end"})
+    report = json.loads(Path(carol.expect("report", timeout=20)["json"]).read_text())
+    lines = [e["text"] for e in report["timeline"] if e["kind"] == "consent"]
+    assert "Carol stopped file transfer on Alice's machine" in lines, lines

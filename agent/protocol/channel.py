@@ -201,6 +201,15 @@ class DirectKey:
 
 
 @dataclass(frozen=True)
+class Release:
+    """CSR to customer: the CSR stops using a capability it was granted (Stop beside a
+    granted request). The customer's agent revokes that grant; only it changes consent."""
+
+    type: ClassVar[str] = "release"
+    cap: str
+
+
+@dataclass(frozen=True)
 class Keyframe:
     """CSR to customer: send a full frame next (after loss, or for a new viewer)."""
 
@@ -221,6 +230,7 @@ Message: TypeAlias = (
     | Monitors
     | SelectMonitor
     | Keyframe
+    | Release
     | Transfer
     | Sdp
     | NoteKey
@@ -326,6 +336,7 @@ _TABLE: dict[str, Any] = {
     "bye": lambda o: Bye(),
     "end": lambda o: End(),
     "ping": lambda o: Ping(),
+    "release": lambda o: Release(cap=wire.get_str(o, "cap", pattern=CAP_RE)),
     "request": lambda o: Request(
         cap=wire.get_str(o, "cap", pattern=CAP_RE),
         ref=wire.get_str(o, "ref", pattern=REF_RE, optional=True),

@@ -59,6 +59,15 @@ class MakePrimaryCommand:
 
 
 @dataclass(frozen=True)
+class ReleaseCommand:
+    """``{"cmd":"release","cap":CAP,"to":ID}`` (CSR): stop using a granted capability."""
+
+    cmd: ClassVar[str] = "release"
+    cap: str
+    to: str | None = None
+
+
+@dataclass(frozen=True)
 class RequestCommand:
     """``{"cmd":"request","cap":CAP,"to":ID}`` (CSR): ask a customer for a capability."""
 
@@ -170,6 +179,7 @@ Command: TypeAlias = (
     | EndCommand
     | MakePrimaryCommand
     | RequestCommand
+    | ReleaseCommand
     | AnswerCommand
     | RevokeCommand
     | SnapshotCommand
@@ -247,6 +257,7 @@ _TABLE: dict[str, Any] = {
     "admit": lambda o: AdmitCommand(peer=wire.get_str(o, "peer", pattern=PEER_ID_RE), admit=True),
     "refuse": lambda o: AdmitCommand(peer=wire.get_str(o, "peer", pattern=PEER_ID_RE), admit=False),
     "request": lambda o: RequestCommand(cap=wire.get_str(o, "cap", pattern=_CAP_RE), to=_to(o)),
+    "release": lambda o: ReleaseCommand(cap=wire.get_str(o, "cap", pattern=_CAP_RE), to=_to(o)),
     "grant": lambda o: AnswerCommand(
         id=wire.get_str(o, "id", pattern=_ID_RE),
         grant=True,

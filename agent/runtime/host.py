@@ -356,6 +356,8 @@ class CsrSession:
             self.transfer_control(command.to)
         elif isinstance(command, cmds.RequestCommand):
             self.services_for(command.to).request(command.cap)
+        elif isinstance(command, cmds.ReleaseCommand):
+            self.services_for(command.to).release(command.cap)
         elif isinstance(command, cmds.InputCommand):
             self.services_for(command.to).input(command)
         elif isinstance(command, cmds.SnapshotCommand):

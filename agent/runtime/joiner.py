@@ -414,6 +414,8 @@ class CustomerSession:
         assert acting is not None
         if isinstance(command, cmds.RequestCommand):
             acting.request(command.cap)
+        elif isinstance(command, cmds.ReleaseCommand):
+            acting.release(command.cap)
         elif isinstance(command, cmds.InputCommand):
             acting.input(command)
         elif not await self._direct_command(command):
@@ -432,7 +434,11 @@ class CustomerSession:
         if acting is None:
             if isinstance(
                 command,
-                cmds.RequestCommand | cmds.SnapshotCommand | cmds.SimpleCommand | cmds.FileCommand,
+                cmds.RequestCommand
+                | cmds.ReleaseCommand
+                | cmds.SnapshotCommand
+                | cmds.SimpleCommand
+                | cmds.FileCommand,
             ):
                 raise LocalProtocolError(
                     "no direct link with the customer yet", code="no_direct_link"
@@ -440,6 +446,8 @@ class CustomerSession:
             return False
         if isinstance(command, cmds.RequestCommand) and command.cap != "control":
             acting.request(command.cap)  # control comes from the primary, by transfer
+        elif isinstance(command, cmds.ReleaseCommand):
+            acting.release(command.cap)
         elif isinstance(command, cmds.SnapshotCommand):
             self._emit(await acting.snapshot(command.path))
         elif isinstance(command, cmds.SimpleCommand):

@@ -96,6 +96,17 @@ class CsrServices:
         self.link.send(ch.Request(cap=cap, ref=ref))
         return ref
 
+    def release(self, cap: str) -> None:
+        """Stop using ``cap``: the customer's agent ends the grant (and says so)."""
+        if cap not in CAPABILITIES:
+            raise LocalProtocolError(
+                f'unknown capability "{cap}"; capabilities: {", ".join(AVAILABLE)}',
+                code="unknown_cap",
+            )
+        if self.grants.get(cap) != "granted":
+            raise LocalProtocolError(f"{cap} is not granted to you", code="no_grant")
+        self.link.send(ch.Release(cap=cap))
+
     def keyframe(self) -> None:
         self.link.send(ch.Keyframe())
 

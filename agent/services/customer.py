@@ -145,6 +145,11 @@ class CustomerServices:
                 self._transfer(csr, msg.to)
             except RemoteProtocolError as exc:
                 link.send(ch.Refused(code=exc.code, message=exc.message))
+        elif isinstance(msg, ch.Release):  # the CSR gives a grant back: ours to end
+            if msg.cap == "control" and self.consent.allows(csr, "control"):
+                self._stop_input(self.arbiter.revoke())  # input stops at once, as on Stop
+            self.consent.revoke(msg.cap, csr, reason="released")
+            self._pump()
         elif isinstance(msg, ch.Keyframe):
             if self.screen is not None and csr in self._viewers:
                 self.screen.request_keyframe()

@@ -272,6 +272,8 @@ function render() {
     const b = $("request-" + cap);
     b.disabled = ended || !target || st === "pending" || st === "granted";
     b.textContent = st === "granted" ? `${REQUEST[cap]}: granted` : (st === "pending" ? `${REQUEST[cap]}: asked…` : `Request ${REQUEST[cap].toLowerCase()}`);
+    const stop = $("release-" + cap);  // give it back: the customer's agent ends the grant
+    stop.hidden = st !== "granted" || ended;
   }
   const otherCsrs = csrs.filter((p) => p.id !== s.me);
   $("transfer-control").disabled = ended || !(otherCsrs.length || (s.holder && s.holder !== s.me));
@@ -512,6 +514,10 @@ function wire() {
   };
   for (const cap of ["view", "control", "files", "sysinfo"]) {
     $("request-" + cap).onclick = () => { const s = current(); command({ cmd: "request", cap, to: s.target || undefined }); };
+    const stop = el("button", "btn small", "Stop"); stop.id = "release-" + cap; stop.hidden = true;
+    stop.title = "Stop using this; the customer can allow it again";
+    stop.onclick = () => { const s = current(); command({ cmd: "release", cap, to: s.target || undefined }); };
+    $("request-" + cap).after(stop);
   }
   $("file-send").onclick = async () => {
     const s = current(); const file = $("file-input").files[0];
