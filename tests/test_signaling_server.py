@@ -261,7 +261,7 @@ async def test_close_room_tells_joiners_and_refuses_later_joins(connect: Connect
     assert await a.recv() == {"type": "closed", "room": room, "reason": "burned"}
     late = await connect()
     await late.send("join", room=room)
-    assert await late.error() == "room_not_found"
+    assert await late.error() == "room_burned"  # says why, not only "no such room"
     await host.send("close", room=room)
     assert await host.error() == "room_not_found"
     # the host may open a new room; the old joiner may join it
@@ -302,6 +302,9 @@ async def test_idle_room_expires_and_join_refreshes_it(
     assert await joiner.recv() == {"type": "closed", "room": room, "reason": "expired"}
     assert (await health(http, base))["rooms"] == 0
     other = await connect(base)
+    await other.send("join", room=room)
+    assert await other.error() == "room_expired"
+    clock.advance(601)  # remembered for ten minutes, then just gone
     await other.send("join", room=room)
     assert await other.error() == "room_not_found"
 

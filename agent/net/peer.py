@@ -18,8 +18,9 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc.exceptions import InvalidStateError
 
-from agent.errors import DecodeError, RemoteProtocolError
+from agent.errors import DecodeError, LocalProtocolError, PeerDeskError, RemoteProtocolError
 from agent.net import ice
 from agent.protocol import channel as ch
 from agent.protocol.signaling import IceServer
@@ -137,7 +138,12 @@ class PeerLink:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
         except (ValueError, KeyError, IndexError) as exc:
             raise RemoteProtocolError(f"the peer's SDP offer is unusable: {exc}") from None
-        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        except InvalidStateError:  # closed meanwhile (the session ended)
+            raise _closed() from None
+        try:
+            await self.pc.setLocalDescription(await self.pc.createAnswer())
+        except InvalidStateError:
+            raise _closed() from None
         sdp: str = self.pc.localDescription.sdp
         return sdp
 
@@ -236,3 +242,7 @@ class PeerLink:
                 self._lost("peer silent")
                 return
             self.send(ch.Ping())
+
+
+def _closed() -> PeerDeskError:
+    return LocalProtocolError("the connection was closed meanwhile", code="connect_failed")

@@ -550,7 +550,16 @@ class CustomerSession:
     def _spawn_direct(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
         self._direct_tasks.add(task)
-        task.add_done_callback(self._direct_tasks.discard)
+        task.add_done_callback(self._direct_done)
+
+    def _direct_done(self, task: asyncio.Task[None]) -> None:
+        self._direct_tasks.discard(task)
+        if task.cancelled() or task.exception() is None:
+            return
+        if self._done.done() or self._leaving:  # the session is over: nothing to report
+            log.info("after the end: %r", task.exception())
+        else:
+            log.error("session task failed", exc_info=task.exception())
 
     async def _on_sdp(self, msg: ch.Sdp) -> None:
         if msg.kind == "offer" and self.role == "csr" and msg.peer not in self._known:
