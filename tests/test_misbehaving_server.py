@@ -73,7 +73,9 @@ ROWS = [
     Row("csr", "peer", "garbage"),
     Row("csr", "peer", "twice"),
     Row("csr", "peer", "dropped"),
-    *(Row("csr", "relay", k, sender="customer") for k in ("garbage", "forged", "twice", "close")),
+    # (an unreadable relay is dropped: that join times out after 20 s, the session goes
+    # on; "peer garbage" above shows the same survival in a tenth of the time)
+    *(Row("csr", "relay", k, sender="customer") for k in ("forged", "twice", "close")),
     Row("csr", "relay", "forged", nth=2, sender="customer"),
     Row("csr", "relay", "forged", sender="assistant"),
     Row("csr", "relay", "close", sender="assistant"),
