@@ -90,6 +90,7 @@ def test_csr_menu_in_a_session_with_an_assistant() -> None:
     assert invite.enabled
     assert [(c.label, c.action) for c in invite.children] == [
         ("Copy link", Action("copy_link")),
+        ("Copy web page link", Action("copy_web")),
         ("Email the link…", Action("email")),
         ("Show code (1234-5678-9012)", Action("show_code")),
     ]

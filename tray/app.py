@@ -228,6 +228,11 @@ class TrayApp:
                 self.notify("Link copied")
             else:  # no clipboard tool: show it, and the dashboard has a Copy button
                 self.notify(f"Link: {self.view.link}")
+        elif kind == "copy_web":
+            if _copy(self.view.web):
+                self.notify("Web page link copied")
+            else:
+                self.notify(f"Web page: {self.view.web}")
         elif kind == "show_code":
             self.notify(f"Session code: {self.view.code}")
         elif kind == "email":

@@ -64,6 +64,8 @@ class TrayView:
     session: str | None = None
     code: str = ""
     link: str = ""
+    web: str = ""
+    "The signaling server's web page for the code (customers without PeerDesk)."
     me: str = ""
     people: tuple[Person, ...] = ()
     viewing: bool = False
@@ -96,7 +98,9 @@ def fold(view: TrayView, sid: str, event: status.Status) -> TrayView:
     """The view after ``event`` happened in session ``sid`` (a new session takes over)."""
     v = view
     if isinstance(event, status.SessionStarted):
-        v = TrayView(role="csr", session=sid, code=event.code, link=event.link, me=event.me)
+        v = TrayView(
+            role="csr", session=sid, code=event.code, link=event.link, web=event.web, me=event.me
+        )
     elif sid != v.session:
         if isinstance(event, status.Joined) and v.session is None:
             v = TrayView(role="customer", session=sid, me=event.me)
@@ -149,6 +153,7 @@ def _csr_menu(v: TrayView) -> tuple[Item, ...]:
     live = v.session is not None and not v.ended
     invite = (
         Item("Copy link", Action("copy_link")),
+        Item("Copy web page link", Action("copy_web")),
         Item("Email the link…", Action("email")),
         Item(f"Show code ({v.code})" if v.code else "Show code", Action("show_code")),
     )
@@ -232,9 +237,10 @@ def info(v: TrayView) -> str:
 
 def mailto(v: TrayView) -> str:
     """A mailto: address for the invitation, for the user's own mail program."""
+    web = f"Without PeerDesk, open {v.web}\n" if v.web else ""
     body = (
         "Hello,\n\nto let me help you, install PeerDesk and run:\n\n"
-        f"  peerdesk join {v.link}\n\nor enter the code {v.code}.\n"
+        f"  peerdesk join {v.link}\n\nor enter the code {v.code}.\n{web}"
         "I will read you a six-digit check code on the phone.\n"
     )
     query = urllib.parse.urlencode(
