@@ -51,7 +51,8 @@ class Row:
     type: str
     "The server message type: created, peer, joined, relay, gone, ..."
     kind: str
-    "garbage, truncated, invalid, forged, twice, unexpected, dropped, close."
+    """garbage, truncated, invalid, forged, twice, unexpected, gone, closed, error,
+    dropped, close."""
     nth: int = 1
     "Which frame of that type to that participant (relays: 1 is the first PAKE step)."
     sender: str = ""
@@ -79,6 +80,11 @@ ROWS = [
     Row("csr", "relay", "forged", nth=2, sender="customer"),
     Row("csr", "relay", "forged", sender="assistant"),
     Row("csr", "relay", "close", sender="assistant"),
+    # messages a server sends of its own accord, where they make no sense
+    Row("csr", "created", "error"),
+    Row("customer", "relay", "gone"),
+    Row("customer", "relay", "closed"),
+    Row("customer", "joined", "error"),
     # the customer joining
     *(Row("customer", "joined", k) for k in ("garbage", "twice", "unexpected", "close")),
     *(Row("customer", "relay", k) for k in ("garbage", "truncated", "invalid", "forged")),
@@ -149,6 +155,18 @@ def spoil(kind: str, msg: ServerMessage, text: str) -> list[str]:
         if msg.type == "created":
             return [json.dumps({"type": "joined", "room": obj["room"], "peer": "abcdef012345"})]
         return [json.dumps({"type": "created", "room": "123456", "expires_in": 600})]
+    room = obj.get("room", "123456")
+    if kind == "gone":  # the server says the other side left, which it did not
+        peer = (
+            "host"
+            if msg.type in ("joined", "relay") and obj.get("sender") == "host"
+            else (obj.get("sender") or obj.get("peer") or "host")
+        )
+        return [json.dumps({"type": "gone", "room": room, "peer": peer})]
+    if kind == "closed":  # ... or that the room closed
+        return [json.dumps({"type": "closed", "room": room, "reason": "closed"})]
+    if kind == "error":  # ... or answers with an error of its own, in our words
+        return [json.dumps({"type": "error", "code": "wrong_code", "message": "nope"})]
     if kind == "dropped":
         return []
     if kind == "close":
