@@ -169,6 +169,23 @@ def test_the_customer_answers_in_the_browser(procs: list[Any], tmp_path: Path) -
             assert "not granted" in csr.expect("error")["reason"]
             shot(page, "customer-04-stopped")
 
+            # a file: offered in a human size, then listed with where it was saved
+            csr.send({"cmd": "request", "cap": "files"})
+            page.locator(".prompt[data-cap=files] button.allow").click()
+            csr.expect("consent", lambda e: e["cap"] == "files" and e["state"] == "granted")
+            sent = tmp_path / "manual.pdf"
+            sent.write_bytes(b"%PDF" + b"x" * 5_000_000)
+            csr.send({"cmd": "send_file", "path": str(sent)})
+            offer = page.locator(".prompt:has-text('wants to send you manual.pdf')")
+            offer.wait_for()
+            assert "4.8 MB" in (offer.text_content() or "")
+            offer.locator("button.primary").click()
+            page.wait_for_selector("#files-card:not([hidden]) :text('manual.pdf (4.8 MB)')")
+            saved = page.text_content("#received .hint") or ""
+            assert saved.startswith("Saved as ") and saved.endswith("manual.pdf"), saved
+            assert Path(saved.removeprefix("Saved as ")).read_bytes() == sent.read_bytes()
+            assert page.is_visible("#received button:has-text('Show in folder')")
+
             # the warning is for the first run only; a reload keeps the chat, ours too
             page.reload()
             page.wait_for_selector("#csr-name:has-text('Carol')")
