@@ -18,6 +18,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from agent.identity import Identity
 from agent.net.endpoint import DEFAULT_PORT, HostedEndpoint
@@ -70,6 +71,14 @@ class Hosting:
                 return self.options.signal
             if self.endpoint is None:
                 self.endpoint = await HostedEndpoint.start(self.options.port)
+                wanted, got = self.options.port, urlsplit(self.endpoint.url).port
+                if wanted and got != wanted:  # one line: it changes how customers find us
+                    log.warning(
+                        "port %d is taken (another PeerDesk?): this agent's sessions are on "
+                        "port %s; customers on this machine need the link or the LAN",
+                        wanted,
+                        got,
+                    )
             return self.endpoint.url
 
     async def start_session(self, me: Identity, emit: Emit) -> CsrSession:
