@@ -213,6 +213,15 @@ class ConsoleProc(Proc):
         return [str(e["line"]) for e in self.events]
 
 
+def returning(home: Path) -> None:
+    """Make ``home`` a customer's who already read the first-run scam warning (its page
+    then joins at once; the warning itself is tested in ``test_customer_panel``)."""
+    from tray.customer import WARNING_SEEN
+
+    home.mkdir(parents=True, exist_ok=True)
+    (home / WARNING_SEEN).write_text("acknowledged in an earlier run\n")
+
+
 def start_signal_server() -> tuple[Proc, str]:
     """A real signaling server process on a free loopback port."""
     proc = Proc(["signaling", "--host", "127.0.0.1", "--port", "0"], name="signal")

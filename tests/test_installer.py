@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.procs import Proc, start_signal_server
+from tests.procs import Proc, returning, start_signal_server
 
 ROOT = Path(__file__).resolve().parent.parent
 INSTALL = ROOT / "installers" / "linux" / "install.sh"
@@ -127,6 +127,7 @@ def test_install_open_a_link_through_the_desktop_file_and_uninstall(
     )
     procs.append(csr)
     session = csr.expect("session")
+    returning(tmp_path / "customer")  # the first-run warning is tested in test_customer_panel
     opened = subprocess.Popen(
         [session["link"] if a == "%u" else a for a in argv],
         env={**clean_env(home), "PEERDESK_HOME": str(tmp_path / "customer")},

@@ -22,7 +22,7 @@ import pytest
 
 from agent import status
 from tests.desktop import xdotool, xvfb
-from tests.procs import Proc, start_signal_server
+from tests.procs import Proc, returning, start_signal_server
 from tray import icons, model
 from tray.model import Action, State, TrayView
 
@@ -406,6 +406,7 @@ def test_the_customers_tray_turns_red_when_controlled_and_a_click_stops_it(
         name="csr",
     )
     out = (tmp_path / "customer.out").open("w")
+    returning(tmp_path / "cust")  # the first-run warning is tested in test_customer_panel
     customer = subprocess.Popen(
         [
             sys.executable,
