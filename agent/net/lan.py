@@ -26,7 +26,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -39,6 +39,7 @@ from agent.protocol.lan import signal_urls as _signal_urls
 
 log = logging.getLogger(__name__)
 
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Interfaces = Sequence[str] | None
 "Addresses of the interfaces to use (such as 127.0.0.1), or None for all of them."
 
@@ -49,26 +50,35 @@ MAX_ANSWERS = 64
 "Records considered per browse; a LAN flooding more is ignored past this."
 
 
+def _addresses() -> Iterator[tuple[int, IPAddress]]:
+    """(interface index, address) for every address of this machine's interfaces."""
+    import ifaddr
+
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            text = ip.ip if isinstance(ip.ip, str) else ip.ip[0]
+            try:
+                yield adapter.index or 0, ipaddress.ip_address(text.split("%", 1)[0])
+            except ValueError:
+                continue
+
+
+def _v4_first(addresses: Iterable[IPAddress]) -> list[str]:
+    """Distinct addresses as text, IPv4 first, order kept within each family."""
+    unique = dict.fromkeys(str(a) for a in addresses)
+    return [a for a in unique if ":" not in a] + [a for a in unique if ":" in a]
+
+
 def lan_addresses() -> list[str]:
     """This machine's addresses others on the LAN can reach: IPv4 first, then IPv6.
 
     Loopback and link-local addresses are left out.
     """
-    import ifaddr
-
-    v4: list[str] = []
-    v6: list[str] = []
-    for adapter in ifaddr.get_adapters():
-        for ip in adapter.ips:
-            text = ip.ip if isinstance(ip.ip, str) else ip.ip[0]
-            try:
-                addr = ipaddress.ip_address(text.split("%", 1)[0])
-            except ValueError:
-                continue
-            if addr.is_loopback or addr.is_link_local or addr.is_multicast:
-                continue
-            (v4 if addr.version == 4 else v6).append(str(addr))
-    return [*dict.fromkeys(v4), *dict.fromkeys(v6)]
+    return _v4_first(
+        addr
+        for _, addr in _addresses()
+        if not (addr.is_loopback or addr.is_link_local or addr.is_multicast)
+    )
 
 
 def configured_interfaces() -> Interfaces:
@@ -124,28 +134,19 @@ def multicast_interfaces(wanted: Interfaces = None) -> list[str]:
     IPv4 first. An interface without a route for the mDNS group is left out quietly:
     it could not reach anyone anyway.
     """
-    import ifaddr
-
-    keep = {str(ipaddress.ip_address(a)) for a in wanted} if wanted is not None else None
-    v4: list[str] = []
-    v6: list[str] = []
+    keep = {ipaddress.ip_address(a) for a in wanted} if wanted is not None else None
+    usable: list[IPAddress] = []
     skipped: list[str] = []
-    for adapter in ifaddr.get_adapters():
-        for ip in adapter.ips:
-            text = ip.ip if isinstance(ip.ip, str) else ip.ip[0]
-            try:
-                address = str(ipaddress.ip_address(text.split("%", 1)[0]))
-            except ValueError:
-                continue
-            if keep is not None and address not in keep:
-                continue
-            if _can_multicast(address, adapter.index or 0):
-                (v6 if ":" in address else v4).append(address)
-            else:
-                skipped.append(address)
+    for index, addr in _addresses():
+        if keep is not None and addr not in keep:
+            continue
+        if _can_multicast(str(addr), index):
+            usable.append(addr)
+        else:
+            skipped.append(str(addr))
     if skipped:
         log.debug("no multicast route through %s: not used for LAN discovery", skipped)
-    return [*dict.fromkeys(v4), *dict.fromkeys(v6)]
+    return _v4_first(usable)
 
 
 def _zeroconf(interfaces: Interfaces) -> AsyncZeroconf:
