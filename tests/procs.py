@@ -124,11 +124,17 @@ class Proc:
                     f"{self.name}: exited before {event!r}; events: {self.events}\n"
                     f"stderr:\n{''.join(self.stderr[-40:])}"
                 )
-            obj = json.loads(line)  # the stream must be pure JSON lines
+            obj = self.parse(line)
             self.events.append(obj)
             if obj.get("event") in wanted and where(obj):
                 obj["_taken"] = True
                 return obj
+
+    @staticmethod
+    def parse(line: str) -> Event:
+        """One line of output as an event: the stream must be pure JSON lines."""
+        obj: Event = json.loads(line)
+        return obj
 
     def first_of(self, *events: str, timeout: float = 15.0) -> Event:
         """The next event named any of ``events`` (such as ``joined`` or ``error``)."""
@@ -153,7 +159,7 @@ class Proc:
             if line is None:
                 self.lines.put(None)
                 break
-            self.events.append(json.loads(line))
+            self.events.append(self.parse(line))
         return self.events
 
     def quiet(self) -> None:
@@ -171,29 +177,13 @@ class Proc:
 class ConsoleProc(Proc):
     """A ``peerdesk`` in console mode: lines for a person, not JSON."""
 
+    @staticmethod
+    def parse(line: str) -> Event:
+        return {"event": "line", "text": line.rstrip("\n")}
+
     def line(self, containing: str, timeout: float = 15.0) -> str:
         """The next output line containing ``containing``; earlier ones are kept."""
-        for seen in self.events:
-            if containing in seen["line"] and not seen.get("_taken"):
-                seen["_taken"] = True
-                return str(seen["line"])
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                raw = self.lines.get(timeout=left)
-            except queue.Empty:
-                continue
-            if raw is None:
-                self.lines.put(None)
-                break
-            self.events.append({"line": raw.rstrip("\n")})
-            if containing in raw:
-                self.events[-1]["_taken"] = True
-                return raw.rstrip("\n")
-        raise AssertionError(
-            f"{self.name}: no line with {containing!r} within {timeout}s; lines: "
-            f"{[e['line'] for e in self.events]}\nstderr:\n{''.join(self.stderr[-40:])}"
-        )
+        return str(self.expect("line", lambda e: containing in e["text"], timeout)["text"])
 
     def type(self, text: str) -> None:
         assert self.proc.stdin is not None
@@ -201,16 +191,7 @@ class ConsoleProc(Proc):
         self.proc.stdin.flush()
 
     def all_lines(self) -> list[str]:
-        while True:
-            try:
-                raw = self.lines.get(timeout=0.2)
-            except queue.Empty:
-                break
-            if raw is None:
-                self.lines.put(None)
-                break
-            self.events.append({"line": raw.rstrip("\n")})
-        return [str(e["line"]) for e in self.events]
+        return [str(e["text"]) for e in self.drain(0.2)]
 
 
 def returning(home: Path) -> None:

@@ -36,6 +36,7 @@ from agent.services.csr import CsrServices
 from agent.services.customer import CustomerOptions, CustomerServices
 from agent.services.record import SessionRecord
 from agent.session import handshake as hsk
+from agent.session.roster import no_such_recipient
 
 log = logging.getLogger(__name__)
 
@@ -310,11 +311,7 @@ class CustomerSession:
         assert self._link is not None
         unknown = [pid for pid in to or () if pid not in self._known and pid != self.host]
         if unknown:
-            people = ", ".join(f"{p.name} [{p.id}]" for p in self._known.values())
-            raise LocalProtocolError(
-                f"no one in this session has the id {', '.join(unknown)}; people: {people}",
-                code="unknown_recipient",
-            )
+            raise no_such_recipient(unknown, self._known.values())
         if self.record is not None:
             self.record.chat(self.identity.name, text, to)
         if self.leading:  # we lead now: our lines are ours, not relayed

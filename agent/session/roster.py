@@ -12,8 +12,19 @@ Invariants:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from agent.errors import LocalProtocolError
 from agent.protocol.channel import Participant
+
+
+def no_such_recipient(unknown: Iterable[str], people: Iterable[Participant]) -> LocalProtocolError:
+    """The error for a line addressed to ids nobody here has, naming who is here."""
+    here = ", ".join(f"{p.name} [{p.id}]" for p in people)
+    return LocalProtocolError(
+        f"no one in this session has the id {', '.join(unknown)}; people: {here}",
+        code="unknown_recipient",
+    )
 
 
 class Roster:
@@ -71,11 +82,7 @@ class Roster:
             return [pid for pid in self._people if pid != sender]
         unknown = [pid for pid in to if pid not in self._people]
         if unknown:
-            people = ", ".join(f"{p.name} [{p.id}]" for p in self._people.values())
-            raise LocalProtocolError(
-                f"no one in this session has the id {', '.join(unknown)}; people: {people}",
-                code="unknown_recipient",
-            )
+            raise no_such_recipient(unknown, self._people.values())
         return [pid for pid in dict.fromkeys(to) if pid != sender]
 
     def _replace(self, person: Participant, *, primary: bool) -> None:
