@@ -190,8 +190,8 @@ def desktop() -> Iterator[str]:
         yield name
 
 
-@pytest.fixture
-def tray_host(desktop: str) -> Iterator[str]:
+def _start_trayer(desktop: str) -> subprocess.Popen[bytes]:
+    """A real tray host (trayer) on ``desktop``, once its panel shows."""
     host = subprocess.Popen(
         [
             "trayer",
@@ -214,20 +214,46 @@ def tray_host(desktop: str) -> Iterator[str]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            xdotool(desktop, "search", "--name", "^panel$")
+            return host
+        except subprocess.CalledProcessError:
+            time.sleep(0.1)
+    host.kill()
+    host.wait(10)
+    raise AssertionError("trayer did not show its panel")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
     try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                xdotool(desktop, "search", "--name", "^panel$")
-                break
-            except subprocess.CalledProcessError:
-                time.sleep(0.1)
-        else:
-            raise AssertionError("trayer did not show its panel")
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
+@pytest.fixture
+def tray_host(desktop: str) -> Iterator[str]:
+    host = _start_trayer(desktop)
+    try:
         yield desktop
     finally:
-        host.terminate()
-        host.wait(10)
+        _stop(host)
+
+
+def _docked(display: str, wid: str) -> bool:
+    """Whether the icon's window sits inside a tray (a tray host embeds it in its own)."""
+    from Xlib import display as xdisplay
+
+    d = xdisplay.Display(display)
+    try:
+        win = d.create_resource_object("window", int(wid))
+        return bool(win.query_tree().parent.id != d.screen().root.id)
+    finally:
+        d.close()
 
 
 def _browser_script(tmp_path: Path) -> tuple[dict[str, str], Path]:
@@ -257,18 +283,32 @@ def _icon_window(display: str) -> str | None:
         return None
 
 
+class _NotShown(Exception):
+    """The icon's window is not on the screen (not docked yet, or being re-docked)."""
+
+
 def _icon_colour(display: str, wid: str) -> tuple[int, int, int]:
+    """The colour the icon shows on the screen, read from the root window.
+
+    Reading the icon's own window fails with BadMatch whenever any part of it lies
+    outside its parent (trayer lays icons out again as they dock, slowly on a busy
+    machine); the screen at the icon's place is what a user sees anyway.
+    """
     from PIL import Image
     from Xlib import X
     from Xlib import display as xdisplay
 
     d = xdisplay.Display(display)
     try:
+        root = d.screen().root
         win = d.create_resource_object("window", int(wid))
+        if win.get_attributes().map_state != X.IsViewable:
+            raise _NotShown(f"window {wid} is not viewable")
         geo = win.get_geometry()
-        raw = win.get_image(0, 0, geo.width, geo.height, X.ZPixmap, 0xFFFFFFFF)
-        image = Image.frombytes("RGB", (geo.width, geo.height), raw.data, "raw", "BGRX")
-        return image.getpixel((2, geo.height // 2))  # type: ignore[return-value]
+        at = root.translate_coords(win, 0, 0)
+        x, y = at.x + 2, at.y + geo.height // 2
+        raw = root.get_image(x, y, 1, 1, X.ZPixmap, 0xFFFFFFFF)
+        return Image.frombytes("RGB", (1, 1), raw.data, "raw", "BGRX").getpixel((0, 0))  # type: ignore[return-value]
     finally:
         d.close()
 
@@ -279,7 +319,7 @@ def _icon_state(display: str, wid: str) -> State | None:
 
     try:
         got = _icon_colour(display, wid)
-    except XError:  # not mapped yet (BadMatch) or being re-docked
+    except (XError, _NotShown):  # not mapped yet or being re-docked
         return None
 
     def distance(state: State) -> int:
@@ -300,7 +340,7 @@ def _wait_state(display: str, wid: str, state: State, what: str) -> None:
             return
         try:
             got = _icon_colour(display, wid)
-        except XError as exc:
+        except (XError, _NotShown) as exc:
             got = exc
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}: the icon shows {got!r}")
@@ -358,6 +398,34 @@ def _the_tray_for_real(tray: Proc, tray_host: str, opened: Path) -> None:
 
     tray.proc.send_signal(signal.SIGTERM)
     assert tray.wait(20) == 0
+
+
+def test_the_icon_comes_back_when_the_tray_host_restarts(desktop: str, tmp_path: Path) -> None:
+    """A panel that crashes and restarts (or one still starting) gets the icon again."""
+    first = _start_trayer(desktop)
+    tray = Proc(
+        ["agent", "tray", "--json", "--no-browser", "--name", "Carol"],
+        home=tmp_path / "home",
+        name="tray",
+        env={"DISPLAY": desktop},
+    )
+    second = None
+    try:
+        tray.expect("dashboard", timeout=30)
+        wid = _wait(lambda: _icon_window(desktop), "the tray icon")
+        _wait(lambda: _docked(desktop, wid), "the icon in the tray")
+        _stop(first)
+        _wait(lambda: not _docked(desktop, wid), "the icon out of the stopped tray")
+        second = _start_trayer(desktop)
+        _wait(lambda: _docked(desktop, wid), "the icon in the restarted tray")
+        _wait_state(desktop, wid, State.IDLE, "the idle icon in the restarted tray")
+        tray.proc.send_signal(signal.SIGTERM)
+        assert tray.wait(20) == 0
+    finally:
+        tray.kill()
+        for host in (first, second):
+            if host is not None and host.poll() is None:
+                _stop(host)
 
 
 def test_without_a_tray_host_peerdesk_opens_the_dashboard_and_says_why(

@@ -284,16 +284,11 @@ class TrayApp:
         self.refresh()
         for name in STOP_SIGNALS:
             signal.signal(getattr(signal, name), lambda *_: self.act(model.Action("quit")))
-        self.icon.run(setup=show_icon)
+        self.icon.run(setup=self.driver.setup)
         self.driver.close()
         self.loop.call_soon_threadsafe(self.agent.stop.set)
         thread.join(15)
         return 0
-
-
-def show_icon(icon: Any) -> None:
-    """pystray's setup: show the icon (``IconDriver`` does the rest on pystray's thread)."""
-    icon.visible = True
 
 
 def pystray_menu(items: tuple[model.Item, ...], act: Callable[[model.Action], None]) -> Any:

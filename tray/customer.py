@@ -55,7 +55,7 @@ class CustomerPanel(LocalServer):
         self._also = also
         self.tray: CustomerTray | None = None
         self.acknowledged = asyncio.Event()
-        "The first-run warning was answered with \"I asked for this help\"."
+        'The first-run warning was answered with "I asked for this help".'
         self.declined = asyncio.Event()
         "The customer chose to leave at the warning, before joining."
 
@@ -247,7 +247,7 @@ class CustomerTray:
         """The icon, if this desktop has a tray host (else None: the page is enough)."""
         import threading
 
-        from tray.app import pystray_menu, show_icon, tray_host_problem
+        from tray.app import pystray_menu, tray_host_problem
 
         problem = tray_host_problem()
         if problem is not None:
@@ -267,7 +267,10 @@ class CustomerTray:
         tray.driver = IconDriver(tray.icon, tray.act)
         tray.driver.show(tray.view)
         threading.Thread(
-            target=tray.icon.run, kwargs={"setup": show_icon}, name="peerdesk-tray", daemon=True
+            target=tray.icon.run,
+            kwargs={"setup": tray.driver.setup},
+            name="peerdesk-tray",
+            daemon=True,
         ).start()
         return tray
 

@@ -12,7 +12,15 @@ the whole agent. So under X:
   returning at once;
 - pystray's loop thread receives that message and applies the newest view there
   (also selecting button presses on the window once: pystray's X backend forgets
-  them, so a click would never reach the default menu item).
+  them, so a click would never reach the default menu item);
+- the icon is made visible there too: pystray's own setup thread would ask its loop
+  to do that over the loop's connection, the cross-thread use that loses messages;
+- a checker thread sends the same message with ``CHECK_DOCK`` every second or two,
+  and pystray's thread asks to be docked again whenever the icon's window is not
+  inside a tray. pystray asks once, and a tray host that owns the selection but is
+  still starting (a panel at login, a panel restarted) drops that request: the
+  icon then never showed (seen under load with trayer: the window stayed a child
+  of the root window, unmapped, for good).
 
 Other backends get the view from a worker thread through pystray's own setters.
 """
@@ -29,6 +37,8 @@ from tray import model
 log = logging.getLogger(__name__)
 
 ATOM = "_PEERDESK_UPDATE"
+UPDATE, CHECK_DOCK = 0, 1  # the first data word of an ATOM message
+DOCK_CHECKS_S = (1.0,) * 10 + (2.0,)  # after each wait the next; the last repeats
 
 
 class IconDriver:
@@ -45,6 +55,7 @@ class IconDriver:
         self._atom = 0
         self._clicks = False
         self._wake = threading.Event()
+        self._closed = threading.Event()
         if not self._hook_x():
             threading.Thread(target=self._worker, name="peerdesk-icon", daemon=True).start()
 
@@ -54,20 +65,35 @@ class IconDriver:
         if self._conn is None:
             self._wake.set()
             return
+        self._send(UPDATE)
+
+    def setup(self, icon: Any) -> None:
+        """pystray's setup callback: show the icon (under X, on pystray's own thread)."""
+        if self._conn is None:
+            icon.visible = True
+        else:
+            self._send(UPDATE)  # ``_apply`` makes it visible
+
+    def _send(self, what: int) -> bool:
         from Xlib import X
         from Xlib.protocol import event
 
         message = event.ClientMessage(
-            window=self._target, client_type=self._atom, data=(32, [0, 0, 0, 0, 0])
+            window=self._target, client_type=self._atom, data=(32, [what, 0, 0, 0, 0])
         )
         with self._lock:
+            if self._conn is None:
+                return False
             try:
                 self._target.send_event(message, event_mask=X.NoEventMask)
                 self._conn.flush()
             except Exception as exc:  # the icon's window is gone: it was stopped
-                log.debug("tray update not sent: %s", exc)
+                log.debug("tray message not sent: %s", exc)
+                return False
+        return True
 
     def close(self) -> None:
+        self._closed.set()
         with self._lock:
             if self._conn is not None:
                 self._conn.close()
@@ -96,13 +122,38 @@ class IconDriver:
         pystrays = handlers.get(X.ClientMessage, lambda e: None)
 
         def on_client_message(ev: Any) -> None:
-            if ev.client_type == self._atom:
-                self._apply()
-            else:
+            if ev.client_type != self._atom:
                 pystrays(ev)
+            elif ev.data[1][0] == CHECK_DOCK:
+                self._redock()
+            else:
+                self._apply()
 
         handlers[X.ClientMessage] = on_client_message
+        threading.Thread(target=self._check_docking, name="peerdesk-dock", daemon=True).start()
         return True
+
+    def _check_docking(self) -> None:
+        waits = iter(DOCK_CHECKS_S)
+        wait = next(waits)
+        while not self._closed.wait(wait) and self._send(CHECK_DOCK):
+            wait = next(waits, wait)
+
+    def _redock(self) -> None:
+        """On pystray's thread: ask to be docked again if the icon is in no tray."""
+        from Xlib.error import XError
+
+        icon = self.icon
+        try:
+            if icon._window.query_tree().parent.id != icon._display.screen().root.id:
+                return  # inside a tray (a tray embeds the icon's window in one of its own)
+            icon._assert_docked()  # raises AssertionError while no tray host runs
+        except AssertionError:
+            return
+        except XError as exc:
+            log.debug("could not check the tray icon's docking: %s", exc)
+            return
+        log.info("asked the tray host again to show the icon")
 
     def _apply(self) -> None:
         if not self._clicks:
@@ -113,6 +164,8 @@ class IconDriver:
             )
             self._clicks = True
         self._update()
+        if not self.icon.visible:
+            self.icon.visible = True  # here, not from pystray's setup thread: see the header
 
     # -- elsewhere: a worker thread and pystray's setters
 
