@@ -35,6 +35,10 @@ log = logging.getLogger("peerdesk")
 
 LAN_LOOKUP_S = 4.0
 "How long ``join`` without a server listens on the LAN for the session's announcement."
+LAN_SURVEY_S = 3.0
+"""How long it then listens for every announcement of the room, when the first answers
+led nowhere (a squatted room id). 1.5 s missed the real session's answer on a busy
+machine: the join ended in ``no_such_session`` beside a session that was there."""
 LOCAL_FALLBACK = "ws://127.0.0.1:{port}"
 "Where ``join`` looks last when the LAN knows no session for the room: this machine."
 T = TypeVar("T")
@@ -503,7 +507,8 @@ async def _lan_candidates(room: str) -> AsyncIterator[str]:
 
     tried: set[str] = set()
     for first in (True, False):
-        found = await lan.join_candidates(room, LAN_LOOKUP_S if first else 1.5, first=first)
+        within = LAN_LOOKUP_S if first else LAN_SURVEY_S
+        found = await lan.join_candidates(room, within, first=first)
         for url in found:
             if url not in tried:
                 tried.add(url)
