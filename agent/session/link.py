@@ -1,0 +1,342 @@
+"""The viewer's link, estimated at the sender from per-packet arrival feedback (sans-I/O).
+
+Both ends are PeerDesk agents, so instead of aiortc's REMB (receiver-side, lagging a
+constrained link, and deaf to loss: aiortc issue #170) the viewer reports when each
+screen packet arrived, and the sharing side, which knows when it sent each one,
+estimates the link itself, as transport-wide feedback does in libwebrtc, str0m and
+mediasoup:
+
+- ``ArrivalRecorder`` (viewer) notes ``(seq, arrival)`` of every RTP packet of the
+  screen and hands out a ``Feedback`` report every ``FEEDBACK_INTERVAL``: arrival
+  times of a run of sequence numbers, ``None`` for each one that did not arrive.
+- ``LinkEstimator`` (sender) is told ``on_sent(seq, size, now)`` for every packet and
+  ``on_feedback(report, now)`` for every report, ``on_timer(now)`` at least every
+  ``FEEDBACK_TIMEOUT / 2``; ``target_bps`` is what the pacer and the encoder may use.
+
+The estimate, two controllers, the lower one wins (draft-ietf-rmcat-gcc's split):
+
+- delay: one-way delay minus its minimum over ``BASE_WINDOW`` is the bottleneck's
+  queue (the clocks' offset cancels). Above ``OVERUSE_MS`` the target drops to
+  ``BACKOFF`` times the rate the viewer actually received, at most once per
+  ``DECREASE_HOLD``; below ``UNDERUSE_MS`` it grows, ``SLOW_GROWTH`` per second just
+  after a decrease (probing near a known limit), ``FAST_GROWTH`` once that is
+  ``CAUTION_S`` ago; in between it holds. Growth never exceeds ``HEADROOM`` times the
+  received rate (plus ``START_BPS``): a still screen that sends little proves nothing
+  about the link.
+- loss: over the last ``LOSS_WINDOW``, more than ``LOSS_HIGH`` lost cuts the target by
+  half the loss fraction; under ``LOSS_LOW`` does not stop growth; between, it holds.
+- no report for ``FEEDBACK_TIMEOUT`` while packets were sent: halve (the link may have
+  collapsed, and the reports queue behind the screen there too).
+
+The queue grows by (rate - capacity) / capacity seconds per second: sending 20 %
+over the link crosses ``OVERUSE_MS`` within 250 ms, and one report later the target
+is below the link. Invariants: ``min_bps <= target_bps <= max_bps``; a report is
+used once (a duplicate or older one changes nothing); nothing here reads a clock.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+from dataclasses import dataclass
+
+START_BPS = 2_000_000
+"Target before any report (bits/s): a screen's first keyframe goes out at this pace."
+MIN_BPS = 150_000
+"Lowest target (bits/s): below this a 1080p screen is no longer worth sending."
+MAX_BPS = 20_000_000
+"Highest target (bits/s)."
+FEEDBACK_INTERVAL = 0.1
+"Seconds between the viewer's reports."
+FEEDBACK_TIMEOUT = 1.0
+"Seconds without a report, while sending, after which the target halves."
+BASE_WINDOW = 10.0
+"Seconds over which the minimum one-way delay is kept (the empty-queue delay)."
+OVERUSE_MS = 40.0
+"Queueing delay (ms) that means the link is full: back off."
+UNDERUSE_MS = 12.0
+"Queueing delay (ms) under which the link has room: grow."
+BACKOFF = 0.85
+"On overuse the target becomes this times the received rate."
+DECREASE_HOLD = 0.3
+"Seconds after a decrease before another (the queue needs time to drain)."
+SLOW_GROWTH = 0.08
+"Growth per second just after a decrease (GCC's 8 %)."
+FAST_GROWTH = 0.5
+"Growth per second once the last decrease is ``CAUTION_S`` ago (a link that came back)."
+CAUTION_S = 3.0
+"Seconds after a decrease during which growth is slow."
+HEADROOM = 1.5
+"Growth is capped at this times the received rate (plus ``START_BPS``)."
+RATE_WINDOW = 0.5
+"Seconds of arrivals over which the received rate is measured."
+LOSS_WINDOW = 1.0
+"Seconds of reports over which loss is counted."
+LOSS_HIGH = 0.10
+"Loss fraction above which the target is cut."
+LOSS_LOW = 0.02
+"Loss fraction under which loss does not hold growth back."
+SENT_KEPT = 4096
+"Sent packets remembered for matching reports (about 5 MB of screen)."
+MAX_REPORT = 1024
+"Most sequence numbers one report may cover."
+
+_SEQ = 1 << 16
+
+
+class Trend(enum.Enum):
+    """What the last report said about the link."""
+
+    STARTING = "starting"
+    "No report yet."
+    UNDERUSED = "underused"
+    "Room to grow."
+    STEADY = "steady"
+    "Hold the rate."
+    OVERUSED = "overused"
+    "Queue building or packets lost: the target went down."
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """Viewer to sender: when each of a run of screen packets arrived."""
+
+    base: int
+    "Sequence number (RTP, 0-65535) of the first packet covered."
+    arrivals: tuple[float | None, ...]
+    "Arrival time (viewer's clock, seconds) of ``base + i``; None: not received."
+    hold: float = 0.0
+    "Seconds between the arrival of the last packet received here and the report leaving."
+
+
+@dataclass(frozen=True)
+class LinkState:
+    """What the estimator knows (a snapshot, for the ``link`` event and the policy)."""
+
+    target_bps: int
+    received_bps: int
+    "Rate the viewer received over the last ``RATE_WINDOW``."
+    queue_ms: float
+    "Queueing delay at the bottleneck, as last measured."
+    rtt_ms: float | None
+    loss: float
+    "Fraction of packets lost over the last ``LOSS_WINDOW``."
+    trend: Trend
+
+
+class ArrivalRecorder:
+    """The viewer's side: record arrivals, hand out ``Feedback`` reports."""
+
+    def __init__(self) -> None:
+        self._base: int | None = None  # unwrapped seq of the next report's first packet
+        self._highest: int | None = None  # unwrapped
+        self._arrivals: dict[int, float] = {}
+
+    def on_packet(self, seq: int, now: float) -> None:
+        """A screen RTP packet with sequence number ``seq`` arrived at ``now``."""
+        seq = self._unwrap(seq % _SEQ)
+        if self._base is None:
+            self._base = seq
+        if seq < self._base:
+            return  # reported missing already: it counts as lost
+        if seq - self._base >= SENT_KEPT:  # a jump: start over there
+            self._base, self._arrivals = seq, {}
+        self._arrivals.setdefault(seq, now)
+        self._highest = seq if self._highest is None else max(self._highest, seq)
+
+    def take(self, now: float) -> Feedback | None:
+        """The report of everything since the last one, or None if nothing arrived."""
+        if self._base is None or self._highest is None or self._highest < self._base:
+            return None
+        end = min(self._highest + 1, self._base + MAX_REPORT)
+        arrivals = tuple(self._arrivals.pop(s, None) for s in range(self._base, end))
+        last = next((at for at in reversed(arrivals) if at is not None), now)
+        report = Feedback(self._base % _SEQ, arrivals, hold=max(0.0, now - last))
+        self._base = end
+        return report
+
+    def _unwrap(self, seq: int) -> int:
+        if self._highest is None:
+            return seq
+        ref = self._highest
+        delta = (seq - ref) % _SEQ
+        if delta >= _SEQ // 2:
+            delta -= _SEQ
+        return ref + delta
+
+
+class LinkEstimator:
+    """The sender's side: the viewer's link from what was sent and what arrived."""
+
+    def __init__(
+        self, *, start_bps: int = START_BPS, min_bps: int = MIN_BPS, max_bps: int = MAX_BPS
+    ) -> None:
+        if not 0 < min_bps <= start_bps <= max_bps:
+            raise ValueError("need 0 < min_bps <= start_bps <= max_bps")
+        self.min_bps, self.max_bps = min_bps, max_bps
+        self._target = float(start_bps)
+        self._sent: collections.OrderedDict[int, tuple[float, int]] = collections.OrderedDict()
+        self._sent_since_report = False
+        self._last_report_at: float | None = None
+        self._last_timeout_at: float | None = None
+        self._last_decrease_at: float | None = None
+        self._last_growth_at: float | None = None
+        self._reported_upto: int | None = None  # unwrapped: highest seq already reported
+        self._highest_sent: int | None = None
+        self._base_delays: collections.deque[tuple[float, float]] = collections.deque()
+        self._received: collections.deque[tuple[float, int]] = collections.deque()  # viewer clock
+        self._outcomes: collections.deque[tuple[float, int, int]] = collections.deque()
+        self._queue_ms = 0.0
+        self._rtt: float | None = None
+        self._trend = Trend.STARTING
+
+    @property
+    def target_bps(self) -> int:
+        """Bits/s the screen may use now."""
+        return int(self._target)
+
+    def state(self) -> LinkState:
+        """A snapshot of the estimate."""
+        return LinkState(
+            target_bps=self.target_bps,
+            received_bps=int(self._received_bps()),
+            queue_ms=round(self._queue_ms, 1),
+            rtt_ms=None if self._rtt is None else round(self._rtt * 1000, 1),
+            loss=round(self._loss(), 3),
+            trend=self._trend,
+        )
+
+    def on_sent(self, seq: int, size: int, now: float) -> None:
+        """Packet ``seq`` (RTP sequence number) of ``size`` bytes left at ``now``."""
+        seq = self._unwrap(seq % _SEQ, self._highest_sent)
+        self._highest_sent = seq if self._highest_sent is None else max(self._highest_sent, seq)
+        self._sent[seq] = (now, size)
+        self._sent.move_to_end(seq)
+        while len(self._sent) > SENT_KEPT:
+            self._sent.popitem(last=False)
+        self._sent_since_report = True
+        if self._last_report_at is None:
+            self._last_report_at = now  # the timeout counts from the first packet
+
+    def on_feedback(self, report: Feedback, now: float) -> None:
+        """A viewer's report arrived at ``now``."""
+        if not report.arrivals or self._highest_sent is None:
+            return
+        base = self._unwrap(report.base % _SEQ, self._highest_sent)
+        end = base + len(report.arrivals)
+        if self._reported_upto is not None and end - 1 <= self._reported_upto:
+            return  # a duplicate or an old report
+        start = base if self._reported_upto is None else max(base, self._reported_upto + 1)
+        self._reported_upto = end - 1
+        self._last_report_at = now
+        self._last_timeout_at = None
+        self._sent_since_report = False
+        got = lost = 0
+        queue: float | None = None
+        last_sent_at: float | None = None
+        for seq in range(start, end):
+            arrived = report.arrivals[seq - base]
+            sent = self._sent.get(seq)
+            if sent is None:
+                continue  # not ours, or forgotten
+            sent_at, size = sent
+            if arrived is None:
+                lost += 1
+                continue
+            got += 1
+            delay = arrived - sent_at
+            queue = self._observe_delay(delay, now)
+            self._received.append((arrived, size))
+            last_sent_at = sent_at
+        if got + lost == 0:
+            return
+        self._outcomes.append((now, got, lost))
+        if last_sent_at is not None:
+            rtt = now - last_sent_at - report.hold
+            if rtt >= 0:
+                self._rtt = rtt if self._rtt is None else 0.8 * self._rtt + 0.2 * rtt
+        self._trim(now)
+        if queue is not None:
+            self._queue_ms = queue * 1000
+        self._control(now)
+
+    def on_timer(self, now: float) -> None:
+        """Call at least every ``FEEDBACK_TIMEOUT / 2``: halves the target when reports stop."""
+        if not self._sent_since_report or self._last_report_at is None:
+            return
+        since = self._last_timeout_at or self._last_report_at
+        if now - since >= FEEDBACK_TIMEOUT:
+            self._set(self._target / 2)
+            self._last_timeout_at = now
+            self._last_decrease_at = now
+            self._trend = Trend.OVERUSED
+
+    # -- internals
+
+    def _control(self, now: float) -> None:
+        loss = self._loss()
+        received = self._received_bps()
+        overused = self._queue_ms > OVERUSE_MS or loss > LOSS_HIGH
+        if overused:
+            self._trend = Trend.OVERUSED
+            if self._last_decrease_at is None or now - self._last_decrease_at >= DECREASE_HOLD:
+                by_delay = BACKOFF * received if self._queue_ms > OVERUSE_MS else self._target
+                by_loss = self._target * (1 - loss / 2) if loss > LOSS_HIGH else self._target
+                self._set(min(self._target, by_delay or self._target, by_loss))
+                self._last_decrease_at = now
+            self._last_growth_at = now
+            return
+        if self._queue_ms < UNDERUSE_MS and loss < LOSS_LOW:
+            self._trend = Trend.UNDERUSED
+            last = self._last_growth_at if self._last_growth_at is not None else now
+            dt = min(now - last, 1.0)
+            careful = (
+                self._last_decrease_at is not None and now - self._last_decrease_at < CAUTION_S
+            )
+            grown = self._target * (1 + (SLOW_GROWTH if careful else FAST_GROWTH) * dt)
+            cap = HEADROOM * received + START_BPS
+            if grown > self._target:
+                self._set(min(grown, max(cap, self._target)))
+        else:
+            self._trend = Trend.STEADY
+        self._last_growth_at = now
+
+    def _observe_delay(self, delay: float, now: float) -> float:
+        window = self._base_delays
+        while window and window[-1][1] >= delay:
+            window.pop()  # a monotonic deque: its head is the window's minimum
+        window.append((now, delay))
+        while window[0][0] < now - BASE_WINDOW:
+            window.popleft()
+        return delay - window[0][1]
+
+    def _trim(self, now: float) -> None:
+        newest = self._received[-1][0] if self._received else 0.0
+        while self._received and self._received[0][0] < newest - RATE_WINDOW:
+            self._received.popleft()
+        while self._outcomes and self._outcomes[0][0] < now - LOSS_WINDOW:
+            self._outcomes.popleft()
+
+    def _received_bps(self) -> float:
+        if len(self._received) < 2:
+            return 0.0
+        span = self._received[-1][0] - self._received[0][0]
+        size = sum(s for _, s in list(self._received)[1:])
+        return size * 8 / max(span, 0.05)
+
+    def _loss(self) -> float:
+        got = sum(g for _, g, _ in self._outcomes)
+        lost = sum(lo for _, _, lo in self._outcomes)
+        return lost / (got + lost) if got + lost else 0.0
+
+    def _set(self, bps: float) -> None:
+        self._target = min(max(bps, self.min_bps), self.max_bps)
+
+    @staticmethod
+    def _unwrap(seq: int, ref: int | None) -> int:
+        if ref is None:
+            return seq
+        delta = (seq - ref) % _SEQ
+        if delta >= _SEQ // 2:
+            delta -= _SEQ
+        return ref + delta

@@ -1,0 +1,248 @@
+"""The link estimator and the arrival recorder, pumped by hand over a simulated bottleneck.
+
+``Bottleneck`` is a FIFO link of a given rate with a tail-drop buffer (as tbf), a
+propagation delay and optional random loss; a saturating sender paces 1200-byte
+packets at the estimator's target, the viewer reports every 100 ms, the reports
+come back after the propagation delay. Time advances in 1 ms steps.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from dataclasses import dataclass, field
+
+import pytest
+
+from agent.session.link import (
+    FEEDBACK_INTERVAL,
+    MIN_BPS,
+    START_BPS,
+    ArrivalRecorder,
+    Feedback,
+    LinkEstimator,
+    Trend,
+)
+
+PACKET = 1200
+STEP = 0.001
+
+
+@dataclass
+class Bottleneck:
+    bps: float
+    buffer_s: float = 0.3
+    prop: float = 0.010
+    loss: float = 0.0
+    busy_until: float = 0.0
+    dropped: int = 0
+    rng: random.Random = field(default_factory=lambda: random.Random(7))
+
+    def send(self, size: int, now: float) -> float | None:
+        """When the packet arrives, or None if dropped."""
+        if self.busy_until - now > self.buffer_s:
+            self.dropped += 1
+            return None
+        self.busy_until = max(self.busy_until, now) + size * 8 / self.bps
+        if self.loss and self.rng.random() < self.loss:
+            return None
+        return self.busy_until + self.prop
+
+    def queue_s(self, now: float) -> float:
+        return max(0.0, self.busy_until - now)
+
+
+@dataclass
+class Session:
+    """Sender, link, viewer and the report path, run step by step."""
+
+    link: Bottleneck
+    est: LinkEstimator = field(default_factory=LinkEstimator)
+    rec: ArrivalRecorder = field(default_factory=ArrivalRecorder)
+    now: float = 0.0
+    seq: int = 0
+    tokens: float = 0.0
+    reports_on: bool = True
+    app_bps: float | None = None
+    "Cap on what the application has to send (None: always more)."
+    _arrivals: list[tuple[float, int]] = field(default_factory=list)
+    _reports: list[tuple[float, int, Feedback]] = field(default_factory=list)
+    _next_report: float = FEEDBACK_INTERVAL
+    _n: int = 0
+    targets: list[tuple[float, int]] = field(default_factory=list)
+    queues: list[tuple[float, float]] = field(default_factory=list)
+
+    def run(self, seconds: float) -> None:
+        end = self.now + seconds
+        while self.now < end:
+            self.now = round(self.now + STEP, 6)
+            rate = self.est.target_bps
+            if self.app_bps is not None:
+                rate = min(rate, self.app_bps)
+            self.tokens = min(self.tokens + rate / 8 * STEP, 4 * PACKET)
+            while self.tokens >= PACKET:
+                self.tokens -= PACKET
+                seq = self.seq % 65536
+                self.seq += 1
+                self.est.on_sent(seq, PACKET, self.now)
+                at = self.link.send(PACKET, self.now)
+                if at is not None:
+                    heapq.heappush(self._arrivals, (at, seq))
+            while self._arrivals and self._arrivals[0][0] <= self.now:
+                at, seq = heapq.heappop(self._arrivals)
+                self.rec.on_packet(seq, at)
+            if self.now >= self._next_report:
+                self._next_report += FEEDBACK_INTERVAL
+                report = self.rec.take(self.now)
+                if report is not None and self.reports_on:
+                    self._n += 1
+                    heapq.heappush(self._reports, (self.now + self.link.prop, self._n, report))
+            while self._reports and self._reports[0][0] <= self.now:
+                _, _, report = heapq.heappop(self._reports)
+                self.est.on_feedback(report, self.now)
+            self.est.on_timer(self.now)
+            self.targets.append((self.now, self.est.target_bps))
+            self.queues.append((self.now, self.link.queue_s(self.now)))
+
+    def target_between(self, start: float, end: float) -> list[int]:
+        return [t for at, t in self.targets if start <= at < end]
+
+    def queue_p95(self, start: float, end: float) -> float:
+        qs = sorted(q for at, q in self.queues if start <= at < end)
+        return qs[int(0.95 * (len(qs) - 1))]
+
+    def first_time(self, start: float, ok: object) -> float:
+        for at, t in self.targets:
+            if at >= start and ok(t):  # type: ignore[operator]
+                return at - start
+        raise AssertionError("never")
+
+
+@pytest.mark.parametrize("mbps", [1, 2, 4, 8])
+def test_a_saturated_link_keeps_its_queue_short_and_its_rate_high(mbps: int) -> None:
+    s = Session(Bottleneck(mbps * 1e6))
+    s.run(20)
+    capacity = mbps * 1e6
+    # within a second of a full queue the target is at or below the link
+    if capacity < START_BPS:
+        assert s.first_time(0, lambda t: t <= capacity) < 1.0
+    # afterwards the queue stays short: latency is what matters
+    assert s.queue_p95(5, 20) < 0.150, s.queue_p95(5, 20)
+    # and the link is used, not given up: mean target over the last 10 s
+    late = s.target_between(10, 20)
+    assert sum(late) / len(late) >= 0.6 * capacity, (sum(late) / len(late), capacity)
+    assert s.link.dropped < 50, s.link.dropped
+
+
+def test_a_step_down_is_followed_within_a_second_and_a_recovery_climbs_back() -> None:
+    s = Session(Bottleneck(8e6))
+    s.run(15)
+    assert s.est.target_bps > 4e6, s.est.target_bps
+    s.link.bps = 1e6  # the hotel's Wi-Fi fills up
+    stepped = s.now
+    s.run(10)
+    assert s.first_time(stepped, lambda t: t <= 1e6) < 1.0
+    assert s.queue_p95(stepped + 3, stepped + 10) < 0.150
+    s.link.bps = 8e6  # and empties again
+    back = s.now
+    s.run(15)
+    assert s.first_time(back, lambda t: t >= 4e6) < 12.0
+
+
+def test_random_loss_cuts_the_rate_and_growth_resumes_when_it_stops() -> None:
+    s = Session(Bottleneck(20e6, loss=0.0))
+    s.run(8)
+    before = s.est.target_bps
+    s.link.loss = 0.25
+    lossy = s.now
+    s.run(3)
+    assert s.est.state().loss > 0.1
+    assert s.est.target_bps < before / 2, (before, s.est.target_bps)
+    assert s.est.state().trend is Trend.OVERUSED
+    s.link.loss = 0.0
+    low = s.est.target_bps
+    s.run(8)
+    assert s.est.target_bps > 2 * low, (low, s.est.target_bps)
+    assert lossy < s.now
+
+
+def test_when_reports_stop_the_target_halves_each_second_down_to_the_floor() -> None:
+    s = Session(Bottleneck(8e6))
+    s.run(5)
+    before = s.est.target_bps
+    s.reports_on = False
+    s.run(1.2)
+    assert s.est.target_bps <= 0.55 * before  # (a report in flight may still have grown it)
+    s.run(10)
+    assert s.est.target_bps == MIN_BPS
+    s.reports_on = True
+    s.run(10)
+    assert s.est.target_bps > 4 * MIN_BPS
+
+
+def test_an_idle_sender_is_not_punished_and_does_not_inflate_the_estimate() -> None:
+    """A still screen sends little: no timeout (nothing was sent), no runaway target."""
+    s = Session(Bottleneck(2e6), app_bps=100_000)
+    s.run(10)
+    assert s.est.target_bps <= 1.5 * 100_000 + START_BPS
+    assert s.est.state().trend is Trend.UNDERUSED
+    quiet = LinkEstimator()
+    quiet.on_timer(100.0)  # nothing sent, no report: nothing to suspect
+    assert quiet.target_bps == START_BPS
+
+
+def test_the_rtt_and_the_received_rate_are_measured() -> None:
+    s = Session(Bottleneck(4e6, prop=0.025))
+    s.run(10)
+    state = s.est.state()
+    assert state.rtt_ms is not None and 50 <= state.rtt_ms <= 200, state
+    assert 2.5e6 <= state.received_bps <= 4.4e6, state
+
+
+def test_a_duplicate_or_old_report_changes_nothing_and_foreign_numbers_are_ignored() -> None:
+    est = LinkEstimator()
+    for i in range(100):
+        est.on_sent(i, PACKET, i * 0.001)
+    report = Feedback(0, tuple(0.050 + i * 0.001 for i in range(100)))
+    est.on_feedback(report, 0.2)
+    after = est.state()
+    est.on_feedback(report, 0.3)
+    est.on_feedback(Feedback(10, report.arrivals[10:20]), 0.3)
+    assert est.state() == after
+    est.on_feedback(Feedback(40000, (1.0, 2.0, None)), 0.4)  # never sent: ignored
+    assert est.state().loss == after.loss
+    est.on_feedback(Feedback(0, ()), 0.5)
+
+
+def test_sequence_numbers_wrap_on_both_sides() -> None:
+    rec = ArrivalRecorder()
+    est = LinkEstimator()
+    seqs = [(65530 + i) % 65536 for i in range(12)]
+    for n, seq in enumerate(seqs):
+        est.on_sent(seq, PACKET, n * 0.001)
+        if seq != 1:  # one is lost
+            rec.on_packet(seq, 0.02 + n * 0.001)
+    report = rec.take(0.1)
+    assert report is not None and report.base == 65530 and len(report.arrivals) == 12
+    assert report.arrivals.count(None) == 1 and report.arrivals[7] is None
+    est.on_feedback(report, 0.11)
+    assert est.state().loss == pytest.approx(1 / 12, abs=0.001)
+
+
+def test_the_recorder_reports_each_packet_once_and_a_late_one_counts_as_lost() -> None:
+    rec = ArrivalRecorder()
+    assert rec.take(0.0) is None
+    rec.on_packet(10, 1.0)
+    rec.on_packet(12, 1.1)
+    rec.on_packet(12, 1.2)  # a duplicate keeps its first arrival
+    first = rec.take(1.3)
+    assert first == Feedback(10, (1.0, None, 1.1), hold=pytest.approx(0.2))
+    rec.on_packet(11, 1.4)  # too late: already reported missing
+    assert rec.take(1.5) is None
+    rec.on_packet(13, 1.6)
+    assert rec.take(1.7) == Feedback(13, (1.6,), hold=pytest.approx(0.1))
+
+
+def test_bad_bounds_are_refused() -> None:
+    with pytest.raises(ValueError, match="min_bps"):
+        LinkEstimator(start_bps=100, min_bps=1000)
