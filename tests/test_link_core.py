@@ -13,7 +13,11 @@ import random
 from dataclasses import dataclass, field
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from agent.errors import DecodeError
+from agent.protocol import channel as ch
 from agent.session.link import (
     FEEDBACK_INTERVAL,
     MIN_BPS,
@@ -22,6 +26,8 @@ from agent.session.link import (
     Feedback,
     LinkEstimator,
     Trend,
+    from_wire,
+    to_wire,
 )
 
 PACKET = 1200
@@ -246,3 +252,52 @@ def test_the_recorder_reports_each_packet_once_and_a_late_one_counts_as_lost() -
 def test_bad_bounds_are_refused() -> None:
     with pytest.raises(ValueError, match="min_bps"):
         LinkEstimator(start_bps=100, min_bps=1000)
+
+
+@given(
+    base=st.integers(0, 65535),
+    start=st.floats(0, 1e6),
+    gaps=st.lists(st.one_of(st.none(), st.floats(0, 0.5)), min_size=1, max_size=200),
+)
+def test_a_report_survives_the_wire_to_the_microsecond(
+    base: int, start: float, gaps: list[float | None]
+) -> None:
+    at, arrivals = start, []
+    for gap in gaps:
+        if gap is None:
+            arrivals.append(None)
+        else:
+            at += gap
+            arrivals.append(at)
+    report = Feedback(base, tuple(arrivals), hold=0.0123)
+    back = from_wire(ch.decode(ch.encode(to_wire(report))))  # type: ignore[arg-type]
+    assert back.base == base and back.hold == pytest.approx(0.0123, abs=1e-6)
+    for a, b in zip(report.arrivals, back.arrivals, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None and b is not None:
+            assert b == pytest.approx(a, abs=2e-6)
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        ({"base": 1, "t0_us": 0, "hold_us": 0}, '"at"'),
+        ({"base": 1, "t0_us": 0, "at": [], "hold_us": 0}, '"at"'),
+        ({"base": 1, "t0_us": 0, "at": [1] * 1025, "hold_us": 0}, '"at"'),
+        ({"base": 1, "t0_us": 0, "at": [-1], "hold_us": 0}, '"at"'),
+        ({"base": 1, "t0_us": 0, "at": [True], "hold_us": 0}, '"at"'),
+        ({"base": 1, "t0_us": 0, "at": [1.5], "hold_us": 0}, '"at"'),
+        ({"base": 1, "t0_us": 0, "at": [2**31], "hold_us": 0}, '"at"'),
+        ({"base": 65536, "t0_us": 0, "at": [1], "hold_us": 0}, '"base"'),
+        ({"base": 1, "t0_us": -1, "at": [1], "hold_us": 0}, '"t0_us"'),
+        ({"base": 1, "t0_us": 0, "at": [1], "hold_us": 10**8}, '"hold_us"'),
+        ({"base": 1, "t0_us": 0, "at": [1]}, '"hold_us"'),
+    ],
+)
+def test_a_malformed_report_is_refused_with_what_was_wrong(
+    body: dict[str, object], says: str
+) -> None:
+    import json
+
+    with pytest.raises(DecodeError, match=says):
+        ch.decode(json.dumps({"type": "feedback", **body}))

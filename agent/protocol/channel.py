@@ -216,6 +216,26 @@ class Keyframe:
     type: ClassVar[str] = "keyframe"
 
 
+MAX_FEEDBACK_PACKETS = 1024
+"Most screen packets one ``ScreenFeedback`` may cover (about 1.2 MB of screen)."
+
+
+@dataclass(frozen=True)
+class ScreenFeedback:
+    """Viewer to sharer, every 100 ms while a screen is viewed: when each of a run of
+    the screen's RTP packets arrived (``agent.session.link`` estimates the link from it)."""
+
+    type: ClassVar[str] = "feedback"
+    base: int
+    "RTP sequence number (0-65535) of the first packet covered."
+    t0_us: int
+    "The viewer's clock (microseconds, any origin) that ``at`` counts from."
+    at: tuple[int | None, ...]
+    "Arrival of ``base + i`` in microseconds after ``t0_us`` (0 to 2**31), None: missing."
+    hold_us: int = 0
+    "Microseconds from the last arrival listed to this report leaving (0 to 10**7)."
+
+
 Message: TypeAlias = (
     Chat
     | Roster
@@ -230,6 +250,7 @@ Message: TypeAlias = (
     | Monitors
     | SelectMonitor
     | Keyframe
+    | ScreenFeedback
     | Release
     | Transfer
     | Sdp
@@ -257,6 +278,8 @@ def encode(msg: Message) -> str:
         body.update(items=[vars(m) for m in msg.items], current=msg.current)
     elif isinstance(msg, ControlState):
         body.update(holder=msg.holder, token=list(msg.token))
+    elif isinstance(msg, ScreenFeedback):
+        body.update(base=msg.base, t0_us=msg.t0_us, at=list(msg.at), hold_us=msg.hold_us)
     else:
         body.update({k: v for k, v in vars(msg).items() if v is not None})
     return wire.dump(body)
@@ -324,6 +347,28 @@ def _monitors(obj: dict[str, Any]) -> Monitors:
     return Monitors(items=tuple(out), current=wire.get_int(obj, "current", lo=0, hi=MAX_MONITORS))
 
 
+def _feedback(obj: dict[str, Any]) -> ScreenFeedback:
+    at = obj.get("at")
+    if (
+        not isinstance(at, list)
+        or not 0 < len(at) <= MAX_FEEDBACK_PACKETS
+        or not all(
+            a is None or (isinstance(a, int) and not isinstance(a, bool) and 0 <= a < 2**31)
+            for a in at
+        )
+    ):
+        raise DecodeError(
+            f'field "at" must be a list of 1 to {MAX_FEEDBACK_PACKETS} arrival times '
+            "(microseconds, 0 to 2**31) or nulls"
+        )
+    return ScreenFeedback(
+        base=wire.get_int(obj, "base", lo=0, hi=65535),
+        t0_us=wire.get_int(obj, "t0_us", lo=0, hi=2**53),
+        at=tuple(at),
+        hold_us=wire.get_int(obj, "hold_us", lo=0, hi=10**7),
+    )
+
+
 _TABLE: dict[str, Any] = {
     "chat": lambda o: Chat(
         text=wire.get_str(o, "text", max_len=MAX_CHAT_CHARS, allow_empty=False),
@@ -357,6 +402,7 @@ _TABLE: dict[str, Any] = {
         index=wire.get_int(o, "index", lo=1, hi=MAX_MONITORS)
     ),
     "keyframe": lambda o: Keyframe(),
+    "feedback": _feedback,
     "direct_key": lambda o: DirectKey(
         key=wire.b64(wire.get_bytes(o, "key", min_len=32, max_len=32))
     ),

@@ -40,6 +40,8 @@ import collections
 import enum
 from dataclasses import dataclass
 
+from agent.protocol.channel import MAX_FEEDBACK_PACKETS, ScreenFeedback
+
 START_BPS = 2_000_000
 "Target before any report (bits/s): a screen's first keyframe goes out at this pace."
 MIN_BPS = 150_000
@@ -78,8 +80,8 @@ LOSS_LOW = 0.02
 "Loss fraction under which loss does not hold growth back."
 SENT_KEPT = 4096
 "Sent packets remembered for matching reports (about 5 MB of screen)."
-MAX_REPORT = 1024
-"Most sequence numbers one report may cover."
+MAX_REPORT = MAX_FEEDBACK_PACKETS
+"Most sequence numbers one report may cover (what the wire allows)."
 
 _SEQ = 1 << 16
 
@@ -340,3 +342,28 @@ class LinkEstimator:
         if delta >= _SEQ // 2:
             delta -= _SEQ
         return ref + delta
+
+
+def to_wire(report: Feedback) -> ScreenFeedback:
+    """The channel message for a report (times in whole microseconds)."""
+    times = [a for a in report.arrivals if a is not None]
+    t0 = min(times) if times else 0.0
+    t0_us = max(0, int(t0 * 1_000_000))
+    return ScreenFeedback(
+        base=report.base,
+        t0_us=t0_us,
+        at=tuple(
+            None if a is None else max(0, min(int(a * 1_000_000) - t0_us, 2**31 - 1))
+            for a in report.arrivals
+        ),
+        hold_us=max(0, min(int(report.hold * 1_000_000), 10**7)),
+    )
+
+
+def from_wire(msg: ScreenFeedback) -> Feedback:
+    """A report from its (already decoded) channel message."""
+    return Feedback(
+        base=msg.base,
+        arrivals=tuple(None if a is None else (msg.t0_us + a) / 1_000_000 for a in msg.at),
+        hold=msg.hold_us / 1_000_000,
+    )
