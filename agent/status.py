@@ -195,6 +195,25 @@ class MonitorsListed(Status):
 
 
 @dataclass(frozen=True)
+class Link(Status):
+    """Every 2 s while a customer's screen is viewed: how the link to it is doing."""
+
+    event: ClassVar[str] = "link"
+    peer: str
+    kbps: int
+    "Screen data received over the last half second, kbit/s."
+    target_kbps: int
+    "What the customer's agent estimates the link allows the screen, kbit/s."
+    rtt_ms: int | None
+    loss: float
+    "Fraction of screen packets lost over the last second."
+    queue_ms: int
+    "Queueing delay at the bottleneck, ms (latency added by a full link)."
+    fps: float
+    "Frames shown here over the last 2 s, per second."
+
+
+@dataclass(frozen=True)
 class SnapshotSaved(Status):
     event: ClassVar[str] = "snapshot"
     peer: str

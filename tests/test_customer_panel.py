@@ -91,8 +91,17 @@ def test_the_customer_answers_in_the_browser(procs: list[Any], tmp_path: Path) -
         downloads.mkdir()
         out = (tmp_path / "customer.out").open("w")
         cust = subprocess.Popen(
-            [sys.executable, "-m", "agent", "join", link, "--name", "Alice", "--download-dir",
-             str(downloads)],  # not headless
+            [
+                sys.executable,
+                "-m",
+                "agent",
+                "join",
+                link,
+                "--name",
+                "Alice",
+                "--download-dir",
+                str(downloads),
+            ],  # not headless
             env={
                 **os.environ,
                 "DISPLAY": display,
@@ -183,9 +192,7 @@ def test_the_customer_answers_in_the_browser(procs: list[Any], tmp_path: Path) -
             offer.wait_for()
             assert "1.4 MB" in (offer.text_content() or "")
             offer.locator("button.primary").click()
-            page.wait_for_selector(
-                "#files-card:not([hidden]) :text('(1.4 MB)')", timeout=60_000
-            )
+            page.wait_for_selector("#files-card:not([hidden]) :text('(1.4 MB)')", timeout=60_000)
             saved = page.text_content("#received .hint") or ""
             assert saved.startswith(f"Saved as {downloads}") and saved.endswith(".pdf"), saved
             assert Path(saved.removeprefix("Saved as ")).read_bytes() == sent.read_bytes()

@@ -220,6 +220,10 @@ def test_a_whole_support_session_from_the_dashboard(
         assert page.text_content("#cap-view") == "granted"
         assert page.text_content("#request-view") == "View: granted"  # not "Request view"
         assert page.is_visible("#release-view")  # with Stop beside it
+        # the link under the picture, from the agent's link events (every 2 s)
+        page.wait_for_selector("#link-quality:not([hidden])", timeout=10_000)
+        quality = page.text_content("#link-quality") or ""
+        assert re.fullmatch(r"connection good: [\d.]+ (Mbit|kbit)/s, \d+ fps", quality), quality
         shot(page, "04-view-pattern")
         canvas.put_image(0, 0, _desktop_picture(canvas.width, canvas.height))
         canvas.sync()

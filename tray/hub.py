@@ -96,6 +96,12 @@ class Hub:
     def _emit(self, sid: str, event: status.Status) -> None:
         entry = self.entries.get(sid)
         if entry is not None:
+            if isinstance(event, status.Link):  # every 2 s: only the newest is worth replaying
+                entry.history[:] = [
+                    (at, e)
+                    for at, e in entry.history
+                    if not (isinstance(e, status.Link) and e.peer == event.peer)
+                ]
             entry.history.append((time.time(), event))
             del entry.history[:-MAX_HISTORY]
         for listener in list(self._listeners):

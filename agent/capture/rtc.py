@@ -8,6 +8,10 @@ grants "view", ``share(sender, track)`` puts a track on that sender; on revoke,
 the m-line sends nothing while no track is on it (aiortc's sender checks for a
 track every 20 ms).
 
+Per-instance hooks for the link estimate (``agent.session.link``): ``Pacer.observe``
+sees every RTP packet as it leaves, and ``watch_arrivals`` every screen packet as it
+arrives at the viewer.
+
 Process-wide adjustments of aiortc, each in one named function: the sender's
 retransmission history (``enlarge_aiortc_rtp_history``, by
 ``add_screen_transceiver``), and, for ``ScreenTrack`` only, aiortc's encoder bitrate
@@ -74,6 +78,8 @@ class Pacer:
         self._last = time.monotonic()
         self.delayed = 0.0
         "Seconds of sleep added so far (for benches and stats)."
+        self.observe: Callable[[bytes, float], None] | None = None
+        "Called with each packet and ``time.monotonic()`` as it leaves (RTCP too)."
 
     def _refill(self) -> None:
         now = time.monotonic()
@@ -89,6 +95,52 @@ class Pacer:
             self._refill()
         self._tokens -= len(data)
         await self.send(data)
+        if self.observe is not None:
+            self.observe(data, time.monotonic())
+
+
+def rtp_header(data: bytes) -> tuple[int, int] | None:
+    """``(sequence number, SSRC)`` of an RTP packet; None for RTCP or a runt."""
+    if len(data) < 12 or data[0] >> 6 != 2 or 72 <= data[1] & 0x7F <= 79:
+        return None  # not version 2, or RTCP (payload types 200-207 with the marker bit)
+    return int.from_bytes(data[2:4], "big"), int.from_bytes(data[8:12], "big")
+
+
+def sent_screen_packets(sender: RTCRtpSender, on_sent: Callable[[int, int, float], None]) -> Pacer:
+    """Call ``on_sent(seq, size, now)`` for each media packet ``sender`` sends (not RTX).
+
+    Shares ``sender``'s pacer (see ``pace``); another call replaces the observer.
+    """
+    pacer = pace(sender)
+    ssrc: int = sender._ssrc  # checked against aiortc 1.16: the media SSRC, fixed per sender
+
+    def observe(data: bytes, now: float) -> None:
+        header = rtp_header(data)
+        if header is not None and header[1] == ssrc:
+            on_sent(header[0], len(data), now)
+
+    pacer.observe = observe
+    return pacer
+
+
+def watch_arrivals(receiver: Any, on_packet: Callable[[int, float], None]) -> None:
+    """Call ``on_packet(seq, time.monotonic())`` for each media packet ``receiver`` gets.
+
+    Shadows ``RTCRtpReceiver._handle_rtp_packet`` on that instance (checked against
+    aiortc 1.16). The media SSRC is the first one seen: retransmissions (RTX, another
+    SSRC) only follow media, and are not arrivals of the original packet.
+    """
+    handle = receiver._handle_rtp_packet
+    media: list[int] = []
+
+    async def watched(packet: Any, arrival_time_ms: int) -> None:
+        if not media:
+            media.append(packet.ssrc)
+        if packet.ssrc == media[0]:
+            on_packet(packet.sequence_number, time.monotonic())
+        await handle(packet, arrival_time_ms)
+
+    _set(receiver, "_handle_rtp_packet", watched)
 
 
 def pace(sender: RTCRtpSender, rate_bps: float = PACE_RATE, burst: int = PACE_BURST) -> Pacer:

@@ -236,6 +236,23 @@ class ScreenFeedback:
     "Microseconds from the last arrival listed to this report leaving (0 to 10**7)."
 
 
+@dataclass(frozen=True)
+class LinkReport:
+    """Sharer to viewer, every 2 s while viewed: the link as the sharer estimates it."""
+
+    type: ClassVar[str] = "link"
+    kbps: int
+    "What the viewer received over the last half second (kbit/s, 0 to 10**7)."
+    target_kbps: int
+    "What the estimate allows the screen (kbit/s, 0 to 10**7)."
+    rtt_ms: int | None
+    "Round-trip time (ms, 0 to 60000), None before it was measured."
+    loss: float
+    "Fraction of screen packets lost over the last second (0 to 1)."
+    queue_ms: int
+    "Queueing delay at the bottleneck (ms, 0 to 60000)."
+
+
 Message: TypeAlias = (
     Chat
     | Roster
@@ -251,6 +268,7 @@ Message: TypeAlias = (
     | SelectMonitor
     | Keyframe
     | ScreenFeedback
+    | LinkReport
     | Release
     | Transfer
     | Sdp
@@ -347,6 +365,13 @@ def _monitors(obj: dict[str, Any]) -> Monitors:
     return Monitors(items=tuple(out), current=wire.get_int(obj, "current", lo=0, hi=MAX_MONITORS))
 
 
+def _fraction(obj: dict[str, Any], name: str) -> float:
+    value = obj.get(name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise DecodeError(f'field "{name}" must be a number from 0 to 1')
+    return float(value)
+
+
 def _feedback(obj: dict[str, Any]) -> ScreenFeedback:
     at = obj.get("at")
     if (
@@ -403,6 +428,13 @@ _TABLE: dict[str, Any] = {
     ),
     "keyframe": lambda o: Keyframe(),
     "feedback": _feedback,
+    "link": lambda o: LinkReport(
+        kbps=wire.get_int(o, "kbps", lo=0, hi=10**7),
+        target_kbps=wire.get_int(o, "target_kbps", lo=0, hi=10**7),
+        rtt_ms=wire.get_int(o, "rtt_ms", lo=0, hi=60000, optional=True),
+        loss=_fraction(o, "loss"),
+        queue_ms=wire.get_int(o, "queue_ms", lo=0, hi=60000),
+    ),
     "direct_key": lambda o: DirectKey(
         key=wire.b64(wire.get_bytes(o, "key", min_len=32, max_len=32))
     ),

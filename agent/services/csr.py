@@ -43,6 +43,8 @@ class CsrServices:
         self._seq = itertools.count(1)
         self.viewer: Any = None
         "The screen viewer, once the customer's video track arrived."
+        self.feedback: Any = None
+        "``agent.services.link.ViewerFeedback`` on that track's receiver."
         self.files: Any = None
         self.published: dict[str, Path] = {}
         "Files this CSR published to this customer, by name."
@@ -172,6 +174,20 @@ class CsrServices:
     # -- from the customer
 
     def on_main(self, msg: ch.Message) -> bool:
+        if isinstance(msg, ch.LinkReport):
+            fps = self.viewer.fps(2.0) if self.viewer is not None else 0.0
+            self._emit(
+                status.Link(
+                    peer=self.customer,
+                    kbps=msg.kbps,
+                    target_kbps=msg.target_kbps,
+                    rtt_ms=msg.rtt_ms,
+                    loss=msg.loss,
+                    queue_ms=msg.queue_ms,
+                    fps=round(fps, 1),
+                )
+            )
+            return True
         if isinstance(msg, ch.ConsentState):
             self.grants[msg.cap] = msg.state
             if msg.cap == "control" and msg.state != "granted":
@@ -212,8 +228,15 @@ class CsrServices:
         if track.kind == "video":
             self.viewer = ScreenViewer(track)
             self.viewer.start()
+            receiver = next((r for r in self.link.pc.getReceivers() if r.track is track), None)
+            if receiver is not None and self.feedback is None:
+                from agent.services.link import ViewerFeedback
+
+                self.feedback = ViewerFeedback(receiver, self.link.send)
 
     async def close(self) -> None:
+        if self.feedback is not None:
+            await self.feedback.close()
         if self.viewer is not None:
             await self.viewer.stop()
         if self.files is not None:

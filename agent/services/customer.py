@@ -72,6 +72,8 @@ class CustomerServices:
         self.csrs: set[str] = set()
         "Peer ids of the session's CSRs (the primary and admitted assistants)."
         self._viewers: dict[str, PeerLink] = {}
+        self._viewed: dict[str, Any] = {}
+        "csr -> ``agent.services.link.ViewedLink``: the estimate of that viewer's link."
         "csr -> link whose video sender carries the screen now"
         self.record: SessionRecord | None = None
         "This agent's copy of the session log (the primary customer holds one)."
@@ -153,6 +155,9 @@ class CustomerServices:
         elif isinstance(msg, ch.Keyframe):
             if self.screen is not None and csr in self._viewers:
                 self.screen.request_keyframe()
+        elif isinstance(msg, ch.ScreenFeedback):
+            if (viewed := self._viewed.get(csr)) is not None:
+                viewed.on_feedback(msg)
         elif isinstance(msg, ch.SelectMonitor):
             if self.consent.allows(csr, "view"):
                 self._select_monitor(msg.index)
@@ -315,8 +320,12 @@ class CustomerServices:
                 monitor=self._monitor_index,
                 settings=EncoderSettings(codec=self.options.video_codec),  # type: ignore[arg-type]
             )
+        from agent.services.link import ViewedLink
+
         self._viewers[csr] = link
         share(link.video_sender, self.screen.track())
+        if csr not in self._viewed:
+            self._viewed[csr] = ViewedLink(link.video_sender, link.send)
         self._send_monitors(link)
 
     def _stop_view(self, csr: str) -> None:
@@ -324,6 +333,9 @@ class CustomerServices:
         from agent.capture.rtc import unshare
 
         link = self._viewers.pop(csr, None)
+        viewed = self._viewed.pop(csr, None)
+        if viewed is not None:
+            viewed.close()
         if link is not None and link.video_sender is not None:
             unshare(link.video_sender)
 

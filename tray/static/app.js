@@ -112,6 +112,7 @@ function apply(s, e, when) {
     case "control": s.holder = e.holder; log(s, `Control: ${e.holder ? nameOf(s, e.holder) : "nobody"}`); break;
     case "assistant_request": s.asking.set(e.peer, e); break;
     case "sysinfo": s.sysinfo = e.data; break;
+    case "link": s.link = { ...e, at: Date.now() }; break;
     case "file": {
       const f = s.files.get(e.id) || {};
       Object.assign(f, e); s.files.set(e.id, f);
@@ -132,6 +133,27 @@ function apply(s, e, when) {
 
 function select(sid) {
   state.current = sid; sessionOf(sid); render(); screen.update();
+}
+
+// the link under the customer's screen, from the agent's "link" events (every 2 s)
+function linkWords(l) {
+  const rate = l.kbps >= 1000 ? `${(l.kbps / 1000).toFixed(1)} Mbit/s` : `${l.kbps} kbit/s`;
+  // a still screen sends few frames: fps alone says nothing about the link
+  const poor = l.loss > 0.05 || l.queue_ms > 150 || (l.rtt_ms !== null && l.rtt_ms > 400);
+  return { poor, text: `${poor ? "poor connection" : "connection good"}: ${rate}, ${Math.round(l.fps)} fps` };
+}
+
+function renderLink(s) {
+  const span = $("link-quality");
+  const l = s.link;
+  const fresh = l && !s.ended && (s.caps[l.peer] || {}).view === "granted" && Date.now() - l.at < 5000;
+  span.hidden = !fresh;
+  if (!fresh) return;
+  const { poor, text } = linkWords(l);
+  span.textContent = text;
+  span.className = "link-quality" + (poor ? " poor" : "");
+  span.title = `received ${l.kbps} kbit/s, estimated ${l.target_kbps} kbit/s, round trip ${l.rtt_ms ?? "?"} ms, ` +
+    `${(l.loss * 100).toFixed(1)} % lost, ${l.queue_ms} ms queued`;
 }
 
 function render() {
@@ -200,6 +222,7 @@ function render() {
   $("sysinfo-card").hidden = !s.sysinfo;
   if (s.sysinfo) $("sysinfo").textContent = JSON.stringify(s.sysinfo, null, 2);
   const mine = s.holder && s.holder === s.me;
+  renderLink(s);
   const pill = $("control-pill");
   pill.textContent = mine ? "you control" : (s.holder ? `${nameOf(s, s.holder)} controls` : (capsOf(s).view === "granted" ? "view only" : "no view"));
   pill.className = "pill " + (mine ? "granted" : "");

@@ -1,0 +1,113 @@
+"""The link under a viewed screen: feedback from the viewer, the estimate at the sharer.
+
+Thin glue around ``agent.session.link``:
+
+- the CSR's agent (``ViewerFeedback``) notes when each screen packet arrives and
+  sends a ``feedback`` report every ``FEEDBACK_INTERVAL`` while packets come;
+- the customer's agent (``ViewedLink``, one per viewer) feeds what its sender sends
+  and those reports to a ``LinkEstimator``, checks for silent viewers, and sends the
+  viewer a ``link`` report every ``REPORT_INTERVAL``, which the CSR's agent emits as
+  the ``link`` event with the frame rate it shows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from agent.protocol import channel as ch
+from agent.session.link import (
+    FEEDBACK_INTERVAL,
+    FEEDBACK_TIMEOUT,
+    ArrivalRecorder,
+    LinkEstimator,
+    from_wire,
+    to_wire,
+)
+
+log = logging.getLogger(__name__)
+
+REPORT_INTERVAL = 2.0
+"Seconds between ``link`` reports to the viewer (and ``link`` events there)."
+
+
+def _logged(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("link task failed", exc_info=task.exception())
+
+
+class ViewerFeedback:
+    """The CSR's side: reports of when the customer's screen packets arrived."""
+
+    def __init__(self, receiver: Any, send: Callable[[ch.Message], object]) -> None:
+        from agent.capture.rtc import watch_arrivals
+
+        self.recorder = ArrivalRecorder()
+        self._send = send
+        self._arrived = asyncio.Event()
+        watch_arrivals(receiver, self._on_packet)
+        self._task = asyncio.ensure_future(self._run())
+        self._task.add_done_callback(_logged)
+
+    def _on_packet(self, seq: int, now: float) -> None:
+        self.recorder.on_packet(seq, now)
+        self._arrived.set()
+
+    async def _run(self) -> None:
+        # asleep until packets come: a CSR whose view is not granted wakes for nothing
+        while True:
+            await self._arrived.wait()
+            await asyncio.sleep(FEEDBACK_INTERVAL)
+            self._arrived.clear()
+            report = self.recorder.take(time.monotonic())
+            if report is not None:
+                self._send(to_wire(report))
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+class ViewedLink:
+    """The customer's side, one per viewer: the estimate of that viewer's link."""
+
+    def __init__(self, sender: Any, send: Callable[[ch.Message], object]) -> None:
+        from agent.capture.rtc import sent_screen_packets
+
+        self.estimator = LinkEstimator()
+        self._send = send
+        self.pacer = sent_screen_packets(sender, self.estimator.on_sent)
+        self._task = asyncio.ensure_future(self._run())
+        self._task.add_done_callback(_logged)
+
+    def on_feedback(self, msg: ch.ScreenFeedback) -> None:
+        self.estimator.on_feedback(from_wire(msg), time.monotonic())
+
+    async def _run(self) -> None:
+        next_report = time.monotonic() + REPORT_INTERVAL
+        while True:
+            await asyncio.sleep(FEEDBACK_TIMEOUT / 4)
+            now = time.monotonic()
+            self.estimator.on_timer(now)
+            if now >= next_report:
+                next_report = now + REPORT_INTERVAL
+                s = self.estimator.state()
+                self._send(
+                    ch.LinkReport(
+                        kbps=min(s.received_bps // 1000, 10**7),
+                        target_kbps=min(s.target_bps // 1000, 10**7),
+                        rtt_ms=None if s.rtt_ms is None else min(int(s.rtt_ms), 60000),
+                        loss=min(max(s.loss, 0.0), 1.0),
+                        queue_ms=min(int(s.queue_ms), 60000),
+                    )
+                )
+
+    def close(self) -> None:
+        """Stop (the sender's pacer no longer reports to this estimate)."""
+        self._task.cancel()
+        self.pacer.observe = None

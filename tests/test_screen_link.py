@@ -1,0 +1,135 @@
+"""The link under a viewed screen, measured for real: the CSR's ``link`` events.
+
+Real processes, a real X server for the customer; once on plain loopback, once in a
+namespace of the test's own whose loopback is a 2 Mbit/s tbf bottleneck (300 ms of
+buffer), with the customer's screen changing all the time so that it fills the link.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from bench.netns import ShapedNamespace
+from tests.desktop import xvfb
+from tests.procs import Event, Proc
+
+
+@contextmanager
+def busy_screen(display: str) -> Iterator[None]:
+    """Rectangles of random colour drawn all over the screen, 30 times a second."""
+    from agent.capture.xvfb import Canvas
+
+    canvas = Canvas(display)
+    stop = threading.Event()
+    rng = random.Random(5)
+
+    def draw() -> None:
+        while not stop.is_set():
+            for _ in range(6):
+                w, h = rng.randint(40, 300), rng.randint(40, 200)
+                x, y = rng.randint(0, canvas.width - w), rng.randint(0, canvas.height - h)
+                canvas.fill(
+                    x, y, w, h, (rng.randrange(256), rng.randrange(256), rng.randrange(256))
+                )
+            canvas.sync()
+            stop.wait(1 / 30)
+
+    thread = threading.Thread(target=draw, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(5)
+        canvas.close()
+
+
+def viewed_session(
+    procs: list[Proc], tmp_path: Path, display: str, wrap: list[str] | None = None
+) -> tuple[Proc, Proc]:
+    csr = Proc(
+        ["agent", "start", "--headless", "--json", "--port", "0", "--name", "Carol"],
+        home=tmp_path / "csr",
+        name="csr",
+        wrap=wrap,
+    )
+    procs.append(csr)
+    code = csr.expect("session", timeout=30)
+    cust = Proc(
+        ["agent", "join", code["link"], "--headless", "--json", "--name", "Alice"],
+        home=tmp_path / "cust",
+        name="customer",
+        env={"DISPLAY": display},
+        wrap=wrap,
+    )
+    procs.append(cust)
+    cust.expect("joined", timeout=40)
+    csr.expect("joined", timeout=40)
+    csr.send({"cmd": "request", "cap": "view"})
+    cust.send({"cmd": "grant", "id": cust.expect("request", timeout=20)["id"]})
+    csr.expect("consent", lambda e: e["cap"] == "view" and e["state"] == "granted", timeout=20)
+    return csr, cust
+
+
+def links(csr: Proc, seconds: float) -> list[Event]:
+    """The ``link`` events the CSR says within ``seconds`` from now."""
+    start = len(csr.drain(0.01))
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        csr.drain(0.5)
+    return [e for e in csr.events[start:] if e.get("event") == "link"]
+
+
+def test_the_csr_hears_how_the_link_is_doing_every_two_seconds(
+    procs: list[Proc], tmp_path: Path
+) -> None:
+    with xvfb(1280, 800) as display, busy_screen(display):
+        csr, cust = viewed_session(procs, tmp_path, display)
+        seen = links(csr, 7)
+        assert 2 <= len(seen) <= 5, seen
+        last = seen[-1]
+        assert last["peer"] and last["fps"] > 3, last
+        assert last["kbps"] > 50 and last["target_kbps"] >= 150, last
+        assert last["rtt_ms"] is not None and last["rtt_ms"] < 250, last
+        assert last["loss"] <= 0.05 and last["queue_ms"] < 150, last
+        # view revoked: the reports stop with the frames
+        cust.send({"cmd": "revoke", "cap": "view"})
+        csr.expect("consent", lambda e: e["cap"] == "view" and e["state"] == "revoked")
+        csr.drain(1.0)
+        assert links(csr, 4.5) == []
+        csr.send({"cmd": "end"})
+        assert csr.wait(20) == 0 and cust.wait(20) == 0
+
+
+def test_on_a_two_megabit_link_the_estimate_finds_the_bottleneck(
+    procs: list[Proc], tmp_path: Path
+) -> None:
+    """The customer's agent finds the 2 Mbit/s bottleneck under a screen that fills it.
+
+    (Not yet acted on, issue 13: the sender does not pace or encode to the estimate,
+    so the queue stays full and few reports reach the CSR in time; the ones that do
+    must say the truth about the link.)
+    """
+    with ShapedNamespace("2mbit") as ns, xvfb(1280, 800) as display, busy_screen(display):
+        csr, cust = viewed_session(procs, tmp_path, display, wrap=ns.exec)
+        deadline = time.monotonic() + 30
+        seen: list[Event] = []
+        while time.monotonic() < deadline and not seen:
+            seen = links(csr, 1.0)
+        assert seen, "no link report reached the CSR in 30 s"
+        # what arrives is what the link carries, never more, and the estimate knows it
+        assert all(e["kbps"] <= 2300 and e["target_kbps"] <= 2300 for e in seen), seen
+        assert ns.drops() > 0  # the screen did fill the bottleneck
+        csr.send({"cmd": "end"})
+        csr.wait(30)
+        cust.wait(30)
+
+
+pytestmark = pytest.mark.timeout(150)
