@@ -70,8 +70,12 @@ CAUTION_S = 3.0
 "Seconds after a decrease during which growth is slow."
 HEADROOM = 1.5
 "Growth is capped at this times the received rate (plus ``START_BPS``)."
-RATE_WINDOW = 0.5
-"Seconds of arrivals over which the received rate is measured."
+RATE_WINDOW = 1.0
+"""Seconds of reports (sender's clock) over which the received rate is measured: the
+viewer's arrival times bunch when its loop is busy (measured: 3.3 Mbit/s "received"
+over 0.5 s of arrival times on a 2 Mbit/s link), the bytes reported per second do not."""
+SHORT_WINDOW = 0.3
+"Seconds of the latest reports whose rate a back-off also considers (the lower wins)."
 LOSS_WINDOW = 1.0
 "Seconds of reports over which loss is counted."
 LOSS_HIGH = 0.10
@@ -117,13 +121,16 @@ class LinkState:
 
     target_bps: int
     received_bps: int
-    "Rate the viewer received over the last ``RATE_WINDOW``."
+    "Rate the viewer received, from the bytes reported over the last ``RATE_WINDOW``."
     queue_ms: float
     "Queueing delay at the bottleneck, as last measured."
     rtt_ms: float | None
     loss: float
     "Fraction of packets lost over the last ``LOSS_WINDOW``."
     trend: Trend
+    capacity_bps: int = 0
+    """The bottleneck's rate: what arrived while its queue was building (max over
+    ``BASE_WINDOW``); 0: the link was not found full lately."""
 
 
 class ArrivalRecorder:
@@ -186,11 +193,12 @@ class LinkEstimator:
         self._reported_upto: int | None = None  # unwrapped: highest seq already reported
         self._highest_sent: int | None = None
         self._base_delays: collections.deque[tuple[float, float]] = collections.deque()
-        self._received: collections.deque[tuple[float, int]] = collections.deque()  # viewer clock
+        self._received: collections.deque[tuple[float, int]] = collections.deque()  # per report
         self._outcomes: collections.deque[tuple[float, int, int]] = collections.deque()
         self._queue_ms = 0.0
         self._rtt: float | None = None
         self._trend = Trend.STARTING
+        self._capacity: collections.deque[tuple[float, float]] = collections.deque()
 
     @property
     def target_bps(self) -> int:
@@ -206,7 +214,23 @@ class LinkEstimator:
             rtt_ms=None if self._rtt is None else round(self._rtt * 1000, 1),
             loss=round(self._loss(), 3),
             trend=self._trend,
+            capacity_bps=int(self.capacity_bps),
         )
+
+    @property
+    def capacity_bps(self) -> float:
+        """What the link delivered while full, lately (0: not found full in ``BASE_WINDOW``)."""
+        return self._capacity[0][1] if self._capacity else 0.0
+
+    def expire(self, now: float) -> None:
+        """Forget a capacity measured longer than ``BASE_WINDOW`` ago."""
+        while self._capacity and self._capacity[0][0] < now - BASE_WINDOW:
+            self._capacity.popleft()
+
+    @property
+    def reported(self) -> bool:
+        """Whether any report was used yet."""
+        return self._trend is not Trend.STARTING
 
     def on_sent(self, seq: int, size: int, now: float) -> None:
         """Packet ``seq`` (RTP sequence number) of ``size`` bytes left at ``now``."""
@@ -233,7 +257,7 @@ class LinkEstimator:
         self._last_report_at = now
         self._last_timeout_at = None
         self._sent_since_report = False
-        got = lost = 0
+        got = lost = got_bytes = 0
         queue: float | None = None
         last_sent_at: float | None = None
         for seq in range(start, end):
@@ -248,11 +272,12 @@ class LinkEstimator:
             got += 1
             delay = arrived - sent_at
             queue = self._observe_delay(delay, now)
-            self._received.append((arrived, size))
+            got_bytes += size
             last_sent_at = sent_at
         if got + lost == 0:
             return
         self._outcomes.append((now, got, lost))
+        self._received.append((now, got_bytes))
         if last_sent_at is not None:
             rtt = now - last_sent_at - report.hold
             if rtt >= 0:
@@ -267,6 +292,7 @@ class LinkEstimator:
         if not self._sent_since_report or self._last_report_at is None:
             return
         since = self._last_timeout_at or self._last_report_at
+        self.expire(now)
         if now - since >= FEEDBACK_TIMEOUT:
             self._set(self._target / 2)
             self._last_timeout_at = now
@@ -281,8 +307,13 @@ class LinkEstimator:
         overused = self._queue_ms > OVERUSE_MS or loss > LOSS_HIGH
         if overused:
             self._trend = Trend.OVERUSED
+            if self._queue_ms > OVERUSE_MS and received > 0:
+                self._observe_capacity(received, now)  # a full link delivers its rate
             if self._last_decrease_at is None or now - self._last_decrease_at >= DECREASE_HOLD:
-                by_delay = BACKOFF * received if self._queue_ms > OVERUSE_MS else self._target
+                # the last few reports follow a step down at once; the whole window
+                # corrects for arrival times that bunched
+                now_rate = min(received, self._received_bps(SHORT_WINDOW)) or received
+                by_delay = BACKOFF * now_rate if self._queue_ms > OVERUSE_MS else self._target
                 by_loss = self._target * (1 - loss / 2) if loss > LOSS_HIGH else self._target
                 self._set(min(self._target, by_delay or self._target, by_loss))
                 self._last_decrease_at = now
@@ -312,19 +343,27 @@ class LinkEstimator:
             window.popleft()
         return delay - window[0][1]
 
+    def _observe_capacity(self, bps: float, now: float) -> None:
+        window = self._capacity
+        while window and window[-1][1] <= bps:
+            window.pop()  # a monotonic deque: its head is the window's maximum
+        window.append((now, bps))
+        while window[0][0] < now - BASE_WINDOW:
+            window.popleft()
+
     def _trim(self, now: float) -> None:
-        newest = self._received[-1][0] if self._received else 0.0
-        while self._received and self._received[0][0] < newest - RATE_WINDOW:
+        while self._received and self._received[0][0] < now - RATE_WINDOW:
             self._received.popleft()
         while self._outcomes and self._outcomes[0][0] < now - LOSS_WINDOW:
             self._outcomes.popleft()
 
-    def _received_bps(self) -> float:
-        if len(self._received) < 2:
+    def _received_bps(self, window: float = RATE_WINDOW) -> float:
+        recent = [r for r in self._received if r[0] >= self._received[-1][0] - window]
+        if len(recent) < 2:
             return 0.0
-        span = self._received[-1][0] - self._received[0][0]
-        size = sum(s for _, s in list(self._received)[1:])
-        return size * 8 / max(span, 0.05)
+        span = recent[-1][0] - recent[0][0]
+        size = sum(b for _, b in recent[1:])
+        return size * 8 / max(span, 0.2)
 
     def _loss(self) -> float:
         got = sum(g for _, g, _ in self._outcomes)
