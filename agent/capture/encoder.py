@@ -133,6 +133,10 @@ class Encoder:
         "Seconds the last ``encode`` took."
         self.bytes_out = 0
         "Encoded bytes produced so far."
+        self.frame_bits = 0.0
+        "Bits of a recent inter frame (moving average over about 5; keyframes left out)."
+        self.key_bits = 0
+        "Bits of the last keyframe."
 
     @property
     def mime_type(self) -> str:
@@ -202,6 +206,11 @@ class Encoder:
                 p.pts = frame.pts
             self.bytes_out += p.size
             self.keyframes += p.is_keyframe
+            if p.is_keyframe:
+                self.key_bits = p.size * 8
+            else:
+                old = self.frame_bits
+                self.frame_bits = p.size * 8 if old == 0 else 0.8 * old + 0.2 * p.size * 8
         self.encodes += 1
         self.last_encode_s = time.perf_counter() - started
         return packets

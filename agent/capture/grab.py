@@ -196,6 +196,10 @@ class Capturer:
         self._frames = 0
         self._changed = 0
         self._interval = 1.0 / fps_max
+        self.link_fps: float | None = None
+        "A frame-rate cap the viewers' links set (may be below ``fps_min``); None: none."
+        self.key_interval = KEYFRAME_MIN_INTERVAL
+        "Seconds between two forced keyframes (raised on a slow link: each must fit it)."
         self._work = 0.0
         self._epoch = time.monotonic()
         self._last_pts = -1
@@ -301,7 +305,7 @@ class Capturer:
             grabbed = time.monotonic()
             self._grabs += 1
             with self._lock:
-                key = self._want_key and tick - last_key >= KEYFRAME_MIN_INTERVAL
+                key = self._want_key and tick - last_key >= self.key_interval
                 forced = self._want_frame
                 if key:
                     self._want_key = False
@@ -338,6 +342,9 @@ class Capturer:
                     active = min(
                         max(self._work / BUSY_SHARE, 1.0 / self.fps_max), 1.0 / self.fps_min
                     )
+                cap = self.link_fps
+                if cap is not None:
+                    active = max(active, 1.0 / cap)  # the link first: the frame rate goes down
             if tick - last_change >= IDLE_AFTER:
                 self._interval = max(active, 1.0 / self.fps_idle)
             else:
@@ -346,7 +353,7 @@ class Capturer:
                 pending_key = self._want_key
             if pending_key:
                 # wake no earlier than the keyframe rate limit allows
-                wait = max(self._interval, last_key + KEYFRAME_MIN_INTERVAL - tick)
+                wait = max(self._interval, last_key + self.key_interval - tick)
             else:
                 wait = self._interval
             delay = tick + wait - time.monotonic()

@@ -30,6 +30,7 @@ from agent.capture.grab import (
     FPS_MAX,
     FPS_MIN,
     HEARTBEAT,
+    KEYFRAME_MIN_INTERVAL,
     TIME_BASE,
     Capture,
     Capturer,
@@ -231,6 +232,22 @@ class EncodedScreen:
     def poke(self) -> None:
         """Grab now rather than at the next tick (after injecting input)."""
         self.capturer.poke()
+
+    def limit(self, bps: float | None) -> None:
+        """Fit the frames to ``bps`` (the slowest limited viewer's link); None lifts it.
+
+        Frame rate first (``adapt.frame_rate``, from what recent inter frames cost),
+        and keyframes spaced so that each fits (``adapt.keyframe_interval``).
+        """
+        from agent.session.adapt import frame_rate, keyframe_interval
+
+        if bps is None:
+            self.capturer.link_fps = None
+            self.capturer.key_interval = KEYFRAME_MIN_INTERVAL
+            return
+        fps = frame_rate(bps, self.encoder.frame_bits, self.capturer.fps_max)
+        self.capturer.link_fps = fps if fps < self.capturer.fps_max else None
+        self.capturer.key_interval = keyframe_interval(bps, self.encoder.key_bits)
 
     def stats(self) -> ScreenStats:
         """A snapshot of the counters."""

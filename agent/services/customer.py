@@ -72,9 +72,9 @@ class CustomerServices:
         self.csrs: set[str] = set()
         "Peer ids of the session's CSRs (the primary and admitted assistants)."
         self._viewers: dict[str, PeerLink] = {}
+        "csr -> link whose video sender carries the screen now"
         self._viewed: dict[str, Any] = {}
         "csr -> ``agent.services.link.ViewedLink``: the estimate of that viewer's link."
-        "csr -> link whose video sender carries the screen now"
         self.record: SessionRecord | None = None
         "This agent's copy of the session log (the primary customer holds one)."
 
@@ -325,8 +325,15 @@ class CustomerServices:
         self._viewers[csr] = link
         share(link.video_sender, self.screen.track())
         if csr not in self._viewed:
-            self._viewed[csr] = ViewedLink(link.video_sender, link.send)
+            self._viewed[csr] = ViewedLink(link.video_sender, link.send, self._fit_screen)
         self._send_monitors(link)
+
+    def _fit_screen(self) -> None:
+        """The frames fit the slowest viewer whose link was found full (one encode for all)."""
+        if self.screen is None:
+            return
+        limits = [v.target_bps for v in self._viewed.values() if v.limited]
+        self.screen.limit(min(limits) if limits else None)
 
     def _stop_view(self, csr: str) -> None:
         """Frames stop at once: the sender's track is taken off on this machine."""
@@ -336,6 +343,7 @@ class CustomerServices:
         viewed = self._viewed.pop(csr, None)
         if viewed is not None:
             viewed.close()
+            self._fit_screen()
         if link is not None and link.video_sender is not None:
             unshare(link.video_sender)
 

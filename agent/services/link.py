@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from agent.protocol import channel as ch
+from agent.session.adapt import Pace, Pacing
 from agent.session.link import (
     FEEDBACK_INTERVAL,
     FEEDBACK_TIMEOUT,
@@ -74,19 +75,46 @@ class ViewerFeedback:
 
 
 class ViewedLink:
-    """The customer's side, one per viewer: the estimate of that viewer's link."""
+    """The customer's side, one per viewer: the estimate of that viewer's link, and the
+    pace of its packets (``agent.session.adapt.Pacing``) after every report."""
 
-    def __init__(self, sender: Any, send: Callable[[ch.Message], object]) -> None:
+    def __init__(
+        self,
+        sender: Any,
+        send: Callable[[ch.Message], object],
+        on_estimate: Callable[[], None] = lambda: None,
+    ) -> None:
         from agent.capture.rtc import sent_screen_packets
 
         self.estimator = LinkEstimator()
+        self.pacing = Pacing()
+        self.pace: Pace = self.pacing.update(self.estimator.state())
         self._send = send
+        self._on_estimate = on_estimate
         self.pacer = sent_screen_packets(sender, self.estimator.on_sent)
+        self._apply()
         self._task = asyncio.ensure_future(self._run())
         self._task.add_done_callback(_logged)
 
+    @property
+    def limited(self) -> bool:
+        """Whether this viewer's link has been found full (the screen fits it)."""
+        return self.pace.limited
+
+    @property
+    def target_bps(self) -> int:
+        """Bits/s the screen may use on this link."""
+        return self.estimator.target_bps
+
     def on_feedback(self, msg: ch.ScreenFeedback) -> None:
         self.estimator.on_feedback(from_wire(msg), time.monotonic())
+        self._apply()
+
+    def _apply(self) -> None:
+        self.pace = self.pacing.update(self.estimator.state())
+        self.pacer.rate = self.pace.rate_bps / 8
+        self.pacer.burst = self.pace.burst_bytes
+        self._on_estimate()
 
     async def _run(self) -> None:
         next_report = time.monotonic() + REPORT_INTERVAL
@@ -94,6 +122,7 @@ class ViewedLink:
             await asyncio.sleep(FEEDBACK_TIMEOUT / 4)
             now = time.monotonic()
             self.estimator.on_timer(now)
+            self._apply()
             if now >= next_report:
                 next_report = now + REPORT_INTERVAL
                 s = self.estimator.state()
@@ -108,6 +137,9 @@ class ViewedLink:
                 )
 
     def close(self) -> None:
-        """Stop (the sender's pacer no longer reports to this estimate)."""
+        """Stop: the sender's pacer no longer reports to this estimate, nor follows it."""
+        from agent.capture.rtc import PACE_BURST, PACE_RATE
+
         self._task.cancel()
         self.pacer.observe = None
+        self.pacer.rate, self.pacer.burst = PACE_RATE / 8, PACE_BURST

@@ -1,0 +1,196 @@
+"""The screen's adaptation policy (``agent.session.adapt``), pumped by hand.
+
+The last tests run the whole sender — frames from an encoder whose frame rate follows
+``frame_rate``, packets through a token bucket set by ``Pacing``, the estimator fed by
+a viewer's reports — over the simulated tail-drop bottleneck of ``test_link_core``.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+import pytest
+
+from agent.session.adapt import (
+    BURST_MIN,
+    FPS_FLOOR,
+    KEY_INTERVAL_MAX,
+    KEY_INTERVAL_MIN,
+    PACE_MAX,
+    PROBE_BPS,
+    Pacing,
+    frame_rate,
+    keyframe_interval,
+)
+from agent.session.link import (
+    FEEDBACK_INTERVAL,
+    ArrivalRecorder,
+    LinkEstimator,
+    LinkState,
+    Trend,
+)
+from tests.test_link_core import Bottleneck
+
+PACKET = 1200
+
+
+def state(
+    target: float = 2e6,
+    received: float = 0.0,
+    trend: Trend = Trend.UNDERUSED,
+    capacity: float = 0.0,
+) -> LinkState:
+    return LinkState(
+        target_bps=int(target),
+        received_bps=int(received),
+        queue_ms=0.0,
+        rtt_ms=10.0,
+        loss=0.0,
+        trend=trend,
+        capacity_bps=int(capacity),
+    )
+
+
+def test_a_link_never_found_full_is_probed_at_twice_what_it_delivered() -> None:
+    p = Pacing()
+    first = p.update(state(trend=Trend.STARTING))
+    assert first.rate_bps == PROBE_BPS and not first.limited
+    assert p.update(state(received=6e6)).rate_bps == 12e6
+    # a LAN: keyframes leave as fast as the pacer goes
+    assert p.update(state(received=30e6)).rate_bps == PACE_MAX
+    # a quiet moment does not forget what the link did
+    assert p.update(state(received=0.1e6)).rate_bps == PACE_MAX
+    assert p.update(state(received=0.1e6)).burst_bytes >= 40_000
+
+
+def test_once_found_full_packets_leave_below_what_the_link_delivered() -> None:
+    p = Pacing()
+    p.update(state(received=1e6))
+    full = p.update(state(target=1.5e6, received=1.9e6, trend=Trend.OVERUSED, capacity=2e6))
+    assert full.limited
+    assert full.rate_bps == pytest.approx(0.85 * 2e6)
+    assert full.burst_bytes == BURST_MIN  # 10 ms of 1.7 Mbit/s is under two packets
+    # the capacity left the estimator's window: the link stays one to be careful with
+    later = p.update(state(target=1.2e6, received=1.1e6, capacity=0))
+    assert later.limited and later.rate_bps == pytest.approx(0.85 * 2e6)
+    # the target above what the link did once: the pace follows the target
+    assert p.update(state(target=5e6, received=4e6)).rate_bps == 5e6
+
+
+@pytest.mark.parametrize(
+    ("target", "bits", "fps"),
+    [
+        (2e6, 160_000, 10.0),
+        (1e6, 160_000, 5.0),
+        (0.2e6, 400_000, FPS_FLOOR),  # a screen changing all over: once a second
+        (40e6, 160_000, 30.0),
+        (2e6, 0.0, 30.0),  # nothing known of the frames yet
+    ],
+)
+def test_the_frame_rate_fits_the_target(target: float, bits: float, fps: float) -> None:
+    assert frame_rate(target, bits, 30.0) == pytest.approx(fps)
+
+
+def test_keyframes_are_spaced_so_that_each_fits_the_link() -> None:
+    assert keyframe_interval(40e6, 4_000_000) == KEY_INTERVAL_MIN  # a LAN: as before
+    assert keyframe_interval(2e6, 2_400_000) == pytest.approx(2.4)  # 300 kB at 2 Mbit/s
+    assert keyframe_interval(0.15e6, 4_000_000) == KEY_INTERVAL_MAX
+    assert keyframe_interval(2e6, 0) == KEY_INTERVAL_MIN
+
+
+class Sender:
+    """A screen sender: keyframe first, then inter frames at the policy's frame rate."""
+
+    def __init__(self, link: Bottleneck, key_bytes: int, frame_bytes: int) -> None:
+        self.link = link
+        self.key_bytes, self.frame_bytes = key_bytes, frame_bytes
+        self.est = LinkEstimator()
+        self.rec = ArrivalRecorder()
+        self.pacing = Pacing()
+        self.pace = self.pacing.update(self.est.state())
+        self.now = 0.0
+        self.seq = 0
+        self.waiting: list[int] = []  # packet sizes queued at the pacer
+        self.tokens = 0.0
+        self.next_frame = 0.0
+        self.key_due = True
+        self.arrivals: list[tuple[float, int]] = []
+        self.reports: list[tuple[float, int, object]] = []
+        self.next_report = FEEDBACK_INTERVAL
+        self.queues: list[tuple[float, float]] = []
+        self.frames_sent = 0
+        self.key_out: float | None = None
+        "When the first keyframe's last packet left."
+
+    def run(self, seconds: float) -> None:
+        step = 0.001
+        end = self.now + seconds
+        while self.now < end:
+            self.now = round(self.now + step, 6)
+            fps = 30.0
+            if self.pace.limited:
+                fps = frame_rate(self.est.target_bps, self.frame_bytes * 8, 30.0)
+            if self.now >= self.next_frame:
+                size = self.key_bytes if self.key_due else self.frame_bytes
+                self.key_due = False
+                self.waiting += [PACKET] * (size // PACKET)
+                self.frames_sent += 1
+                self.next_frame = self.now + 1 / fps
+            self.tokens = min(
+                self.tokens + self.pace.rate_bps / 8 * step, float(self.pace.burst_bytes)
+            )
+            while self.waiting and self.tokens >= self.waiting[0]:
+                size = self.waiting.pop(0)
+                self.tokens -= size
+                seq = self.seq % 65536
+                self.seq += 1
+                self.est.on_sent(seq, size, self.now)
+                if self.key_out is None and self.seq == self.key_bytes // PACKET:
+                    self.key_out = self.now
+                at = self.link.send(size, self.now)
+                if at is not None:
+                    heapq.heappush(self.arrivals, (at, seq))
+            while self.arrivals and self.arrivals[0][0] <= self.now:
+                at, seq = heapq.heappop(self.arrivals)
+                self.rec.on_packet(seq, at)
+            if self.now >= self.next_report:
+                self.next_report += FEEDBACK_INTERVAL
+                report = self.rec.take(self.now)
+                if report is not None:
+                    heapq.heappush(self.reports, (self.now + self.link.prop, self.seq, report))
+            while self.reports and self.reports[0][0] <= self.now:
+                _, _, report = heapq.heappop(self.reports)
+                self.est.on_feedback(report, self.now)  # type: ignore[arg-type]
+                self.pace = self.pacing.update(self.est.state())
+            self.est.on_timer(self.now)
+            self.queues.append((self.now, self.link.queue_s(self.now)))
+
+    def queue_p95(self, start: float) -> float:
+        qs = sorted(q for at, q in self.queues if at >= start)
+        return qs[int(0.95 * (len(qs) - 1))]
+
+
+@pytest.mark.parametrize("mbps", [1, 2, 4])
+def test_a_screen_on_a_slow_link_keeps_the_bottleneck_queue_short(mbps: float) -> None:
+    """A 300 kB keyframe, then 20 kB frames: the queue fills once, then stays short."""
+    s = Sender(Bottleneck(mbps * 1e6), key_bytes=300_000, frame_bytes=20_000)
+    s.run(20)
+    assert s.pace.limited
+    assert s.queue_p95(5) < 0.060, s.queue_p95(5)
+    dropped_early = s.link.dropped
+    s.run(10)
+    assert s.link.dropped == dropped_early  # no drop once the link is known
+    # and the link is used: frames at the rate the link carries
+    carried = s.frames_sent * 20_000 * 8 / 30
+    assert carried >= 0.4 * mbps * 1e6, (carried, mbps)
+
+
+def test_a_lan_keeps_its_full_frame_rate_and_fast_keyframes() -> None:
+    s = Sender(Bottleneck(100e6), key_bytes=600_000, frame_bytes=20_000)
+    s.run(10)
+    assert not s.pace.limited
+    # the first keyframe is probed out (8, then 16, 32 Mbit/s as reports come back)
+    assert s.key_out is not None and s.key_out < 0.45, s.key_out
+    assert s.pace.rate_bps >= 2 * 0.95 * 30 * 20_000 * 8
+    assert s.frames_sent >= 0.95 * 30 * 10
+    assert s.link.dropped == 0
