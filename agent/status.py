@@ -214,6 +214,16 @@ class Link(Status):
 
 
 @dataclass(frozen=True)
+class ScreenModeChanged(Status):
+    """The mode a customer's screen spends a slow link in (``sharp`` or ``smooth``)."""
+
+    event: ClassVar[str] = "screen_mode"
+    peer: str
+    "The customer whose screen it is."
+    mode: str
+
+
+@dataclass(frozen=True)
 class SnapshotSaved(Status):
     event: ClassVar[str] = "snapshot"
     peer: str

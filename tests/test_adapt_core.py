@@ -17,10 +17,18 @@ from agent.session.adapt import (
     KEY_INTERVAL_MAX,
     KEY_INTERVAL_MIN,
     PACE_MAX,
+    POLICIES,
     PROBE_BPS,
+    QMAX_WORST,
+    REKEY_HOLD_S,
     Pacing,
+    Quality,
+    Rekey,
+    ScreenMode,
     frame_rate,
+    key_size_ratio,
     keyframe_interval,
+    screen_quality,
 )
 from agent.session.link import (
     FEEDBACK_INTERVAL,
@@ -89,6 +97,71 @@ def test_once_found_full_packets_leave_below_what_the_link_delivered() -> None:
 )
 def test_the_frame_rate_fits_the_target(target: float, bits: float, fps: float) -> None:
     assert frame_rate(target, bits, 30.0) == pytest.approx(fps)
+
+
+FULL = 6_000_000
+
+
+def test_a_link_that_is_not_limited_gets_the_modes_best_picture() -> None:
+    for mode, policy in POLICIES.items():
+        q = screen_quality(None, mode, full_bitrate=FULL)
+        assert q == Quality(FULL, policy.qmax_best)  # and the encoder's keyframe cap
+
+
+@pytest.mark.parametrize(
+    ("mbps", "qmax"),
+    # a page of text (496 kB at 36), 1.5 s of the link: 1 Mbit/s -> 187 kB, 4 -> 750 kB
+    [(0.5, QMAX_WORST), (1.0, QMAX_WORST), (2.0, 48), (2.5, 40), (3.0, 36), (8.0, 36)],
+)
+def test_the_first_keyframe_fits_one_and_a_half_seconds_of_the_link(mbps: float, qmax: int) -> None:
+    q = screen_quality(mbps * 1e6, ScreenMode.SHARP, full_bitrate=FULL)
+    assert q.qmax == qmax
+    assert q.bitrate == min(int(mbps * 1e6), FULL)
+
+
+def test_the_last_keyframe_predicts_the_next_one() -> None:
+    # a light desktop: 86 kB at 36 fits 1.5 s of even 0.5 Mbit/s (94 kB)
+    light = screen_quality(
+        500_000, ScreenMode.SHARP, full_bitrate=FULL, key_bytes=33_000, key_qmax=63
+    )
+    assert light.qmax == 36
+    # the same link, a page of text made at 48: the coarsest ceiling it has
+    text = screen_quality(
+        500_000, ScreenMode.SHARP, full_bitrate=FULL, key_bytes=352_000, key_qmax=48
+    )
+    assert text.qmax == QMAX_WORST
+    assert key_size_ratio(36) == 1.0 and key_size_ratio(63) == pytest.approx(0.36)
+    assert key_size_ratio(38) == pytest.approx((1.0 + 0.91) / 2)
+    assert key_size_ratio(4) == key_size_ratio(20)  # the table's ends hold beyond it
+
+
+def test_smooth_mode_takes_coarser_smaller_keyframes_and_keeps_more_frames() -> None:
+    sharp = screen_quality(4e6, ScreenMode.SHARP, full_bitrate=FULL)
+    smooth = screen_quality(4e6, ScreenMode.SMOOTH, full_bitrate=FULL)
+    assert smooth.qmax > sharp.qmax
+    # a 40 kB frame on 1 Mbit/s: sharp lets the rate fall to 2.5 fps, smooth holds 5
+    assert frame_rate(1e6, 320_000, 30, POLICIES[ScreenMode.SHARP].fps_floor) == 2.5
+    assert frame_rate(1e6, 320_000, 30, POLICIES[ScreenMode.SMOOTH].fps_floor) == 5.0
+
+
+def test_only_a_lasting_better_picture_is_worth_a_keyframe_of_its_own() -> None:
+    now = Quality(1_000_000, 63)
+    rekey = Rekey()
+    # the estimate wanders, the link falls: the frame rate gives way, no keyframe
+    for t, wanted in enumerate([Quality(1_300_000, 63), Quality(1_000_000, 60)] * 3):
+        assert not rekey.update(now, wanted, float(t))
+    assert not any(rekey.update(now, Quality(300_000, 63), 10.0 + t) for t in range(5))
+    # twice the bitrate, but only for a second: no keyframe
+    assert not rekey.update(now, Quality(2_000_000, 63), 20.0)
+    assert not rekey.update(now, Quality(2_000_000, 63), 21.0)
+    assert not rekey.update(now, Quality(1_000_000, 63), 21.5)
+    # the link came back and stays: a keyframe REKEY_HOLD_S later, once
+    ups = [rekey.update(now, Quality(4_000_000, 63), 30.0 + t / 10) for t in range(25)]
+    assert ups.index(True) == round(REKEY_HOLD_S * 10) and ups.count(True) == 1
+    # a ceiling finer by FINER_STEP counts as better too
+    assert not rekey.update(now, Quality(1_000_000, 56), 40.0)
+    assert rekey.update(now, Quality(1_000_000, 52), 40.0) is False
+    assert rekey.update(now, Quality(1_000_000, 52), 40.0 + REKEY_HOLD_S)
 
 
 def test_keyframes_are_spaced_so_that_each_fits_the_link() -> None:

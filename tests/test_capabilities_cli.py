@@ -150,7 +150,14 @@ def test_view_shows_the_customers_screen_in_the_snapshot(
             got = patch.getpixel((0, 0))
             assert all(abs(a - b) <= 24 for a, b in zip(got, rgb, strict=True)), (qx, qy, got)
 
-        # the pattern changes: a fresh snapshot shows the change
+        # the seeds' session option: every viewer and the customer hear the new mode
+        csr.send({"cmd": "screen_mode", "mode": "blurry"})
+        assert "must be one of sharp, smooth" in csr.expect("error")["reason"]
+        csr.send({"cmd": "screen_mode", "mode": "smooth"})
+        assert csr.expect("screen_mode")["mode"] == "smooth"
+        assert cust.expect("screen_mode")["mode"] == "smooth"
+
+        # the pattern changes: a fresh snapshot shows the change (in the new mode)
         canvas.fill(0, 0, w, h, (250, 250, 250))
         canvas.sync()
         csr.send({"cmd": "keyframe"})
@@ -169,6 +176,8 @@ def test_view_shows_the_customers_screen_in_the_snapshot(
         csr.send({"cmd": "snapshot", "path": str(tmp_path / "after.png")})
         assert "not granted" in csr.expect("error")["reason"]
         assert not (tmp_path / "after.png").exists()
+        csr.send({"cmd": "screen_mode", "mode": "sharp"})
+        assert "not granted" in csr.expect("error")["reason"]
         csr.send({"cmd": "end"})
         assert csr.wait() == 0
         assert cust.wait() == 0

@@ -40,6 +40,7 @@ from agent.capture import (  # noqa: E402
     unshare,
 )
 from agent.capture.encoder import Codec  # noqa: E402
+from agent.capture.grab import REFINE_FRAMES  # noqa: E402
 from agent.capture.jitter import PromptJitterBuffer  # noqa: E402
 from agent.capture.rtc import Pacer  # noqa: E402
 from agent.capture.xvfb import Canvas, Xvfb  # noqa: E402
@@ -263,24 +264,32 @@ async def test_csr_sees_the_pattern(
 
 
 async def test_unchanged_screen_is_not_reencoded(canvas: Canvas, display: str) -> None:
+    # after a change the still screen is sent REFINE_FRAMES times more (the encoder
+    # spends them on detail), then left alone
     async with encoded(display, heartbeat=60.0) as screen:
         track = screen.track()
         async with asyncio.timeout(STEP):
             first = await track.recv()
         assert first.is_keyframe
+        await asyncio.sleep(1.0)
         grabs = screen.stats().grabs
+        assert screen.stats().encodes == 1 + REFINE_FRAMES
         await asyncio.sleep(0.5)
         s = screen.stats()
-        assert s.grabs >= grabs + 5, "the capturer kept grabbing"
-        assert s.encodes == 1, "identical grabs were encoded again"
+        assert s.grabs >= grabs + 4, "the capturer kept grabbing"
+        assert s.encodes == 1 + REFINE_FRAMES, "identical grabs were encoded again"
 
+        with contextlib.suppress(TimeoutError):  # the refinements sent so far
+            while True:
+                async with asyncio.timeout(0.2):
+                    await track.recv()
         canvas.fill(100, 100, 64, 64, (0, 0, 0))
         canvas.sync()
         async with asyncio.timeout(STEP):
             second = await track.recv()
         assert not second.is_keyframe
-        await asyncio.sleep(0.3)
-        assert screen.stats().encodes == 2
+        await asyncio.sleep(1.0)
+        assert screen.stats().encodes == 2 + 2 * REFINE_FRAMES
         track.stop()
 
 
@@ -289,9 +298,9 @@ async def test_heartbeat_resends_a_static_screen(canvas: Canvas, display: str) -
         track = screen.track()
         started = time.monotonic()
         async with asyncio.timeout(STEP):
-            for _ in range(4):
+            for _ in range(1 + REFINE_FRAMES + 3):
                 await track.recv()
-        # one keyframe, then a heartbeat every 0.2 s on an unchanged screen
+        # one keyframe and its refinements, then a heartbeat every 0.2 s
         assert 0.5 <= time.monotonic() - started <= 2.0
         assert screen.stats().keyframes == 1
         track.stop()
@@ -301,7 +310,7 @@ async def test_heartbeat_resends_a_static_screen(canvas: Canvas, display: str) -
 
 
 async def test_two_viewers_get_frames_from_one_encode(canvas: Canvas, display: str) -> None:
-    async with pairs(2) as both, encoded(display, heartbeat=60.0) as screen:
+    async with pairs(2) as both, encoded(display, heartbeat=60.0, refine_frames=0) as screen:
         viewers = [await p.connect() for p in both]
         tracks = [screen.track() for _ in both]
         for p, t in zip(both, tracks, strict=True):
@@ -339,7 +348,7 @@ async def test_two_viewers_get_frames_from_one_encode(canvas: Canvas, display: s
 
 
 async def test_keyframe_on_request(canvas: Canvas, display: str) -> None:
-    async with encoded(display, heartbeat=60.0) as screen:
+    async with encoded(display, heartbeat=60.0, refine_frames=0) as screen:
         track = screen.track()
         async with asyncio.timeout(STEP):
             assert (await track.recv()).is_keyframe

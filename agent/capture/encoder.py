@@ -54,13 +54,14 @@ import av
 from av.video.codeccontext import VideoCodecContext
 
 from agent.capture.grab import TIME_BASE
+from agent.session.adapt import Quality
 
 Codec = Literal["vp8", "h264"]
 
 BITRATE_1080P = 6_000_000
 "Target bitrate (bits/s) for a 1920x1080 screen; other sizes scale by pixel count."
 BITRATE_MIN = 1_500_000
-"Lowest target bitrate (bits/s): below it 11 px text at 1080p is no longer readable."
+"Lowest target bitrate (bits/s) on a link that is not limited (on a slow one, see adapt)."
 BITRATE_MAX = 10_000_000
 "Highest target bitrate (bits/s): beyond it text gains under 2 dB."
 VP8_SPEED = 16
@@ -137,19 +138,43 @@ class Encoder:
         "Bits of a recent inter frame (moving average over about 5; keyframes left out)."
         self.key_bits = 0
         "Bits of the last keyframe."
+        self.key_qmax = 0
+        "Quantiser ceiling the last keyframe was made at."
+        self.quality: Quality | None = None
+        "Bitrate and quantiser ceiling the open encoder runs at (None: not open yet)."
+        self._wanted: Quality | None = None
 
     @property
     def mime_type(self) -> str:
         """The RTP codec this encoder produces (``video/VP8`` or ``video/H264``)."""
         return "video/VP8" if self.settings.codec == "vp8" else "video/H264"
 
+    def full_bitrate(self, width: int, height: int) -> int:
+        """The bitrate on a link that is not limited (settings, or ``default_bitrate``)."""
+        return self.settings.bitrate or default_bitrate(width, height)
+
+    def retune(self, quality: Quality | None) -> None:
+        """Encode at ``quality`` from the next keyframe on (None: the settings again).
+
+        libvpx takes no new bitrate once open, but a keyframe needs no history, so
+        the encoder is opened again there. Thread-safe.
+        """
+        with self._lock:
+            self._wanted = quality
+
+    def _wanted_for(self, frame: av.VideoFrame) -> Quality:
+        if self._wanted is not None:
+            return self._wanted
+        return Quality(self.full_bitrate(frame.width, frame.height), self.settings.qmax)
+
     def _open(self, frame: av.VideoFrame) -> VideoCodecContext:
         s = self.settings
-        bitrate = s.bitrate or default_bitrate(frame.width, frame.height)
+        self.quality = q = self._wanted_for(frame)
+        bitrate, qmax = q.bitrate, q.qmax
         if s.codec == "vp8":
             ctx = av.CodecContext.create("libvpx", "w")
             ctx.qmin = 2
-            ctx.qmax = s.qmax
+            ctx.qmax = qmax
             ctx.options = {
                 "deadline": "realtime",
                 "cpu-used": str(s.speed),
@@ -161,7 +186,7 @@ class Encoder:
                 # VBR (no minrate): a 1 s buffer around the target, see module docstring
                 "maxrate": str(bitrate),
                 "bufsize": str(bitrate),
-                "max-intra-rate": str(VP8_MAX_INTRA_PCT),
+                "max-intra-rate": str(q.intra_pct or VP8_MAX_INTRA_PCT),
             }
         elif s.codec == "h264":
             ctx = av.CodecContext.create("libx264", "w")
@@ -195,6 +220,9 @@ class Encoder:
             ctx = self._ctx
             if ctx is not None and (ctx.width != frame.width or ctx.height != frame.height):
                 ctx = None  # monitor resized: a new stream starts with a keyframe
+            key = keyframe or frame.pict_type == av.video.frame.PictureType.I
+            if ctx is not None and key and self._wanted_for(frame) != self.quality:
+                ctx = None  # new settings, where a keyframe starts over anyway
             if ctx is None:
                 ctx = self._ctx = self._open(frame)
             if keyframe:
@@ -208,6 +236,7 @@ class Encoder:
             self.keyframes += p.is_keyframe
             if p.is_keyframe:
                 self.key_bits = p.size * 8
+                self.key_qmax = self.quality.qmax if self.quality else self.settings.qmax
             else:
                 old = self.frame_bits
                 self.frame_bits = p.size * 8 if old == 0 else 0.8 * old + 0.2 * p.size * 8

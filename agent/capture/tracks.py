@@ -18,6 +18,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,10 +32,12 @@ from agent.capture.grab import (
     FPS_MIN,
     HEARTBEAT,
     KEYFRAME_MIN_INTERVAL,
+    REFINE_FRAMES,
     TIME_BASE,
     Capture,
     Capturer,
 )
+from agent.session.adapt import Quality, Rekey, ScreenMode
 
 log = logging.getLogger(__name__)
 
@@ -190,9 +193,14 @@ class EncodedScreen:
         fps_min: float = FPS_MIN,
         fps_idle: float = FPS_IDLE,
         heartbeat: float = HEARTBEAT,
+        refine_frames: int = REFINE_FRAMES,
         with_cursor: bool = True,
         queue_max: int = QUEUE_MAX,
+        adaptive: bool = False,
     ) -> None:
+        self.adaptive = adaptive
+        """Whether ``limit`` will be called with each viewer's link as it is learnt: the
+        first keyframe is then made for ``adapt.STARTUP_BPS``."""
         self.encoder = Encoder(settings)
         self.capturer = Capturer(
             self._on_capture,
@@ -202,10 +210,18 @@ class EncodedScreen:
             fps_min=fps_min,
             fps_idle=fps_idle,
             heartbeat=heartbeat,
+            refine_frames=refine_frames,
             with_cursor=with_cursor,
             on_error=self._on_error,
         )
         self.queue_max = queue_max
+        self.mode = ScreenMode.SHARP
+        "How a slow link is spent (``set_mode``)."
+        self._limit_bps: float | None = None
+        self._size = (1920, 1080)  # of the last frame captured
+        self._rekey = Rekey()
+        self._started_at = -1e9  # when capture last started (for adapt.STARTUP_S)
+        self._starting = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tracks: set[PacketTrack] = set()
         self._receiving = 0
@@ -237,17 +253,64 @@ class EncodedScreen:
         """Fit the frames to ``bps`` (the slowest limited viewer's link); None lifts it.
 
         Frame rate first (``adapt.frame_rate``, from what recent inter frames cost),
-        and keyframes spaced so that each fits (``adapt.keyframe_interval``).
+        keyframes spaced so that each fits (``adapt.keyframe_interval``), and the
+        encoder's bitrate and quantiser ceiling from the next keyframe on
+        (``adapt.screen_quality``; for ``STARTUP_S`` a link not yet found full counts
+        as ``STARTUP_BPS``); a better picture that lasts gets its keyframe now
+        (``adapt.Rekey``).
         """
-        from agent.session.adapt import frame_rate, keyframe_interval
+        from agent.session.adapt import (
+            POLICIES,
+            STARTUP_BPS,
+            STARTUP_S,
+            frame_rate,
+            keyframe_interval,
+        )
 
+        self._limit_bps = bps
+        enc = self.encoder
+        now = time.monotonic()
+        starting = bps is None and now - self._started_at < STARTUP_S
+        wanted = self._quality(STARTUP_BPS if starting else bps)
+        enc.retune(wanted)
+        current = enc.quality
+        started = self._starting and not starting and bps is None
+        self._starting = starting
+        if current is not None and (started or self._rekey.update(current, wanted, now)):
+            self.capturer.request_keyframe()  # the link is not slow: the full picture now
         if bps is None:
             self.capturer.link_fps = None
             self.capturer.key_interval = KEYFRAME_MIN_INTERVAL
             return
-        fps = frame_rate(bps, self.encoder.frame_bits, self.capturer.fps_max)
+        floor = POLICIES[self.mode].fps_floor
+        fps = frame_rate(bps, enc.frame_bits, self.capturer.fps_max, floor)
         self.capturer.link_fps = fps if fps < self.capturer.fps_max else None
-        self.capturer.key_interval = keyframe_interval(bps, self.encoder.key_bits)
+        self.capturer.key_interval = keyframe_interval(bps, enc.key_bits)
+
+    def _quality(self, bps: float | None) -> Quality:
+        from agent.session.adapt import screen_quality
+
+        enc = self.encoder
+        width, height = self._size
+        full = enc.full_bitrate(width, height)
+        if bps is None and self.mode is ScreenMode.SHARP:
+            return Quality(full, enc.settings.qmax)  # as configured
+        return screen_quality(
+            bps,
+            self.mode,
+            full_bitrate=full,
+            key_bytes=enc.key_bits // 8,
+            key_qmax=enc.key_qmax,
+            pixels=width * height,
+        )
+
+    def set_mode(self, mode: ScreenMode) -> None:
+        """Spend a slow link on text (``SHARP``) or on motion (``SMOOTH``); see adapt."""
+        if mode is self.mode:
+            return
+        self.mode = mode
+        self.limit(self._limit_bps)
+        self.capturer.request_keyframe()  # the new ceiling shows at once
 
     def stats(self) -> ScreenStats:
         """A snapshot of the counters."""
@@ -278,6 +341,9 @@ class EncodedScreen:
 
     def _started(self, track: PacketTrack) -> None:
         self._receiving += 1
+        if self._receiving == 1 and self.adaptive:
+            self._started_at = time.monotonic()
+            self.limit(self._limit_bps)  # the first keyframe at the startup settings
         self.capturer.start()  # no-op while running
         self.capturer.request_keyframe()
 
@@ -293,6 +359,7 @@ class EncodedScreen:
     def _on_capture(self, cap: Capture) -> None:
         if self._receiving == 0:
             return
+        self._size = (cap.frame.width, cap.frame.height)
         packets = self.encoder.encode(cap.frame, cap.keyframe)
         if packets:
             _deliver(self._loop, self._fanout, packets)

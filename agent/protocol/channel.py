@@ -216,6 +216,20 @@ class Keyframe:
     type: ClassVar[str] = "keyframe"
 
 
+SCREEN_MODES = ("sharp", "smooth")
+"``ScreenMode`` values: sharp (Standard: text first), smooth (Screen Sampling: motion)."
+
+
+@dataclass(frozen=True)
+class ScreenModeMsg:
+    """CSR to customer, while ``view`` is granted: spend a slow link on text or motion;
+    customer to every viewer: the mode the screen now uses (so every CSR shows it)."""
+
+    type: ClassVar[str] = "screen_mode"
+    mode: str
+    "One of ``SCREEN_MODES``."
+
+
 MAX_FEEDBACK_PACKETS = 1024
 "Most screen packets one ``ScreenFeedback`` may cover (about 1.2 MB of screen)."
 
@@ -267,6 +281,7 @@ Message: TypeAlias = (
     | Monitors
     | SelectMonitor
     | Keyframe
+    | ScreenModeMsg
     | ScreenFeedback
     | LinkReport
     | Release
@@ -427,6 +442,7 @@ _TABLE: dict[str, Any] = {
         index=wire.get_int(o, "index", lo=1, hi=MAX_MONITORS)
     ),
     "keyframe": lambda o: Keyframe(),
+    "screen_mode": lambda o: ScreenModeMsg(mode=wire.get_choice(o, "mode", SCREEN_MODES)),
     "feedback": _feedback,
     "link": lambda o: LinkReport(
         kbps=wire.get_int(o, "kbps", lo=0, hi=10**7),

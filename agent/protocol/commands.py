@@ -12,7 +12,7 @@ from typing import Any, ClassVar, TypeAlias
 
 from agent.errors import DecodeError, UnknownMessage
 from agent.protocol import wire
-from agent.protocol.channel import MAX_CHAT_CHARS, MAX_RECIPIENTS
+from agent.protocol.channel import MAX_CHAT_CHARS, MAX_RECIPIENTS, SCREEN_MODES
 from agent.protocol.handshake import PEER_ID_RE
 from agent.protocol.log import MAX_NOTE_CHARS
 
@@ -141,6 +141,17 @@ class MonitorCommand:
 
 
 @dataclass(frozen=True)
+class ScreenModeCommand:
+    """``{"cmd":"screen_mode","mode":"sharp"|"smooth"}``: how the customer's screen spends
+    a slow link: sharp (the default: text first, the frame rate goes down) or smooth
+    (motion first, a coarser picture). CSR: asks the customer's agent; customer: sets it."""
+
+    cmd: ClassVar[str] = "screen_mode"
+    mode: str
+    to: str | None = None
+
+
+@dataclass(frozen=True)
 class FileCommand:
     """File commands: ``send_file`` (CSR publishes a local file and offers it),
     ``browse`` and ``fetch`` (CSR, ``files_advanced``: list and pull from the customer's
@@ -186,6 +197,7 @@ Command: TypeAlias = (
     | InputCommand
     | SimpleCommand
     | MonitorCommand
+    | ScreenModeCommand
     | FileCommand
     | AdmitCommand
     | TransferCommand
@@ -288,6 +300,9 @@ _TABLE: dict[str, Any] = {
         kind="reject_file", id=wire.get_str(o, "id", pattern=_ID_RE)
     ),
     "monitor": lambda o: MonitorCommand(index=wire.get_int(o, "index", lo=1, hi=16), to=_to(o)),
+    "screen_mode": lambda o: ScreenModeCommand(
+        mode=wire.get_choice(o, "mode", SCREEN_MODES), to=_to(o)
+    ),
 }
 
 

@@ -80,6 +80,14 @@ def get_str(
     return value
 
 
+def get_choice(obj: Mapping[str, Any], name: str, choices: tuple[str, ...]) -> str:
+    """A string field that must be one of ``choices`` (the error lists them)."""
+    value = get_str(obj, name, max_len=64)
+    if value not in choices:
+        raise DecodeError(f'field "{name}" must be one of {", ".join(choices)}')
+    return str(value)
+
+
 def get_int(obj: Mapping[str, Any], name: str, *, lo: int, hi: int, optional: bool = False) -> Any:
     """An integer field within ``lo..hi`` (booleans are not integers here)."""
     if name not in obj or obj[name] is None:

@@ -372,6 +372,8 @@ class CsrSession:
                 services.request("view")  # monitors come with the view grant
         elif isinstance(command, cmds.MonitorCommand):
             self.services_for(command.to).select_monitor(command.index)
+        elif isinstance(command, cmds.ScreenModeCommand):
+            self.services_for(command.to).screen_mode(command.mode)
         elif isinstance(command, cmds.FileCommand) and command.kind == "send_file":
             await self.services_for(command.to).send_file(command.path)
         elif isinstance(command, cmds.FileCommand) and command.kind == "browse":

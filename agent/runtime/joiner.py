@@ -90,6 +90,7 @@ class CustomerSession:
         self._session_key = b""
         self._tick_task: asyncio.Task[None] | None = None
         self.services = CustomerServices(self._emit, options or CustomerOptions())
+        self.services.me = self.me
         self._closing: asyncio.Future[None] | None = None
         self._signal_closing: asyncio.Future[None] | None = None
         self._finishing = False
@@ -362,6 +363,8 @@ class CustomerSession:
             )
         elif isinstance(command, cmds.MonitorCommand):
             self.services.select_monitor(command.index)
+        elif isinstance(command, cmds.ScreenModeCommand):
+            self.services.set_screen_mode(command.mode)
         elif isinstance(command, cmds.FileCommand) and command.kind in (
             "accept_file",
             "reject_file",
@@ -435,6 +438,8 @@ class CustomerSession:
                 | cmds.ReleaseCommand
                 | cmds.SnapshotCommand
                 | cmds.SimpleCommand
+                | cmds.MonitorCommand
+                | cmds.ScreenModeCommand
                 | cmds.FileCommand,
             ):
                 raise LocalProtocolError(
@@ -454,6 +459,8 @@ class CustomerSession:
                 acting.request("sysinfo" if command.name == "sysinfo" else "view")
         elif isinstance(command, cmds.MonitorCommand):
             acting.select_monitor(command.index)
+        elif isinstance(command, cmds.ScreenModeCommand):
+            acting.screen_mode(command.mode)
         elif isinstance(command, cmds.FileCommand) and command.kind == "send_file":
             await acting.send_file(command.path)
         elif isinstance(command, cmds.FileCommand) and command.kind == "browse":

@@ -116,6 +116,11 @@ class CsrServices:
         self._need("view")
         self.link.send(ch.SelectMonitor(index=index))
 
+    def screen_mode(self, mode: str) -> None:
+        """Ask the customer's agent to spend a slow link on text (sharp) or motion (smooth)."""
+        self._need("view")
+        self.link.send(ch.ScreenModeMsg(mode=mode))
+
     def input(self, cmd: InputCommand) -> None:
         """Send one pointer or keyboard command, stamped with our control token."""
         self._need("control")
@@ -187,6 +192,9 @@ class CsrServices:
                     fps=round(fps, 1),
                 )
             )
+            return True
+        if isinstance(msg, ch.ScreenModeMsg):
+            self._emit(status.ScreenModeChanged(peer=self.customer, mode=msg.mode))
             return True
         if isinstance(msg, ch.ConsentState):
             self.grants[msg.cap] = msg.state

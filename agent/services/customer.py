@@ -77,6 +77,12 @@ class CustomerServices:
         "csr -> ``agent.services.link.ViewedLink``: the estimate of that viewer's link."
         self.record: SessionRecord | None = None
         "This agent's copy of the session log (the primary customer holds one)."
+        self.me = ""
+        "This agent's peer id (the runtime sets it)."
+        from agent.session.adapt import ScreenMode
+
+        self.screen_mode = ScreenMode.SHARP
+        "How the screen spends a slow link (``set_screen_mode``)."
 
     # -- links
 
@@ -158,6 +164,11 @@ class CustomerServices:
         elif isinstance(msg, ch.ScreenFeedback):
             if (viewed := self._viewed.get(csr)) is not None:
                 viewed.on_feedback(msg)
+        elif isinstance(msg, ch.ScreenModeMsg):
+            if self.consent.allows(csr, "view"):
+                self.set_screen_mode(msg.mode)
+            else:
+                link.send(ch.Refused(code="no_grant", message="view is not granted"))
         elif isinstance(msg, ch.SelectMonitor):
             if self.consent.allows(csr, "view"):
                 self._select_monitor(msg.index)
@@ -245,6 +256,17 @@ class CustomerServices:
     def select_monitor(self, index: int) -> None:
         self._select_monitor(index)
 
+    def set_screen_mode(self, mode: str) -> None:
+        """Spend a slow link on text (``sharp``) or motion (``smooth``); every viewer hears."""
+        from agent.session.adapt import ScreenMode
+
+        self.screen_mode = ScreenMode(mode)
+        if self.screen is not None:
+            self.screen.set_mode(self.screen_mode)
+        for link in self._viewers.values():
+            link.send(ch.ScreenModeMsg(mode=mode))
+        self._emit(status.ScreenModeChanged(peer=self.me, mode=mode))
+
     def handle_timer(self, now: float) -> None:
         self.consent.handle_timer(now)
         self._pump()
@@ -319,7 +341,9 @@ class CustomerServices:
             self.screen = EncodedScreen(
                 monitor=self._monitor_index,
                 settings=EncoderSettings(codec=self.options.video_codec),  # type: ignore[arg-type]
+                adaptive=True,
             )
+            self.screen.set_mode(self.screen_mode)
         from agent.services.link import ViewedLink
 
         self._viewers[csr] = link

@@ -16,11 +16,25 @@ what the sender does, and nothing here reads a clock or touches a socket:
   ``FPS_FLOOR`` for a screen that changes all the time.
 - ``keyframe_interval`` spaces keyframes so that each fits the link: a viewer that
   lost a packet and asks again and again cannot fill the link with keyframes.
+- ``screen_quality`` chooses the encoder's bitrate and quantiser ceiling for the next
+  keyframe (a keyframe needs no history, so that is when the encoder can be opened
+  again with new settings): the keyframe must fit ``KEY_FIT_S`` of the link, and
+  what follows it is encoded at the link's rate. The quantiser goes second, after
+  the frame rate: a 1080p page of 11 px text makes a 496 kB keyframe at the
+  ceiling of 36 (32.5 dB, reads cleanly), 352 kB at 48 (27 dB, readable), 180 kB at
+  63 (19.6 dB, a first look); the frames that follow a still screen refine it (the
+  capturer sends the still screen again, see ``grab.REFINE_FRAMES``).
+- ``ScreenMode``: the seeds' session option, *Standard* (better image, slower) or
+  *Screen Sampling* (faster, lower quality): ``SHARP`` (the default, text first)
+  and ``SMOOTH`` (motion first: a higher quantiser, smaller keyframes, a higher
+  frame-rate floor).
 """
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
+from enum import Enum
 
 from agent.session.link import LinkState, Trend
 
@@ -44,6 +58,144 @@ KEY_INTERVAL_MIN = 0.5
 "Seconds between keyframes at least, whatever the link (as the capturer's own limit)."
 KEY_INTERVAL_MAX = 8.0
 "Seconds between keyframes at most: a viewer that lost one waits no longer."
+
+
+class ScreenMode(Enum):
+    """How the screen spends a slow link (the seeds' "Session options")."""
+
+    SHARP = "sharp"
+    "Standard: text first; the frame rate goes down before the picture gets coarse."
+    SMOOTH = "smooth"
+    "Screen Sampling: motion first; a coarser picture keeps the frame rate up."
+
+
+@dataclass(frozen=True)
+class ModePolicy:
+    """What one ``ScreenMode`` allows."""
+
+    qmax_best: int
+    "Quantiser ceiling on a link that is not limited (libvpx scale 4-63; lower is sharper)."
+    key_fit_s: float
+    "A keyframe may take this many seconds of a limited link."
+    fps_floor: float
+    "Lowest frame rate the link may impose."
+
+
+POLICIES = {
+    ScreenMode.SHARP: ModePolicy(qmax_best=36, key_fit_s=1.5, fps_floor=FPS_FLOOR),
+    ScreenMode.SMOOTH: ModePolicy(qmax_best=48, key_fit_s=0.75, fps_floor=5.0),
+}
+QMAX_WORST = 63
+"libvpx's highest quantiser: the smallest keyframe it can make."
+QMAX_STEPS = (20, 28, 36, 40, 44, 48, 52, 56, 60, 63)
+KEY_SIZE = (1.27, 1.15, 1.0, 0.91, 0.80, 0.71, 0.60, 0.51, 0.42, 0.36)
+"""Keyframe size at each of ``QMAX_STEPS`` relative to 36, measured on two 1080p
+pages (all text: 632..180 kB; a window of text on a flat desktop: 109..33 kB): the
+same curve within 0.02 for both, so one keyframe predicts the next at another ceiling."""
+KEY_BYTES_1080P = 496_000
+"A 1080p page of 11 px text at the ceiling of 36: the guess before any keyframe was made."
+FINER_STEP = 8
+"A ceiling this much finer than the current one is worth a keyframe of its own."
+REKEY_HOLD_S = 2.0
+"Seconds a better picture must stay possible before it gets a keyframe of its own."
+STARTUP_BPS = 1_000_000
+"""What a new viewer's link is taken to carry until ``STARTUP_S`` have shown more: the
+first keyframe is then small enough for a slow link (text: 180 kB, 1.4 s of 1 Mbit/s,
+where the full picture's 647 kB took 5 s), and a link not found full by then gets the
+full picture at once. A first keyframe on a slow link fills its queue within the
+first report or two (0.1-0.3 s)."""
+STARTUP_S = 1.5
+"Seconds after the screen starts during which a link not yet found full counts as slow."
+LIMITED_INTRA_PCT = 300
+"""Keyframe cap on a limited link, so that the ceiling sets the keyframe's size: at
+1600 (the encoder's default) a 2 Mbit/s encoder at ceiling 63 made a 390 kB keyframe
+of the text page, at 300 the ceiling's 180 kB."""
+BITRATE_FLOOR = 100_000
+"Lowest encoder bitrate (bits/s) on a limited link."
+
+
+@dataclass(frozen=True)
+class Quality:
+    """The encoder's settings for the next keyframe and what follows it."""
+
+    bitrate: int
+    "Target bits/s."
+    qmax: int
+    "Quantiser ceiling (libvpx scale)."
+    intra_pct: int | None = None
+    "libvpx max-intra-rate (keyframe cap, percent of a frame's share); None: the encoder's."
+
+
+def key_size_ratio(qmax: int) -> float:
+    """A keyframe's size at ``qmax`` relative to one at 36 (``KEY_SIZE``, interpolated)."""
+    q = min(max(qmax, QMAX_STEPS[0]), QMAX_STEPS[-1])
+    i = bisect.bisect_left(QMAX_STEPS, q)
+    if QMAX_STEPS[i] == q:
+        return KEY_SIZE[i]
+    q0, q1 = QMAX_STEPS[i - 1], QMAX_STEPS[i]
+    return KEY_SIZE[i - 1] + (KEY_SIZE[i] - KEY_SIZE[i - 1]) * (q - q0) / (q1 - q0)
+
+
+def screen_quality(
+    target_bps: float | None,
+    mode: ScreenMode,
+    *,
+    full_bitrate: int,
+    key_bytes: int = 0,
+    key_qmax: int = 0,
+    pixels: int = 1920 * 1080,
+) -> Quality:
+    """Bitrate and quantiser ceiling for the next keyframe.
+
+    ``target_bps`` is the slowest limited viewer's rate (None: no viewer's link is
+    limited, the encoder runs at ``full_bitrate``). ``key_bytes`` at ``key_qmax`` is
+    the last keyframe made (0: none yet; a page of text of ``pixels`` is assumed).
+    The ceiling is the lowest of ``QMAX_STEPS`` (from the mode's best) whose keyframe
+    is predicted to fit ``key_fit_s`` of the link; ``QMAX_WORST`` if none does.
+    """
+    policy = POLICIES[mode]
+    if target_bps is None:
+        return Quality(full_bitrate, policy.qmax_best)
+    if key_bytes > 0 and key_qmax > 0:
+        at_36 = key_bytes / key_size_ratio(key_qmax)
+    else:
+        at_36 = KEY_BYTES_1080P * pixels / (1920 * 1080)
+    budget = policy.key_fit_s * target_bps / 8
+    qmax = QMAX_WORST
+    for q in QMAX_STEPS:
+        if q >= policy.qmax_best and at_36 * key_size_ratio(q) <= budget:
+            qmax = q
+            break
+    bitrate = int(min(max(target_bps, BITRATE_FLOOR), full_bitrate))
+    return Quality(bitrate, qmax, LIMITED_INTRA_PCT)
+
+
+class Rekey:
+    """When a better picture is worth a keyframe of its own (one per screen).
+
+    Only upward: when the link can carry a bitrate twice the encoder's, or a ceiling
+    finer by ``FINER_STEP``, for ``REKEY_HOLD_S`` on end (the estimate wanders by 2x
+    within seconds on a busy 1 Mbit/s link; re-keying on every swing took the link's
+    reports from 9 in 20 s to 1). Downward the frame rate gives way at once, and the
+    next keyframe that comes anyway (a new viewer, a lost picture) takes the coarser
+    settings.
+    """
+
+    def __init__(self) -> None:
+        self._since: float | None = None
+
+    def update(self, current: Quality, wanted: Quality, now: float) -> bool:
+        """Whether to ask for a keyframe now (``now`` in seconds, any origin)."""
+        better = wanted.bitrate >= 2 * current.bitrate or wanted.qmax <= current.qmax - FINER_STEP
+        if not better:
+            self._since = None
+            return False
+        if self._since is None:
+            self._since = now
+        if now - self._since >= REKEY_HOLD_S:
+            self._since = None
+            return True
+        return False
 
 
 @dataclass(frozen=True)
@@ -89,14 +241,16 @@ def _burst(rate_bps: float) -> int:
     return max(BURST_MIN, int(rate_bps / 8 * BURST_S))
 
 
-def frame_rate(target_bps: float, frame_bits: float, fps_max: float) -> float:
+def frame_rate(
+    target_bps: float, frame_bits: float, fps_max: float, floor: float = FPS_FLOOR
+) -> float:
     """Frames per second that fit ``target_bps`` when each costs ``frame_bits``.
 
-    Within [``FPS_FLOOR``, ``fps_max``]; ``fps_max`` when nothing is known of the frames.
+    Within [``floor``, ``fps_max``]; ``fps_max`` when nothing is known of the frames.
     """
     if frame_bits <= 0:
         return fps_max
-    return min(max(FRAME_SHARE * target_bps / frame_bits, FPS_FLOOR), fps_max)
+    return min(max(FRAME_SHARE * target_bps / frame_bits, floor), fps_max)
 
 
 def keyframe_interval(target_bps: float, key_bits: float) -> float:

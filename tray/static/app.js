@@ -17,7 +17,7 @@ function newSession(sid) {
   return {
     sid, code: "", link: "", web: "", csrCode: "", me: "", participants: [], holder: null, sas: {},
     caps: {}, chat: [], files: new Map(), notes: [], ended: false, report: null,
-    asking: new Map(), activity: [], sysinfo: null, target: null,
+    asking: new Map(), activity: [], sysinfo: null, target: null, screenMode: {},
     role: state.roles[sid] || "primary", lead: "",
   };
 }
@@ -113,6 +113,10 @@ function apply(s, e, when) {
     case "assistant_request": s.asking.set(e.peer, e); break;
     case "sysinfo": s.sysinfo = e.data; break;
     case "link": s.link = { ...e, at: Date.now() }; break;
+    case "screen_mode":
+      s.screenMode[e.peer] = e.mode;
+      log(s, `Screen: ${e.mode === "smooth" ? "screen sampling (smoother motion)" : "standard (sharper text)"}`);
+      break;
     case "file": {
       const f = s.files.get(e.id) || {};
       Object.assign(f, e); s.files.set(e.id, f);
@@ -297,6 +301,11 @@ function render() {
     b.textContent = st === "granted" ? `${REQUEST[cap]}: granted` : (st === "pending" ? `${REQUEST[cap]}: asked…` : `Request ${REQUEST[cap].toLowerCase()}`);
     const stop = $("release-" + cap);  // give it back: the customer's agent ends the grant
     stop.hidden = st !== "granted" || ended;
+  }
+  const mode = s.screenMode[s.target] || "sharp";
+  for (const r of document.querySelectorAll('input[name="screen-mode"]')) {
+    r.checked = r.value === mode;
+    r.disabled = ended || capsOf(s).view !== "granted";  // the customer's agent refuses it otherwise
   }
   const otherCsrs = csrs.filter((p) => p.id !== s.me);
   $("transfer-control").disabled = ended || !(otherCsrs.length || (s.holder && s.holder !== s.me));
@@ -554,6 +563,9 @@ function wire() {
     const text = $("note-input").value.trim(); if (!text || !state.current) return;
     send({ op: "note", session: state.current, text }); $("note-input").value = "";
   };
+  for (const r of document.querySelectorAll('input[name="screen-mode"]')) {
+    r.onchange = () => { const s = current(); if (s && s.target) command({ cmd: "screen_mode", mode: r.value, to: s.target }); };
+  }
   $("transfer-control").onclick = () => { const to = $("transfer-to").value; if (to) command({ cmd: "transfer_control", to }); };
   $("end-session").onclick = () => { const s = current(); command({ cmd: s && s.role === "assistant" ? "leave" : "end" }); };
   const openJoin = () => { $("join-dialog").hidden = false; $("join-code").focus(); };
