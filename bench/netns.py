@@ -157,6 +157,17 @@ class ShapedNamespace:
             return 0
         return int(out.split(marker, 1)[1].split(",", 1)[0])
 
+    def sent_bytes(self) -> int:
+        """Bytes the bottleneck has passed so far (both directions: all of it crosses ``lo``)."""
+        out = subprocess.run(
+            [*self.exec, "tc", "-s", "qdisc", "show", "dev", "lo"],
+            capture_output=True, text=True, timeout=20,
+        ).stdout  # fmt: skip
+        marker = "Sent "
+        if marker not in out:
+            return 0
+        return int(out.split(marker, 1)[1].split(" ", 1)[0])
+
     def close(self) -> None:
         """Delete the namespace (its links and qdisc go with it)."""
         if self._made:

@@ -43,6 +43,7 @@ from agent.capture.encoder import Codec  # noqa: E402
 from agent.capture.grab import REFINE_FRAMES  # noqa: E402
 from agent.capture.jitter import PromptJitterBuffer  # noqa: E402
 from agent.capture.rtc import Pacer  # noqa: E402
+from agent.capture.tracks import HOLD_QUEUE  # noqa: E402
 from agent.capture.xvfb import Canvas, Xvfb  # noqa: E402
 from agent.net.peer import rtc_configuration  # noqa: E402
 
@@ -268,28 +269,66 @@ async def test_unchanged_screen_is_not_reencoded(canvas: Canvas, display: str) -
     # spends them on detail), then left alone
     async with encoded(display, heartbeat=60.0) as screen:
         track = screen.track()
-        async with asyncio.timeout(STEP):
-            first = await track.recv()
-        assert first.is_keyframe
-        await asyncio.sleep(1.0)
-        grabs = screen.stats().grabs
-        assert screen.stats().encodes == 1 + REFINE_FRAMES
-        await asyncio.sleep(0.5)
-        s = screen.stats()
-        assert s.grabs >= grabs + 4, "the capturer kept grabbing"
-        assert s.encodes == 1 + REFINE_FRAMES, "identical grabs were encoded again"
+        got: list[Any] = []
 
-        with contextlib.suppress(TimeoutError):  # the refinements sent so far
+        async def view() -> None:  # a viewer takes every frame as it comes
             while True:
-                async with asyncio.timeout(0.2):
-                    await track.recv()
-        canvas.fill(100, 100, 64, 64, (0, 0, 0))
-        canvas.sync()
+                got.append(await track.recv())
+
+        viewer = asyncio.ensure_future(view())
+        try:
+            async with asyncio.timeout(STEP):
+                while not got:
+                    await asyncio.sleep(0.01)
+            assert got[0].is_keyframe
+            await asyncio.sleep(1.0)
+            grabs = screen.stats().grabs
+            assert screen.stats().encodes == 1 + REFINE_FRAMES
+            await asyncio.sleep(0.5)
+            s = screen.stats()
+            assert s.grabs >= grabs + 4, "the capturer kept grabbing"
+            assert s.encodes == 1 + REFINE_FRAMES, "identical grabs were encoded again"
+            assert len(got) == 1 + REFINE_FRAMES
+
+            canvas.fill(100, 100, 64, 64, (0, 0, 0))
+            canvas.sync()
+            async with asyncio.timeout(STEP):
+                while len(got) == 1 + REFINE_FRAMES:
+                    await asyncio.sleep(0.01)
+            assert not got[1 + REFINE_FRAMES].is_keyframe
+            await asyncio.sleep(1.0)
+            assert screen.stats().encodes == 2 + 2 * REFINE_FRAMES
+        finally:
+            viewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await viewer
+
+
+async def test_a_viewer_still_sending_holds_the_capture_and_no_change_is_lost(
+    canvas: Canvas, display: str
+) -> None:
+    """A viewer whose sender is still on earlier frames (a slow link's pacer on a
+    keyframe) holds the capture: frames do not pile up into a keyframe request, and
+    the change made meanwhile is sent once the viewer is ready."""
+    async with encoded(display, heartbeat=60.0, refine_frames=0) as screen:
+        track = screen.track()
         async with asyncio.timeout(STEP):
-            second = await track.recv()
-        assert not second.is_keyframe
-        await asyncio.sleep(1.0)
-        assert screen.stats().encodes == 2 + 2 * REFINE_FRAMES
+            assert (await track.recv()).is_keyframe
+        for i in range(12):  # a screen changing at 30 Hz that nobody takes
+            canvas.fill(10 * i, 10, 8, 8, (0, 0, 0))
+            canvas.sync()
+            await asyncio.sleep(1 / 30)
+        s = screen.stats()
+        assert s.encodes <= 1 + HOLD_QUEUE + 1, s  # held once two frames were waiting
+        assert s.keyframes == 1 and track.dropped == 0, (s, track.dropped)
+        canvas.fill(600, 300, 64, 64, (255, 0, 0))  # the last change, while held
+        canvas.sync()
+        for _ in range(HOLD_QUEUE):
+            assert not (await track.recv()).is_keyframe
+        async with asyncio.timeout(STEP):
+            last = await track.recv()  # the capture resumed and saw the change made meanwhile
+        assert not last.is_keyframe
+        assert screen.stats().keyframes == 1
         track.stop()
 
 

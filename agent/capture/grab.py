@@ -49,6 +49,10 @@ BUSY_SHARE = 0.7
 "At most this share of one core goes to grab + convert + encode; beyond it the rate drops."
 HEARTBEAT = 1.0
 "Seconds after which an unchanged screen is sent again (late viewers, lost last packets)."
+HOLD_MAX_S = 3.0
+"Longest a viewer still sending earlier frames holds the capture (``Capturer.hold``)."
+HOLD_POLL_S = 0.005
+"How often a held capture looks again."
 REFINE_FRAMES = 8
 """Times a screen that stopped changing is sent again, at the current frame rate: the
 encoder's rate control spends each on the picture's detail (a 2 Mbit/s link takes a
@@ -204,6 +208,10 @@ class Capturer:
         self._interval = 1.0 / fps_max
         self.link_fps: float | None = None
         "A frame-rate cap the viewers' links set (may be below ``fps_min``); None: none."
+        self.hold: Callable[[], bool] | None = None
+        """While it returns True (a viewer is still sending the frames before), nothing is
+        grabbed: a change waits for the next grab, not lost, and no viewer falls so far
+        behind that it needs a keyframe. At most ``HOLD_MAX_S`` on end."""
         self.key_interval = KEYFRAME_MIN_INTERVAL
         "Seconds between two forced keyframes (raised on a slow link: each must fit it)."
         self._work = 0.0
@@ -303,8 +311,15 @@ class Capturer:
         last_change = time.monotonic()
         refine = 0
         active = 1.0 / self.fps_max
+        held_since: float | None = None
         while not stop.is_set():
             tick = time.monotonic()
+            if self.hold is not None and self.hold():
+                held_since = tick if held_since is None else held_since
+                if tick - held_since < HOLD_MAX_S:
+                    stop.wait(HOLD_POLL_S)
+                    continue
+            held_since = None
             shot = sct.grab(mon)
             raw: bytearray = shot.raw
             changed = prev is None or raw != prev

@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 
 QUEUE_MAX = 8
 "Encoded frames a viewer may lag behind (about 0.25 s at 30 fps) before it skips to a keyframe."
+HOLD_QUEUE = 2
+"Frames waiting for one viewer at which capture holds (``Capturer.hold``)."
 
 
 def _released() -> av.Packet[Any]:
@@ -214,6 +216,7 @@ class EncodedScreen:
             with_cursor=with_cursor,
             on_error=self._on_error,
         )
+        self.capturer.hold = self._backed_up
         self.queue_max = queue_max
         self.mode = ScreenMode.SHARP
         "How a slow link is spent (``set_mode``)."
@@ -355,6 +358,11 @@ class EncodedScreen:
             self.capturer.stop()
 
     # -- capture thread
+
+    def _backed_up(self) -> bool:
+        """A viewer has frames waiting beyond the one its sender is on (a slow link's
+        pacer is still on a keyframe): the next grab waits rather than pile up."""
+        return any(len(t._queue) >= HOLD_QUEUE for t in list(self._tracks))
 
     def _on_capture(self, cap: Capture) -> None:
         if self._receiving == 0:

@@ -60,7 +60,8 @@ class ScreenViewer:
     ) -> None:
         """``on_frame(frame, received_at)`` runs on the loop for each frame: keep it short."""
         self.track = track
-        self._on_frame = on_frame
+        self.on_frame = on_frame
+        "Called as ``on_frame(frame, received_at)`` for each frame; may be set at any time."
         self.latest: av.VideoFrame | None = None
         "The newest decoded frame (yuv420p), or None before the first."
         self.frames = 0
@@ -98,8 +99,8 @@ class ScreenViewer:
                 pts = float(frame.pts * tb) if frame.pts is not None and tb is not None else 0.0
                 self.times.append(FrameTime(pts=pts, received_at=now))
                 self._new.set()
-                if self._on_frame is not None:
-                    self._on_frame(frame, now)
+                if self.on_frame is not None:
+                    self.on_frame(frame, now)
         except MediaStreamError:
             pass
         finally:

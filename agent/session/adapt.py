@@ -6,8 +6,10 @@ what the sender does, and nothing here reads a clock or touches a socket:
 - ``Pacing`` (one per viewer) says at what rate and in what bursts that viewer's
   RTP packets leave. Until the link has been found full it *probes*: packets leave at
   twice the best rate the link has delivered without a queue, at least ``PROBE_BPS``
-  (so a LAN's 600 kB keyframe leaves in 0.1-0.6 s, and a 2 Mbit/s uplink's buffer
-  fills only at the first keyframe, by 100 ms of its rate). Once found full, packets
+  and the estimator's target (which starts at 2 Mbit/s): the first keyframe (180 kB,
+  made for ``STARTUP_BPS``) leaves in 0.5 s on a LAN as the pace doubles with each
+  report, and does not overflow a 1-2 Mbit/s uplink's buffer (at a floor of 8 Mbit/s
+  it did, and the SCTP keepalives dropped with it made the agents lose each other). Once found full, packets
   leave at the target, with bursts (a keyframe's packets) at ``BURST_SHARE`` of what
   the link delivered while full: a queue never builds at the bottleneck, so control
   and chat, which are not paced, pass it at once. Bursts are ``BURST_S`` of the rate.
@@ -38,8 +40,8 @@ from enum import Enum
 
 from agent.session.link import LinkState, Trend
 
-PROBE_BPS = 8_000_000
-"Lowest pace (bits/s) while the link has not been found full."
+PROBE_BPS = 1_200_000
+"Lowest pace (bits/s) while the link has not been found full (was 8 Mbit/s)."
 PACE_MAX = 40_000_000
 "Highest pace (bits/s): a 1080p keyframe leaves in about 0.1 s on a LAN."
 BURST_SHARE = 0.85

@@ -1,0 +1,379 @@
+"""The screen on real links: ``peerdesk bench links`` (needs root: network namespaces).
+
+    python -m bench.links                      # every bottleneck, both pictures
+    python -m bench.links --rates 2mbit 1mbit  # some ("none": no bottleneck)
+
+For each bottleneck (a namespace whose loopback is a tbf of that rate with 300 ms of
+buffer, ``bench.netns.ShapedNamespace``) and each picture, two real agents share the
+screen of an Xvfb (1920x1080) that this process draws on:
+
+- ``still``: the page of 11 px text, a counter (``bench.screen``'s barcode) changing
+  at 60 Hz in its corner; at the end the counter stops and, 2 s later, the text's
+  PSNR is taken from the CSR's decoded picture against the page;
+- ``scroll``: the page scrolling 3 px per frame at 20 Hz, the counter with it.
+
+The CSR is a worker process inside the namespace (the signaling server, a
+``CsrSession``, the CSR's own viewer decoding the screen); the customer is
+``peerdesk join --accept view,control``, its own process beside it. Latency is the
+counter's decode time in the worker minus its draw time here (one monotonic clock).
+Each run reports: the first frame after view is granted, the counter values decoded
+per second and their latency p50/p95 after the first 5 s, kbit/s on the wire (the
+bottleneck's bytes, both ways), packets dropped there, and the CSR's clicks landing on
+the customer's display (xdotool) with the screen live.
+
+Baseline in the same run: the same pictures with no bottleneck (``none``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.screen import BAR_Y, BLOCK, Drawer, read_barcode, text_page
+
+W, H = 1920, 1080
+RATES = ["none", "8mbit", "4mbit", "2mbit", "1mbit"]
+PICTURES = ["still", "scroll"]
+WARMUP_S = 5.0
+MEASURE_S = 10.0
+STILL_S = 2.0
+SCROLL_PX, SCROLL_HZ = 3, 20.0
+CLICKS = 10
+TEXT_TOP = BAR_Y + BLOCK + 16
+"Rows above this hold the counter: PSNR is taken below it."
+
+
+class Scroller(Drawer):
+    """The page scrolling ``SCROLL_PX`` per frame at ``SCROLL_HZ``, the counter in each frame."""
+
+    def __init__(self, display: str) -> None:
+        super().__init__(display)
+        page = np.asarray(text_page(W, H).convert("RGBX"))[:, :, [2, 1, 0, 3]]
+        self.tall = np.ascontiguousarray(np.concatenate([page, page]))  # wraps around
+        self.offset = 0
+
+    def draw(self, value: int) -> None:
+        if value:
+            self.offset = (self.offset + SCROLL_PX) % H
+            rows = self.tall[self.offset : self.offset + H]
+            self.canvas.put_bgrx(0, 0, W, H, rows.tobytes())
+        super().draw(value)
+
+    def _run(self) -> None:
+        period = 1.0 / SCROLL_HZ
+        nxt = time.monotonic()
+        while not self._stop.is_set():
+            self.draw(self.value + 1)
+            nxt += period
+            self._stop.wait(max(0.0, nxt - time.monotonic()))
+            nxt = max(nxt, time.monotonic() - period)
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def _psnr(a: Any, b: Any) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return 99.0 if mse == 0 else 10 * float(np.log10(255**2 / mse))
+
+
+def _page_luma() -> Any:
+    from agent.capture.grab import bgra_to_yuv420p
+
+    bgra = np.asarray(text_page(W, H).convert("RGBX"))[:, :, [2, 1, 0, 3]]
+    return bgra_to_yuv420p(np.ascontiguousarray(bgra).tobytes(), W, H).to_ndarray()[:H]
+
+
+def _pointer(display: str) -> tuple[int, int]:
+    out = subprocess.run(
+        ["xdotool", "getmouselocation"],
+        env={**os.environ, "DISPLAY": display},
+        capture_output=True, text=True, timeout=5, check=True,
+    ).stdout  # fmt: skip
+    fields = dict(part.split(":", 1) for part in out.split() if ":" in part)
+    return int(fields["x"]), int(fields["y"])
+
+
+# -- the worker: the CSR, inside the namespace
+
+
+async def _worker(display: str, picture: str) -> None:
+    import random
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from agent import status
+    from agent.identity import Identity
+    from agent.protocol import commands as cmds
+    from agent.runtime import CsrSession
+    from signaling.server import start_server
+
+    def say(obj: dict[str, Any]) -> None:
+        sys.stdout.write(json.dumps(obj) + "\n")
+        sys.stdout.flush()
+
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    runner, port = await start_server("127.0.0.1", 0)
+    url = f"ws://127.0.0.1:{port}"
+    joined, granted, controls = loop.create_future(), loop.create_future(), loop.create_future()
+    links: list[dict[str, Any]] = []
+    samples: list[tuple[int, float]] = []
+
+    def saw(e: status.Status) -> None:
+        if isinstance(e, status.Joined) and not joined.done():
+            joined.set_result(e.peer)
+        elif isinstance(e, status.ConsentChanged) and e.state == "granted" and e.cap == "view":
+            if not granted.done():
+                granted.set_result(time.monotonic())
+        elif isinstance(e, status.ControlChanged) and e.holder is not None:
+            if not controls.done():  # the customer's agent issued the token
+                controls.set_result(e.holder)
+        elif isinstance(e, status.Link):
+            links.append({
+                "at": time.monotonic(), "kbps": e.kbps, "target_kbps": e.target_kbps,
+                "rtt_ms": e.rtt_ms, "queue_ms": e.queue_ms, "loss": e.loss, "fps": e.fps,
+            })  # fmt: skip
+
+    csr = CsrSession(Identity(Ed25519PrivateKey.generate(), "Carol"), url, saw)
+    code = await csr.start()
+    home = tempfile.mkdtemp(prefix="pd-links-")
+    customer_log = open(os.path.join(home, "customer.log"), "w+")  # noqa: SIM115
+    customer = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agent", "-v", "join", str(code), "--signal", url,
+        "--headless", "--json", "--name", "Alice", "--accept", "view,control",
+        stdin=asyncio.subprocess.PIPE, stdout=customer_log, stderr=customer_log,
+        env={**os.environ, "DISPLAY": display, "PEERDESK_HOME": home},
+    )  # fmt: skip
+    try:
+        async with asyncio.timeout(60):
+            await joined
+            services = csr.services_for(None)
+            services.request("view")
+            granted_at = await granted
+            while services.viewer is None:
+                await asyncio.sleep(0.005)
+            viewer = services.viewer
+            viewer.on_frame = lambda frame, at: samples.append((read_barcode(frame) or -1, at))
+            await viewer.wait_frame()
+        say({"first_frame_s": viewer.times[0].received_at - granted_at})
+        await asyncio.sleep(WARMUP_S)
+        samples.clear()
+        started = time.monotonic()
+        say({"measuring": started})
+        await asyncio.sleep(MEASURE_S)
+        measured = list(samples)
+        elapsed = time.monotonic() - started
+        services.request("control")
+        async with asyncio.timeout(20):
+            await controls
+        rng, took = random.Random(3), []
+        for _ in range(CLICKS):
+            want = (rng.randrange(100, W - 100), rng.randrange(200, H - 100))
+            sent = time.monotonic()
+            await csr.command(cmds.parse_command(json.dumps(
+                {"cmd": "click", "x": (want[0] + 0.5) / W, "y": (want[1] + 0.5) / H}
+            )))  # fmt: skip
+            while time.monotonic() - sent < 3.0:
+                if await asyncio.to_thread(_pointer, display) == want:
+                    took.append(time.monotonic() - sent)
+                    break
+            await asyncio.sleep(0.2)
+        psnr = None
+        if picture == "still":
+            say({"stop_drawing": True})
+            await reader.readline()  # the drawer stopped
+            await asyncio.sleep(STILL_S)
+            latest = viewer.latest
+            assert latest is not None
+            shown = latest.reformat(format="yuv420p", width=W, height=H).to_ndarray()[:H]
+            psnr = _psnr(shown[TEXT_TOP:], _page_luma()[TEXT_TOP:])
+        say({
+            "samples": measured, "elapsed": elapsed, "links": links,
+            "clicks": took, "clicks_missed": CLICKS - len(took), "psnr": psnr,
+        })  # fmt: skip
+    except BaseException:
+        customer_log.seek(0)
+        sys.stderr.write("the customer's agent said:\n" + customer_log.read()[-4000:] + "\n")
+        raise
+    finally:
+        await csr.end(force=True)
+        try:
+            await asyncio.wait_for(customer.wait(), 15)
+        except TimeoutError:
+            customer.kill()
+            await customer.wait()
+        await runner.cleanup()
+
+
+# -- one run, from here
+
+
+def _read(proc: subprocess.Popen[str], key: str, timeout: float) -> dict[str, Any]:
+    assert proc.stdout is not None
+    found: list[dict[str, Any]] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            msg = json.loads(line)
+            if key in msg:
+                found.append(msg)
+                return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if not found:
+        raise RuntimeError(f"the worker said no {key!r} within {timeout:.0f} s")
+    return found[0]
+
+
+def run_one(rate: str, picture: str) -> dict[str, Any]:
+    from agent.capture.xvfb import Xvfb
+    from bench.netns import ShapedNamespace
+
+    with (
+        ShapedNamespace(None if rate == "none" else rate) as ns,
+        Xvfb(W, H) as screen,
+    ):
+        drawer = Scroller(screen.display) if picture == "scroll" else Drawer(screen.display)
+        drawer.paint_background()
+        drawer.start()
+        errors = tempfile.TemporaryFile("w+")
+        proc = subprocess.Popen(
+            [*ns.exec, sys.executable, "-m", "bench.links", "--worker", screen.display, picture],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            stderr=errors, cwd=Path(__file__).parent.parent,
+        )  # fmt: skip
+        try:
+            first = _read(proc, "first_frame_s", 90)["first_frame_s"]
+            _read(proc, "measuring", 30)
+            sent0, dropped0 = ns.sent_bytes(), ns.drops()
+            t0 = time.monotonic()
+            if picture == "still":
+                _read(proc, "stop_drawing", 60)
+                drawer.stop()
+                assert proc.stdin is not None
+                proc.stdin.write("stopped\n")
+                proc.stdin.flush()
+            result = _read(proc, "samples", 60)
+            wire_s = time.monotonic() - t0
+            sent, dropped = ns.sent_bytes() - sent0, ns.drops() - dropped0
+        except RuntimeError as e:
+            errors.seek(0)
+            raise RuntimeError(f"{rate} {picture}: {e}; the worker said:\n{errors.read()[-3000:]}")
+        finally:
+            drawer.close()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    latencies, seen = [], set()
+    for value, at in result["samples"]:
+        drawn = drawer.drawn.get(value)
+        if value >= 0 and drawn is not None and value not in seen:
+            seen.add(value)
+            latencies.append(at - drawn)
+    clicks = result["clicks"]
+    return {
+        "rate": rate,
+        "picture": picture,
+        "first_frame_s": first,
+        "fps": len(latencies) / result["elapsed"],
+        "p50": _pct(latencies, 0.5),
+        "p95": _pct(latencies, 0.95),
+        "kbps": sent * 8 / wire_s / 1000 if rate != "none" else None,
+        "dropped": dropped,
+        "psnr": result["psnr"],
+        "click_p50": statistics.median(clicks) if clicks else None,
+        "clicks_missed": result["clicks_missed"],
+        "links": result["links"],
+    }
+
+
+def measure(rates: list[str] | None = None, pictures: list[str] | None = None) -> list[dict]:
+    """Every (bottleneck, picture) run; ``none`` first, the baseline."""
+    rates = rates or RATES
+    if "none" not in rates:
+        rates = ["none", *rates]
+    return [run_one(r, p) for r in rates for p in pictures or PICTURES]
+
+
+def _ms(v: float | None) -> str:
+    return "—" if v is None else f"{v * 1000:.0f} ms"
+
+
+def report(runs: list[dict]) -> list[str]:
+    out = ["links: 1920x1080, 11 px text; tbf bottleneck, 300 ms of buffer; two real agents"]
+    out.append(
+        f"  {'link':7} {'picture':7} {'first':>7} {'fps':>6} {'p50':>8} {'p95':>8} "
+        f"{'kbit/s':>7} {'drops':>6} {'PSNR':>8} {'click p50':>10}"
+    )
+    for f in runs:
+        kbps = "—" if f["kbps"] is None else f"{f['kbps']:.0f}"
+        psnr = "—" if f["psnr"] is None else f"{f['psnr']:.1f} dB"
+        out.append(
+            f"  {f['rate']:7} {f['picture']:7} {f['first_frame_s']:6.2f}s {f['fps']:6.1f} "
+            f"{_ms(f['p50']):>8} {_ms(f['p95']):>8} {kbps:>7} {f['dropped']:>6} {psnr:>8} "
+            f"{_ms(f['click_p50']):>10}" + (f" ({f['clicks_missed']} missed)" * bool(f["clicks_missed"]))
+        )
+    return out
+
+
+def rows(runs: list[dict]) -> list[str]:
+    base = {f["picture"]: f for f in runs if f["rate"] == "none"}
+    out = []
+    for f in runs:
+        b = base.get(f["picture"], f)
+        ratio = f["fps"] / b["fps"] if b["fps"] else float("nan")
+        psnr = "" if f["psnr"] is None else f", text {f['psnr']:.1f} dB (none {b['psnr']:.1f})"
+        out.append(
+            f"| screen over {f['rate']}, {f['picture']}: fps / latency p50, p95 "
+            f"| {f['fps']:.1f} fps / {_ms(f['p50'])}, {_ms(f['p95'])}; first frame "
+            f"{f['first_frame_s']:.2f} s; {f['dropped']} drops; click p50 {_ms(f['click_p50'])}{psnr} "
+            f"| no bottleneck {b['fps']:.1f} fps / {_ms(b['p50'])} | fps **{ratio:.2f}x** | 1 run |"
+        )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.links")
+    parser.add_argument("--rates", nargs="*", default=RATES)
+    parser.add_argument("--pictures", nargs="*", default=PICTURES, choices=PICTURES)
+    parser.add_argument("--trace", action="store_true", help="print every link event")
+    parser.add_argument("--worker", nargs=2, metavar=("DISPLAY", "PICTURE"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        asyncio.run(_worker(*args.worker))
+        return 0
+    runs = measure(args.rates, args.pictures)
+    print("\n".join(report(runs)))
+    if args.trace:
+        for f in runs:
+            print(f"{f['rate']} {f['picture']}:")
+            for e in f["links"]:
+                print("   ", {k: v for k, v in e.items() if k != "at"})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
