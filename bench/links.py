@@ -155,7 +155,7 @@ async def _worker(display: str, picture: str) -> None:
     csr = CsrSession(Identity(Ed25519PrivateKey.generate(), "Carol"), url, saw)
     code = await csr.start()
     home = tempfile.mkdtemp(prefix="pd-links-")
-    customer_log = open(os.path.join(home, "customer.log"), "w+")  # noqa: SIM115
+    customer_log = tempfile.TemporaryFile("w+", dir=home)  # noqa: SIM115 (closed below)
     customer = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "agent", "-v", "join", str(code), "--signal", url,
         "--headless", "--json", "--name", "Alice", "--accept", "view,control",
@@ -168,7 +168,7 @@ async def _worker(display: str, picture: str) -> None:
             services = csr.services_for(None)
             services.request("view")
             granted_at = await granted
-            while services.viewer is None:
+            while services.viewer is None:  # noqa: ASYNC110 (set by aiortc's track event)
                 await asyncio.sleep(0.005)
             viewer = services.viewer
             viewer.on_frame = lambda frame, at: samples.append((read_barcode(frame) or -1, at))
@@ -221,6 +221,7 @@ async def _worker(display: str, picture: str) -> None:
             customer.kill()
             await customer.wait()
         await runner.cleanup()
+        customer_log.close()
 
 
 # -- one run, from here
@@ -257,7 +258,7 @@ def run_one(rate: str, picture: str) -> dict[str, Any]:
         drawer = Scroller(screen.display) if picture == "scroll" else Drawer(screen.display)
         drawer.paint_background()
         drawer.start()
-        errors = tempfile.TemporaryFile("w+")
+        errors = tempfile.TemporaryFile("w+")  # noqa: SIM115 (read on failure, then closed)
         proc = subprocess.Popen(
             [*ns.exec, sys.executable, "-m", "bench.links", "--worker", screen.display, picture],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
@@ -279,8 +280,10 @@ def run_one(rate: str, picture: str) -> dict[str, Any]:
             sent, dropped = ns.sent_bytes() - sent0, ns.drops() - dropped0
         except RuntimeError as e:
             errors.seek(0)
-            raise RuntimeError(f"{rate} {picture}: {e}; the worker said:\n{errors.read()[-3000:]}")
+            said = errors.read()[-3000:]
+            raise RuntimeError(f"{rate} {picture}: {e}; the worker said:\n{said}") from e
         finally:
+            errors.close()
             drawer.close()
             try:
                 proc.wait(20)
@@ -334,7 +337,8 @@ def report(runs: list[dict]) -> list[str]:
         out.append(
             f"  {f['rate']:7} {f['picture']:7} {f['first_frame_s']:6.2f}s {f['fps']:6.1f} "
             f"{_ms(f['p50']):>8} {_ms(f['p95']):>8} {kbps:>7} {f['dropped']:>6} {psnr:>8} "
-            f"{_ms(f['click_p50']):>10}" + (f" ({f['clicks_missed']} missed)" * bool(f["clicks_missed"]))
+            f"{_ms(f['click_p50']):>10}"
+            + (f" ({f['clicks_missed']} missed)" if f["clicks_missed"] else "")
         )
     return out
 
@@ -349,7 +353,8 @@ def rows(runs: list[dict]) -> list[str]:
         out.append(
             f"| screen over {f['rate']}, {f['picture']}: fps / latency p50, p95 "
             f"| {f['fps']:.1f} fps / {_ms(f['p50'])}, {_ms(f['p95'])}; first frame "
-            f"{f['first_frame_s']:.2f} s; {f['dropped']} drops; click p50 {_ms(f['click_p50'])}{psnr} "
+            f"{f['first_frame_s']:.2f} s; {f['dropped']} drops; "
+            f"click p50 {_ms(f['click_p50'])}{psnr} "
             f"| no bottleneck {b['fps']:.1f} fps / {_ms(b['p50'])} | fps **{ratio:.2f}x** | 1 run |"
         )
     return out

@@ -123,6 +123,17 @@ def _lan(runs: int) -> list[str]:
     return rows(f)
 
 
+def _links(runs: int) -> list[str]:
+    from bench.links import measure, report, rows
+
+    if os.geteuid() != 0:
+        print("links: needs root (it makes network namespaces with tbf bottlenecks); skipped")
+        return []
+    f = measure()
+    print("\n".join(report(f)))
+    return rows(f)
+
+
 def _signaling(runs: int) -> list[str]:
     from bench.signaling import measure, report, rows
 
@@ -149,6 +160,7 @@ BENCHES = {
     "transfer": _transfer,
     "failover": _failover,
     "lan": _lan,
+    "links": _links,
     "signaling": _signaling,
     "dashboard": _dashboard,
 }

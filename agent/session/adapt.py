@@ -9,10 +9,11 @@ what the sender does, and nothing here reads a clock or touches a socket:
   and the estimator's target (which starts at 2 Mbit/s): the first keyframe (180 kB,
   made for ``STARTUP_BPS``) leaves in 0.5 s on a LAN as the pace doubles with each
   report, and does not overflow a 1-2 Mbit/s uplink's buffer (at a floor of 8 Mbit/s
-  it did, and the SCTP keepalives dropped with it made the agents lose each other). Once found full, packets
-  leave at the target, with bursts (a keyframe's packets) at ``BURST_SHARE`` of what
-  the link delivered while full: a queue never builds at the bottleneck, so control
-  and chat, which are not paced, pass it at once. Bursts are ``BURST_S`` of the rate.
+  it did, and the SCTP keepalives dropped with it made the agents lose each other).
+  Once found full, packets leave at the target, with bursts (a keyframe's packets)
+  at ``BURST_SHARE`` of what the link delivered while full: a queue never builds at
+  the bottleneck, so control and chat, which are not paced, pass it at once. Bursts
+  are ``BURST_S`` of the rate.
 - ``frame_rate`` fits the frames to the target on a link found full: frame rate goes
   first (a support session needs legible text before motion), down to
   ``FPS_FLOOR`` for a screen that changes all the time.
