@@ -313,25 +313,39 @@ def run_one(rate: str, picture: str) -> dict[str, Any]:
     }
 
 
-def measure(rates: list[str] | None = None, pictures: list[str] | None = None) -> list[dict]:
+def measure(
+    rates: list[str] | None = None, pictures: list[str] | None = None
+) -> list[dict[str, Any]]:
     """Every (bottleneck, picture) run; ``none`` first, the baseline."""
     rates = rates or RATES
     if "none" not in rates:
         rates = ["none", *rates]
-    return [run_one(r, p) for r in rates for p in pictures or PICTURES]
+    runs = []
+    for rate in rates:
+        for picture in pictures or PICTURES:
+            try:
+                runs.append(run_one(rate, picture))
+            except RuntimeError as e:  # a run that failed is a figure too: say what happened
+                lost = "peer silent" in str(e) or "track ended" in str(e)
+                runs.append({"rate": rate, "picture": picture, "error": "session lost" if lost
+                             else str(e).splitlines()[0][:200]})  # fmt: skip
+    return runs
 
 
 def _ms(v: float | None) -> str:
     return "—" if v is None else f"{v * 1000:.0f} ms"
 
 
-def report(runs: list[dict]) -> list[str]:
+def report(runs: list[dict[str, Any]]) -> list[str]:
     out = ["links: 1920x1080, 11 px text; tbf bottleneck, 300 ms of buffer; two real agents"]
     out.append(
         f"  {'link':7} {'picture':7} {'first':>7} {'fps':>6} {'p50':>8} {'p95':>8} "
         f"{'kbit/s':>7} {'drops':>6} {'PSNR':>8} {'click p50':>10}"
     )
     for f in runs:
+        if "error" in f:
+            out.append(f"  {f['rate']:7} {f['picture']:7} failed: {f['error']}")
+            continue
         kbps = "—" if f["kbps"] is None else f"{f['kbps']:.0f}"
         psnr = "—" if f["psnr"] is None else f"{f['psnr']:.1f} dB"
         out.append(
@@ -343,10 +357,14 @@ def report(runs: list[dict]) -> list[str]:
     return out
 
 
-def rows(runs: list[dict]) -> list[str]:
-    base = {f["picture"]: f for f in runs if f["rate"] == "none"}
+def rows(runs: list[dict[str, Any]]) -> list[str]:
+    base = {f["picture"]: f for f in runs if f["rate"] == "none" and "error" not in f}
     out = []
     for f in runs:
+        if "error" in f:
+            row = f"| screen over {f['rate']}, {f['picture']} | failed: {f['error']} |"
+            out.append(row + " | | 1 run |")
+            continue
         b = base.get(f["picture"], f)
         ratio = f["fps"] / b["fps"] if b["fps"] else float("nan")
         psnr = "" if f["psnr"] is None else f", text {f['psnr']:.1f} dB (none {b['psnr']:.1f})"
@@ -375,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.trace:
         for f in runs:
             print(f"{f['rate']} {f['picture']}:")
-            for e in f["links"]:
+            for e in f.get("links", []):
                 print("   ", {k: v for k, v in e.items() if k != "at"})
     return 0
 

@@ -107,6 +107,7 @@ class PeerLink:
         self.channel = self.channels["main"]
         self.opened = asyncio.get_running_loop().create_future()
         self._last_heard = time.monotonic()
+        self._packets_in = 0  # what the DTLS transport had received at the last look
         self._closed = False
         self._keepalive: asyncio.Task[None] | None = None
         self.video_sender: Any = None
@@ -238,10 +239,26 @@ class PeerLink:
     async def _keep_alive(self) -> None:
         while not self._closed:
             await asyncio.sleep(PING_INTERVAL)
+            packets = packets_received(self.pc)
+            if packets != self._packets_in:
+                # anything from the peer counts: on a saturated link a dropped SCTP
+                # packet holds every later message (ordered, retransmitted after 1 s,
+                # then 2 s) while its RTCP and SCTP acks still arrive. Before, a 2 Mbit/s
+                # bottleneck full of a scrolling screen lost the session ("peer silent").
+                self._packets_in = packets
+                self._last_heard = time.monotonic()
             if time.monotonic() - self._last_heard > LOST_AFTER:
                 self._lost("peer silent")
                 return
             self.send(ch.Ping())
+
+
+def packets_received(pc: RTCPeerConnection) -> int:
+    """Packets the connection's (bundled) DTLS transport has received from the peer: SRTP,
+    SRTCP and SCTP alike; 0 when it cannot be read (checked against aiortc 1.16)."""
+    sctp = pc.sctp
+    transport = sctp.transport if sctp is not None else None
+    return int(getattr(transport, "_RTCDtlsTransport__rx_packets", 0) or 0)
 
 
 def _closed() -> PeerDeskError:
