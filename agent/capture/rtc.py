@@ -23,6 +23,8 @@ happen before the CSR's ``RTCPeerConnection`` takes the offer.
 from __future__ import annotations
 
 import asyncio
+import collections
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -30,6 +32,7 @@ from typing import Any
 import aiortc.rtcrtpsender
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpSender, RTCRtpTransceiver
 from aiortc.codecs import h264, vpx
+from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket
 
 from agent.capture.encoder import BITRATE_1080P, BITRATE_MAX, BITRATE_MIN, Codec
 from agent.capture.tracks import PacketTrack, ScreenTrack, _released
@@ -49,20 +52,36 @@ def enlarge_aiortc_rtp_history() -> None:
     _set(aiortc.rtcrtpsender, "RTP_HISTORY_SIZE", max(current, RTP_HISTORY))
 
 
+log = logging.getLogger(__name__)
+
 PACE_RATE = 40_000_000
 "Bits/s at which a frame bigger than ``PACE_BURST`` leaves (a 580 kB keyframe: +0.1 s)."
 PACE_BURST = 100_000
 "Bytes that leave back to back: every P-frame of a 1080p screen at our bitrates."
+RTX_QUEUE_S = 0.3
+"""Retransmissions queued beyond this many seconds of the pace are dropped: on a full
+2 Mbit/s link the answers to one NACK storm took the queue for 8 s, the screen
+behind them, and a retransmission that late is of no use to the viewer."""
 
 
 class Pacer:
-    """A token bucket in front of an ``RTCDtlsTransport._send_rtp``.
+    """A token bucket in front of an ``RTCDtlsTransport._send_rtp``, with one queue.
 
     aiortc's sender writes all packets of a frame back to back. A 1080p keyframe is
     300-600 packets, more than a receiver's UDP buffer holds (aioice asks for
     256 kB): on loopback between two processes the bench lost 100-250 packets of
     every keyframe, and the NACK/PLI storm that followed froze the picture for
     seconds. Paced at ``PACE_RATE`` beyond a ``PACE_BURST`` they all arrived.
+
+    Packets leave in order from one queue, drained by one task. The media sender's
+    own packets (``media_ssrc``, or any packet while it is unknown) wait for their
+    turn, which holds the sender's loop back as the link requires; retransmissions
+    (RTX, another SSRC) and RTCP do not wait. aiortc sends those from the transport's
+    receive loop (a NACK is answered where it is read), and when they waited there
+    at a slow link's pace, every datagram behind them waited too: the viewer's
+    reports, the data channel, its keepalives (seen at 2 Mbit/s: reports 9 s late).
+    Waiting callers also no longer each take the same tokens, which let a frame and
+    its retransmissions leave at twice the pace.
     """
 
     def __init__(
@@ -74,29 +93,89 @@ class Pacer:
         self.send = send
         self.rate = rate_bps / 8
         self.burst = burst
+        self.media_ssrc: int | None = None
+        "SSRC of the packets whose sender waits for them to leave (None: every packet's)."
         self._tokens = float(burst)
         self._last = time.monotonic()
+        self._queue: collections.deque[tuple[bytes, asyncio.Future[None] | None]] = (
+            collections.deque()
+        )
+        self._drain: asyncio.Task[None] | None = None
+        self._rtx_bytes = 0  # queued packets nobody waits for
+        self.dropped = 0
+        "Retransmissions dropped because the queue held ``RTX_QUEUE_S`` of them already."
         self.delayed = 0.0
         "Seconds of sleep added so far (for benches and stats)."
         self.observe: Callable[[bytes, float], None] | None = None
         "Called with each packet and ``time.monotonic()`` as it leaves (RTCP too)."
+
+    @property
+    def queued(self) -> int:
+        """Packets waiting to leave."""
+        return len(self._queue)
 
     def _refill(self) -> None:
         now = time.monotonic()
         self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
         self._last = now
 
+    def _waits(self, data: bytes) -> bool:
+        if self.media_ssrc is None:
+            return True
+        header = rtp_header(data)
+        return header is None or header[1] == self.media_ssrc
+
     async def __call__(self, data: bytes) -> None:
-        self._refill()
-        if self._tokens < len(data):
-            wait = (len(data) - self._tokens) / self.rate
-            self.delayed += wait
-            await asyncio.sleep(wait)
+        if len(data) >= 2 and 192 <= data[1] <= 223:  # RTCP (RFC 5761): small, never paced
+            await self.send(data)
+            if self.observe is not None:
+                self.observe(data, time.monotonic())
+            return
+        done: asyncio.Future[None] | None = None
+        if self._waits(data):
+            done = asyncio.get_running_loop().create_future()
+        elif self._rtx_bytes + len(data) > max(self.rate * RTX_QUEUE_S, 2 * 1300):
+            self.dropped += 1
+            return
+        else:
+            self._rtx_bytes += len(data)
+        self._queue.append((data, done))
+        if self._drain is None or self._drain.done():
+            self._drain = asyncio.ensure_future(self._run())
+            self._drain.add_done_callback(_drain_ended)
+        if done is not None:
+            await done
+
+    async def _run(self) -> None:
+        while self._queue:
+            data, done = self._queue[0]
             self._refill()
-        self._tokens -= len(data)
-        await self.send(data)
-        if self.observe is not None:
-            self.observe(data, time.monotonic())
+            if self._tokens < len(data):
+                wait = (len(data) - self._tokens) / self.rate
+                self.delayed += wait
+                await asyncio.sleep(wait)
+                self._refill()
+            self._queue.popleft()
+            if done is None:
+                self._rtx_bytes -= len(data)
+            self._tokens -= len(data)
+            try:
+                await self.send(data)
+            except Exception as exc:  # the transport closed: tell whoever waits
+                if done is not None and not done.done():
+                    done.set_exception(exc)
+                else:
+                    log.debug("paced packet not sent: %r", exc)
+                continue
+            if done is not None and not done.done():
+                done.set_result(None)
+            if self.observe is not None:
+                self.observe(data, time.monotonic())
+
+
+def _drain_ended(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the pacer stopped", exc_info=task.exception())
 
 
 def rtp_header(data: bytes) -> tuple[int, int] | None:
@@ -123,12 +202,13 @@ def sent_screen_packets(sender: RTCRtpSender, on_sent: Callable[[int, int, float
     return pacer
 
 
-def watch_arrivals(receiver: Any, on_packet: Callable[[int, float], None]) -> None:
+def watch_arrivals(receiver: Any, on_packet: Callable[[int, float], None]) -> list[int]:
     """Call ``on_packet(seq, time.monotonic())`` for each media packet ``receiver`` gets.
 
     Shadows ``RTCRtpReceiver._handle_rtp_packet`` on that instance (checked against
     aiortc 1.16). The media SSRC is the first one seen: retransmissions (RTX, another
-    SSRC) only follow media, and are not arrivals of the original packet.
+    SSRC) only follow media, and are not arrivals of the original packet. Returns a
+    list that holds the media SSRC once the first packet came (for ``send_app_feedback``).
     """
     handle = receiver._handle_rtp_packet
     media: list[int] = []
@@ -141,6 +221,52 @@ def watch_arrivals(receiver: Any, on_packet: Callable[[int, float], None]) -> No
         await handle(packet, arrival_time_ms)
 
     _set(receiver, "_handle_rtp_packet", watched)
+    return media
+
+
+async def send_app_feedback(receiver: Any, media_ssrc: int, fci: bytes) -> None:
+    """Send RTCP application feedback (PSFB, FMT 15) about ``media_ssrc`` from ``receiver``.
+
+    Goes out with the receiver's own RTCP (SRTCP, unordered, never resent); checked
+    against aiortc 1.16 (``RTCRtpReceiver._send_rtcp`` and its RTCP SSRC).
+    """
+    ssrc = getattr(receiver, "_RTCRtpReceiver__rtcp_ssrc", None) or 0
+    await receiver._send_rtcp(
+        RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=ssrc, media_ssrc=media_ssrc, fci=fci)
+    )
+
+
+class _AppFeedback:
+    """``RTCRtpSender._handle_rtcp_packet`` with FMT 15 packets of ours taken out."""
+
+    def __init__(self, handle: Callable[[Any], Awaitable[None]], accept: Callable[[bytes], bool]):
+        self.handle = handle
+        self.accept = accept
+        self.on_fci: Callable[[bytes], None] = lambda fci: None
+
+    async def __call__(self, packet: Any) -> None:
+        if (
+            isinstance(packet, RtcpPsfbPacket)
+            and packet.fmt == RTCP_PSFB_APP
+            and self.accept(packet.fci)
+        ):
+            self.on_fci(packet.fci)
+            return
+        await self.handle(packet)
+
+
+def watch_app_feedback(
+    sender: Any, accept: Callable[[bytes], bool], on_fci: Callable[[bytes], None]
+) -> None:
+    """Hand each RTCP FMT 15 FCI about ``sender``'s media that ``accept`` takes to
+    ``on_fci`` (the rest goes on to aiortc). Shadows ``RTCRtpSender._handle_rtcp_packet``
+    on that instance (checked against aiortc 1.16); another call replaces ``on_fci``."""
+    current = vars(sender).get("_handle_rtcp_packet")
+    if not isinstance(current, _AppFeedback):
+        current = _AppFeedback(sender._handle_rtcp_packet, accept)
+        _set(sender, "_handle_rtcp_packet", current)
+    current.accept = accept
+    current.on_fci = on_fci
 
 
 def pace(sender: RTCRtpSender, rate_bps: float = PACE_RATE, burst: int = PACE_BURST) -> Pacer:
@@ -154,6 +280,7 @@ def pace(sender: RTCRtpSender, rate_bps: float = PACE_RATE, burst: int = PACE_BU
     if isinstance(current, Pacer):
         return current
     pacer = Pacer(transport._send_rtp, rate_bps, burst)
+    pacer.media_ssrc = sender._ssrc  # checked against aiortc 1.16: fixed per sender
     _set(transport, "_send_rtp", pacer)
     return pacer
 

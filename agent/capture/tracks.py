@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import av
+import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from agent.capture.encoder import Encoder, EncoderSettings
@@ -37,6 +38,7 @@ from agent.capture.grab import (
     Capture,
     Capturer,
 )
+from agent.capture.scroll import Planes, find_scroll, steps
 from agent.session.adapt import Quality, Rekey, ScreenMode
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,8 @@ QUEUE_MAX = 8
 "Encoded frames a viewer may lag behind (about 0.25 s at 30 fps) before it skips to a keyframe."
 HOLD_QUEUE = 2
 "Frames waiting for one viewer at which capture holds (``Capturer.hold``)."
+STEP_PTS = 90
+"The steps of a scroll are this far apart (1/90000 s; 1 ms), just before the real frame."
 
 
 def _released() -> av.Packet[Any]:
@@ -221,6 +225,12 @@ class EncodedScreen:
         self.mode = ScreenMode.SHARP
         "How a slow link is spent (``set_mode``)."
         self._limit_bps: float | None = None
+        self.capture_bits = 0.0
+        "Bits a recent capture cost: a frame, or a scroll's steps and its frame (not keyframes)."
+        self.scroll_steps = 0
+        "Frames made to lead up to a scroll the encoder could not follow (see ``scroll``)."
+        self._prev_planes: Planes | None = None  # the last frame encoded, while limited
+        self._prev_pts = -1
         self._size = (1920, 1080)  # of the last frame captured
         self._rekey = Rekey()
         self._started_at = -1e9  # when capture last started (for adapt.STARTUP_S)
@@ -286,7 +296,7 @@ class EncodedScreen:
             self.capturer.key_interval = KEYFRAME_MIN_INTERVAL
             return
         floor = POLICIES[self.mode].fps_floor
-        fps = frame_rate(bps, enc.frame_bits, self.capturer.fps_max, floor)
+        fps = frame_rate(bps, self.capture_bits, self.capturer.fps_max, floor)
         self.capturer.link_fps = fps if fps < self.capturer.fps_max else None
         self.capturer.key_interval = keyframe_interval(bps, enc.key_bits)
 
@@ -367,18 +377,69 @@ class EncodedScreen:
     def _on_capture(self, cap: Capture) -> None:
         if self._receiving == 0:
             return
-        self._size = (cap.frame.width, cap.frame.height)
-        packets = self.encoder.encode(cap.frame, cap.keyframe)
+        frame = cap.frame
+        self._size = (frame.width, frame.height)
+        packets: list[av.Packet[Any]] = []
+        if self._limit_bps is not None or self._starting:
+            planes = _planes(frame)
+            if not cap.keyframe:
+                packets = self._scroll_steps(planes, frame.pts)
+            self._prev_planes = planes
+        else:
+            self._prev_planes = None
+        packets += self.encoder.encode(frame, cap.keyframe)
+        if frame.pts is not None:
+            self._prev_pts = frame.pts
+        if not cap.keyframe and not any(p.is_keyframe for p in packets):
+            bits = 8 * sum(p.size for p in packets)
+            old = self.capture_bits
+            self.capture_bits = bits if old == 0 else 0.8 * old + 0.2 * bits
         if packets:
             _deliver(self._loop, self._fanout, packets)
+
+    def _scroll_steps(self, planes: Planes, pts: int | None) -> list[av.Packet[Any]]:
+        """The frames leading up to a scroll too far for the encoder to follow (see
+        ``scroll``), encoded: one step each ``STEP_PTS`` before the real frame."""
+        prev = self._prev_planes
+        if prev is None or pts is None or prev[0].shape != planes[0].shape:
+            return []
+        moved = find_scroll(prev[0], planes[0])
+        if moved is None:
+            return []
+        between = steps(prev, planes, moved)
+        if not between or pts - len(between) * STEP_PTS <= self._prev_pts:
+            return []
+        self.scroll_steps += len(between)
+        packets: list[av.Packet[Any]] = []
+        for i, mid in enumerate(between):
+            f = _frame(mid)
+            f.pts = pts - (len(between) - i) * STEP_PTS
+            f.time_base = TIME_BASE
+            packets += self.encoder.encode(f)
+        return packets
 
     def _on_error(self, exc: BaseException) -> None:
         _deliver(self._loop, self.close)
 
     def _fanout(self, packets: list[av.Packet[Any]]) -> None:
         for t in list(self._tracks):
-            for p in packets:
-                t._offer(p)
+            t._offer(packets)
+
+
+def _planes(frame: av.VideoFrame) -> Planes:
+    """A yuv420p frame's planes as numpy arrays (copies, without line padding)."""
+    out = []
+    for p in frame.planes:
+        rows = np.frombuffer(memoryview(p), dtype=np.uint8).reshape(p.height, p.line_size)
+        out.append(np.array(rows[:, : p.width]))
+    return (out[0], out[1], out[2])
+
+
+def _frame(planes: Planes) -> av.VideoFrame:
+    """A yuv420p frame of planes (even width and height)."""
+    height, width = planes[0].shape
+    flat = np.concatenate([x.ravel() for x in planes]).reshape(height * 3 // 2, width)
+    return av.VideoFrame.from_ndarray(flat, format="yuv420p")
 
 
 class PacketTrack(MediaStreamTrack):
@@ -403,24 +464,29 @@ class PacketTrack(MediaStreamTrack):
         self.dropped = 0
         "Packets dropped: queue overflow, or inter frames while waiting for a keyframe."
 
-    def _offer(self, packet: av.Packet[Any]) -> None:
+    def _offer(self, packets: list[av.Packet[Any]]) -> None:
+        """Queue one capture's packets (a frame, or the steps of a scroll and its
+        frame): a viewer ``queue_max`` captures behind skips to the next keyframe."""
         if not self._receiving:
             return  # not sending yet: the first recv() asks for a keyframe
-        if packet.is_keyframe:
-            self.dropped += len(self._queue)
-            self._queue.clear()
-            self._need_key = False
-        elif self._need_key:
-            self.dropped += 1
-            return
-        elif len(self._queue) >= self._screen.queue_max:
-            self.dropped += len(self._queue) + 1
-            self._queue.clear()
-            self._need_key = True
-            self._screen.request_keyframe()
-            return
-        self._queue.append(packet)
-        self._ready.set()
+        behind = len(self._queue) >= self._screen.queue_max
+        for packet in packets:
+            if packet.is_keyframe:
+                self.dropped += len(self._queue)
+                self._queue.clear()
+                self._need_key = False
+                behind = False
+            elif self._need_key:
+                self.dropped += 1
+                continue
+            elif behind:
+                self.dropped += len(self._queue) + 1
+                self._queue.clear()
+                self._need_key = True
+                self._screen.request_keyframe()
+                continue
+            self._queue.append(packet)
+            self._ready.set()
 
     async def recv(self) -> av.Packet[Any]:
         """The next encoded frame for this viewer, starting with a keyframe.

@@ -3,7 +3,10 @@
 Thin glue around ``agent.session.link``:
 
 - the CSR's agent (``ViewerFeedback``) notes when each screen packet arrives and
-  sends a ``feedback`` report every ``FEEDBACK_INTERVAL`` while packets come;
+  sends a report every ``FEEDBACK_INTERVAL`` while packets come, as RTCP next to the
+  screen's own (``agent.protocol.feedback``: unreliable, so a lost one holds up none
+  after it), or as a ``feedback`` message on the session channel before the first
+  packet has named the media SSRC;
 - the customer's agent (``ViewedLink``, one per viewer) feeds what its sender sends
   and those reports to a ``LinkEstimator``, checks for silent viewers, and sends the
   viewer a ``link`` report every ``REPORT_INTERVAL``, which the CSR's agent emits as
@@ -19,7 +22,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from agent.errors import DecodeError
 from agent.protocol import channel as ch
+from agent.protocol import feedback
 from agent.session.adapt import Pace, Pacing
 from agent.session.link import (
     FEEDBACK_INTERVAL,
@@ -44,13 +49,16 @@ def _logged(task: asyncio.Task[Any]) -> None:
 class ViewerFeedback:
     """The CSR's side: reports of when the customer's screen packets arrived."""
 
-    def __init__(self, receiver: Any, send: Callable[[ch.Message], object]) -> None:
+    def __init__(self, receiver: Any, send: Callable[[ch.ScreenFeedback], object]) -> None:
         from agent.capture.rtc import watch_arrivals
 
         self.recorder = ArrivalRecorder()
         self._send = send
+        self._receiver = receiver
         self._arrived = asyncio.Event()
-        watch_arrivals(receiver, self._on_packet)
+        self._media = watch_arrivals(receiver, self._on_packet)
+        self.sent_rtcp = 0
+        "Reports sent as RTCP (the rest went on the session channel)."
         self._task = asyncio.ensure_future(self._run())
         self._task.add_done_callback(_logged)
 
@@ -66,7 +74,17 @@ class ViewerFeedback:
             self._arrived.clear()
             report = self.recorder.take(time.monotonic())
             if report is not None:
-                self._send(to_wire(report))
+                await self._report(to_wire(report))
+
+    async def _report(self, msg: ch.ScreenFeedback) -> None:
+        from agent.capture.rtc import send_app_feedback
+
+        if not self._media:
+            self._send(msg)
+            return
+        for fci in feedback.encode(msg):
+            await send_app_feedback(self._receiver, self._media[0], fci)
+        self.sent_rtcp += 1
 
     async def close(self) -> None:
         self._task.cancel()
@@ -84,7 +102,7 @@ class ViewedLink:
         send: Callable[[ch.Message], object],
         on_estimate: Callable[[], None] = lambda: None,
     ) -> None:
-        from agent.capture.rtc import sent_screen_packets
+        from agent.capture.rtc import sent_screen_packets, watch_app_feedback
 
         self.estimator = LinkEstimator()
         self.pacing = Pacing()
@@ -92,6 +110,8 @@ class ViewedLink:
         self._send = send
         self._on_estimate = on_estimate
         self.pacer = sent_screen_packets(sender, self.estimator.on_sent)
+        watch_app_feedback(sender, feedback.is_feedback, self._on_fci)
+        self._sender = sender
         self._apply()
         self._task = asyncio.ensure_future(self._run())
         self._task.add_done_callback(_logged)
@@ -107,8 +127,17 @@ class ViewedLink:
         return self.estimator.target_bps
 
     def on_feedback(self, msg: ch.ScreenFeedback) -> None:
+        """A viewer's report, from the session channel or from RTCP."""
         self.estimator.on_feedback(from_wire(msg), time.monotonic())
         self._apply()
+
+    def _on_fci(self, fci: bytes) -> None:
+        try:
+            msg = feedback.decode(fci)
+        except DecodeError as exc:
+            log.warning("dropped a screen report: %s", exc.message)
+            return
+        self.on_feedback(msg)
 
     def _apply(self) -> None:
         self.pace = self.pacing.update(self.estimator.state())
@@ -138,8 +167,9 @@ class ViewedLink:
 
     def close(self) -> None:
         """Stop: the sender's pacer no longer reports to this estimate, nor follows it."""
-        from agent.capture.rtc import PACE_BURST, PACE_RATE
+        from agent.capture.rtc import PACE_BURST, PACE_RATE, watch_app_feedback
 
         self._task.cancel()
+        watch_app_feedback(self._sender, feedback.is_feedback, lambda fci: None)
         self.pacer.observe = None
         self.pacer.rate, self.pacer.burst = PACE_RATE / 8, PACE_BURST

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import collections
 import enum
+import itertools
 from dataclasses import dataclass
 
 from agent.protocol.channel import MAX_FEEDBACK_PACKETS, ScreenFeedback
@@ -78,6 +79,10 @@ RATE_WINDOW = 1.0
 """Seconds of reports (sender's clock) over which the received rate is measured: the
 viewer's arrival times bunch when its loop is busy (measured: 3.3 Mbit/s "received"
 over 0.5 s of arrival times on a 2 Mbit/s link), the bytes reported per second do not."""
+IDLE_GAP = 0.15
+"""A pause this long (s, viewer's clock) between one report's last arrival and the next
+one's first is the sender having nothing to send; the received rate leaves it out.
+(Longer than a busy viewer loop's stalls, which bunch arrivals by up to 0.1 s.)"""
 SHORT_WINDOW = 0.3
 "Seconds of the latest reports whose rate a back-off also considers (the lower wins)."
 LOSS_WINDOW = 1.0
@@ -197,8 +202,9 @@ class LinkEstimator:
         self._reported_upto: int | None = None  # unwrapped: highest seq already reported
         self._highest_sent: int | None = None
         self._base_delays: collections.deque[tuple[float, float]] = collections.deque()
-        # per report: (sender's clock, bytes received, the viewer's last arrival)
-        self._received: collections.deque[tuple[float, int, float]] = collections.deque()
+        # per report: (sender's clock at its last arrival, bytes received, the viewer's
+        # last and first arrival)
+        self._received: collections.deque[tuple[float, int, float, float]] = collections.deque()
         self._outcomes: collections.deque[tuple[float, int, int]] = collections.deque()
         self._queue_ms = 0.0
         self._rtt: float | None = None
@@ -265,6 +271,7 @@ class LinkEstimator:
         got = lost = got_bytes = 0
         least: float | None = None
         last_arrival: float | None = None
+        first_arrival: float | None = None
         last_sent_at: float | None = None
         for seq in range(start, end):
             arrived = report.arrivals[seq - base]
@@ -279,13 +286,16 @@ class LinkEstimator:
             delay = arrived - sent_at
             least = delay if least is None else min(least, delay)
             last_arrival = arrived if last_arrival is None else max(last_arrival, arrived)
+            first_arrival = arrived if first_arrival is None else min(first_arrival, arrived)
             got_bytes += size
             last_sent_at = sent_at
         if got + lost == 0:
             return
         self._outcomes.append((now, got, lost))
-        if last_arrival is not None:
-            self._received.append((now, got_bytes, last_arrival))
+        if last_arrival is not None and first_arrival is not None:
+            # on the sender's clock, when the last packet arrived (not the report's
+            # leaving: the one packet a frame ends with can be reported 0.1 s later)
+            self._received.append((now - report.hold, got_bytes, last_arrival, first_arrival))
         if last_sent_at is not None:
             rtt = now - last_sent_at - report.hold
             if rtt >= 0:
@@ -373,7 +383,8 @@ class LinkEstimator:
         Reports bunch on the sender's clock when they queue on the way back, and the
         arrival times bunch on the viewer's when its loop is busy (measured on a
         2 Mbit/s link: 6 Mbit/s "received" per second of reports after a queue drained,
-        3.3 Mbit/s per second of arrivals); rarely both at once.
+        3.3 Mbit/s per second of arrivals); rarely both at once. Pauses of the sender
+        (``IDLE_GAP``) are left out: what a link carries is measured while it carries.
         """
         if not self._received:
             return 0.0
@@ -381,8 +392,13 @@ class LinkEstimator:
         if len(recent) < 2:
             return 0.0
         span = max(recent[-1][0] - recent[0][0], recent[-1][2] - recent[0][2])
+        idle = 0.0
+        for before, after in itertools.pairwise(recent):
+            gap = after[3] - before[2]
+            if gap > IDLE_GAP:
+                idle += gap
         size = sum(r[1] for r in recent[1:])
-        return size * 8 / max(span, 0.2)
+        return size * 8 / max(span - idle, FEEDBACK_INTERVAL)
 
     def _loss(self) -> float:
         got = sum(g for _, g, _ in self._outcomes)
