@@ -81,3 +81,24 @@ def test_new_settings_wait_for_a_keyframe_and_a_keyframe_takes_them() -> None:
     assert big > 2 * small and fine_db > coarse_db + 10  # measured: 180 -> 647 kB, 20 -> 39 dB
     # the decoder took the reopened encoder's stream without a hitch
     assert run.frame(1 / 30)[1] >= fine_db - 0.5
+
+
+def test_a_frame_after_a_long_wait_is_no_bigger_than_its_ceiling_allows() -> None:
+    """The capture waits while a slow link drains; libvpx took the gap for a frame rate
+    and spent it: an 877 kB frame at ceiling 63, whose own size is 157 kB."""
+    bgra = np.asarray(text_page(W, H + 120).convert("RGBX"))[:, :, [2, 1, 0, 3]]
+
+    def at(row: int) -> av.VideoFrame:
+        rows = np.ascontiguousarray(bgra[row : row + H])
+        return bgra_to_yuv420p(rows.tobytes(), W, H)
+
+    enc = Encoder()
+    enc.retune(Quality(1_000_000, 63, 300))
+    t, sizes = 0.0, []
+    for i, wait in enumerate([0.0, 0.05, 2.3, 0.05, 2.3]):
+        t += wait
+        f = at(60 * i % 120)  # scrolled too far to follow: a whole page again
+        f.pts, f.time_base = round(t * 90_000), TIME_BASE
+        sizes.append(sum(p.size for p in enc.encode(f, keyframe=i == 0)))
+    key = sizes[0]
+    assert max(sizes[1:]) <= 1.3 * key, sizes

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from agent.errors import DecodeError
 from agent.protocol import channel as ch
+from agent.protocol import feedback as fb
 from agent.session.link import (
     FEEDBACK_INTERVAL,
     MIN_BPS,
@@ -375,3 +376,69 @@ def test_a_full_link_shows_its_capacity_and_a_link_never_full_shows_none(mbps: i
     # and a capacity measured once is forgotten after the base window
     full.est.expire(full.now + 11)
     assert full.est.capacity_bps == 0
+
+
+# -- the reports as RTCP application feedback (agent.protocol.feedback)
+
+
+@given(
+    base=st.integers(0, 65535),
+    t0=st.integers(0, 2**40),
+    at=st.lists(st.one_of(st.none(), st.integers(0, 2**31)), min_size=1, max_size=1024),
+    hold=st.integers(0, 10**7),
+)
+def test_a_report_as_rtcp_survives_in_as_many_packets_as_it_needs(
+    base: int, t0: int, at: list[int | None], hold: int
+) -> None:
+    msg = ch.ScreenFeedback(base=base, t0_us=t0, at=tuple(at), hold_us=hold)
+    fcis = fb.encode(msg)
+    assert len(fcis) == -(-len(at) // fb.MAX_PER_PACKET)
+    assert all(len(f) <= 24 + 4 * fb.MAX_PER_PACKET and len(f) % 4 == 0 for f in fcis)
+    parts = [fb.decode(f) for f in fcis]
+    assert all(fb.is_feedback(f) for f in fcis)
+    joined = tuple(a for p in parts for a in p.at)
+    assert joined == msg.at
+    for i, p in enumerate(parts):
+        assert p.base == (base + i * fb.MAX_PER_PACKET) % 65536 and p.t0_us == t0
+    assert parts[-1].hold_us == hold or all(a is None for a in parts[-1].at)
+    # an earlier part says how long after *its* last arrival the report left
+    if len(parts) > 1 and any(parts[0].at) and any(a is not None for a in parts[-1].at):
+        last0 = max(a for a in parts[0].at if a is not None)
+        later = max(a for p in parts[1:] for a in p.at if a is not None)
+        if later > last0:
+            assert parts[0].hold_us == min(hold + later - last0, 10**7)
+
+
+def _fci(count: int = 1, *, name: bytes = b"PDFB", version: int = 1, hold: int = 0) -> bytes:
+    import struct
+
+    return struct.pack("!4sBBHHHQI", name, version, 0, 7, count, 0, 0, hold)
+
+
+@pytest.mark.parametrize(
+    ("data", "says"),
+    [
+        (b"PDFB", "header alone"),
+        (_fci(name=b"REMB") + bytes(4), "not b'PDFB'"),
+        (_fci(version=2) + bytes(4), "version 2"),
+        (_fci()[:5] + b"\x01" + _fci()[6:] + bytes(4), "reserved"),
+        (_fci(0), "0 arrivals"),
+        (_fci(251) + bytes(4 * 251), "251 arrivals"),
+        (_fci(2) + bytes(4), "expected 32"),
+        (_fci(1) + bytes(8), "expected 28"),
+        (_fci(1, hold=10**7 + 1) + bytes(4), "hold"),
+        (_fci(1) + (2**31 + 1).to_bytes(4, "big"), "an arrival"),
+    ],
+)
+def test_a_malformed_rtcp_report_is_refused_with_what_was_wrong(data: bytes, says: str) -> None:
+    with pytest.raises(DecodeError, match=says):
+        fb.decode(data)
+
+
+@given(st.binary(max_size=1200))
+def test_any_bytes_as_an_rtcp_report_give_a_report_or_a_decode_error(data: bytes) -> None:
+    try:
+        msg = fb.decode(data)
+    except DecodeError:
+        return
+    assert fb.encode(msg) == [data]

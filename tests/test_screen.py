@@ -495,3 +495,52 @@ async def test_pacer_lets_small_frames_through_and_spreads_big_ones() -> None:
         await pacer(bytes(1300))
     took = sent[-1][0] - start
     assert 0.08 <= took <= 0.5, took
+
+
+def _rtp_bytes(seq: int, ssrc: int, size: int = 1200) -> bytes:
+    head = bytes([0x80, 96]) + seq.to_bytes(2, "big") + bytes(4) + ssrc.to_bytes(4, "big")
+    return head + bytes(size - len(head))
+
+
+async def test_pacer_never_holds_back_a_retransmission_or_rtcp_caller() -> None:
+    """aiortc answers a NACK inside the transport's receive loop: if that send waited
+    at a slow link's pace, every datagram behind it would wait too."""
+    sent: list[bytes] = []
+
+    async def send(data: bytes) -> None:
+        sent.append(data)
+
+    pacer = Pacer(send, rate_bps=800_000, burst=2_600)  # 100 kB/s beyond two packets
+    pacer.media_ssrc = 1111
+    media = asyncio.ensure_future(asyncio.gather(*(pacer(_rtp_bytes(i, 1111)) for i in range(20))))
+    await asyncio.sleep(0)
+    start = time.monotonic()
+    await pacer(_rtp_bytes(500, 2222))  # a retransmission (RTX SSRC): queued, not waited for
+    rtcp = bytes([0x80, 206]) + bytes(10)
+    await pacer(rtcp)  # RTCP: out at once, ahead of the queue
+    assert time.monotonic() - start < 0.01
+    assert rtcp in sent and len(sent) < 10
+    async with asyncio.timeout(5):
+        await media  # the media sender waited for its packets: 24 kB at 100 kB/s
+    assert time.monotonic() - start >= 0.15
+    await until(lambda: _rtp_bytes(500, 2222) in sent, "the retransmission to leave")
+    # in order: the retransmission left behind the media packets queued before it
+    assert sent.index(_rtp_bytes(500, 2222)) > sent.index(_rtp_bytes(19, 1111))
+
+
+async def test_pacer_drops_retransmissions_beyond_a_short_queue() -> None:
+    from agent.capture.rtc import RTX_QUEUE_S
+
+    sent: list[bytes] = []
+
+    async def send(data: bytes) -> None:
+        sent.append(data)
+
+    pacer = Pacer(send, rate_bps=800_000, burst=1_200)
+    pacer.media_ssrc = 1111
+    for i in range(200):  # a NACK storm: 240 kB of answers into 100 kB/s
+        await pacer(_rtp_bytes(i, 2222))
+    kept = 200 - pacer.dropped
+    assert kept * 1200 <= 100_000 * RTX_QUEUE_S + 2 * 1200, kept
+    assert pacer.dropped > 150
+    await until(lambda: len(sent) == kept, "the kept ones to leave", timeout=5)

@@ -64,11 +64,13 @@ def decode(fci: bytes) -> ScreenFeedback:
     """The report in one FCI; ``DecodeError`` says what is wrong with a bad one."""
     if len(fci) < _HEAD.size:
         raise DecodeError(f"screen report: {len(fci)} bytes, the header alone is {_HEAD.size}")
-    name, version, _, base, count, _, t0_us, hold_us = _HEAD.unpack_from(fci)
+    name, version, zero1, base, count, zero2, t0_us, hold_us = _HEAD.unpack_from(fci)
     if name != NAME:
         raise DecodeError(f"screen report: starts with {name!r}, not {NAME!r}")
     if version != VERSION:
         raise DecodeError(f"screen report: version {version}, this agent reads {VERSION}")
+    if zero1 or zero2:
+        raise DecodeError("screen report: the reserved header bytes must be 0")
     if not 1 <= count <= min(MAX_PER_PACKET, MAX_FEEDBACK_PACKETS):
         raise DecodeError(f"screen report: {count} arrivals, expected 1 to {MAX_PER_PACKET}")
     if len(fci) != _HEAD.size + 4 * count:
