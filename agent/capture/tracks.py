@@ -226,7 +226,7 @@ class EncodedScreen:
         "How a slow link is spent (``set_mode``)."
         self._limit_bps: float | None = None
         self.capture_bits = 0.0
-        "Bits a recent capture cost: a frame, or a scroll's steps and its frame (not keyframes)."
+        "Bits a recent frame cost (its scroll steps and keyframes left out): sets the frame rate."
         self.scroll_steps = 0
         "Frames made to lead up to a scroll the encoder could not follow (see ``scroll``)."
         self._prev_planes: Planes | None = None  # the last frame encoded, while limited
@@ -387,11 +387,15 @@ class EncodedScreen:
             self._prev_planes = planes
         else:
             self._prev_planes = None
-        packets += self.encoder.encode(frame, cap.keyframe)
+        own = self.encoder.encode(frame, cap.keyframe)
+        packets += own
         if frame.pts is not None:
             self._prev_pts = frame.pts
-        if not cap.keyframe and not any(p.is_keyframe for p in packets):
-            bits = 8 * sum(p.size for p in packets)
+        if not cap.keyframe and not any(p.is_keyframe for p in own):
+            # the frame's own cost, not its steps': a scroll costs about the same bits a
+            # second at any frame rate (more steps a capture at a lower one), so lowering
+            # the rate for them only makes each capture's scroll longer
+            bits = 8 * sum(p.size for p in own)
             old = self.capture_bits
             self.capture_bits = bits if old == 0 else 0.8 * old + 0.2 * bits
         if packets:
