@@ -247,6 +247,15 @@ def test_big_frames_now_and_then_are_measured_at_the_link_rate_not_spread_over_t
     assert s.est.state().received_bps >= 0.7 * 2e6, s.est.state()
 
 
+def test_a_pause_longer_than_the_report_timeout_is_not_taken_for_silence() -> None:
+    """A frame after the capture waited 2 s: the timeout counted from the last report,
+    not from the first packet after it, so each such frame halved the target at once."""
+    s = Session(Bottleneck(2e6), frames=(100_000, 2.5), pace_bps=1.7e6)
+    s.run(20)
+    late = s.target_between(5, 20)
+    assert min(late) >= 0.6 * 2e6, min(late)
+
+
 def test_an_idle_sender_is_not_punished_and_does_not_inflate_the_estimate() -> None:
     """A still screen sends little: no timeout (nothing was sent), no runaway target."""
     s = Session(Bottleneck(2e6), app_bps=100_000)

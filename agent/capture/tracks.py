@@ -470,7 +470,9 @@ class PacketTrack(MediaStreamTrack):
 
     def _offer(self, packets: list[av.Packet[Any]]) -> None:
         """Queue one capture's packets (a frame, or the steps of a scroll and its
-        frame): a viewer ``queue_max`` captures behind skips to the next keyframe."""
+        frame) whole: a viewer with ``queue_max`` packets still waiting when the next
+        capture comes skips to the next keyframe (capture holds for it first, up to
+        ``grab.HOLD_MAX_S``, see ``_backed_up``)."""
         if not self._receiving:
             return  # not sending yet: the first recv() asks for a keyframe
         behind = len(self._queue) >= self._screen.queue_max

@@ -27,8 +27,10 @@ The estimate, two controllers, the lower one wins (draft-ietf-rmcat-gcc's split)
   about the link.
 - loss: over the last ``LOSS_WINDOW``, more than ``LOSS_HIGH`` lost cuts the target by
   half the loss fraction; under ``LOSS_LOW`` does not stop growth; between, it holds.
-- no report for ``FEEDBACK_TIMEOUT`` while packets were sent: halve (the link may have
-  collapsed, and the reports queue behind the screen there too).
+- no report for ``FEEDBACK_TIMEOUT`` since a packet was sent: halve (the link may have
+  collapsed, and the reports queue behind the screen there too). Counted from the
+  first packet sent after the last report: a pause is not silence (it was, and every
+  big frame after a capture had waited halved the target at once).
 
 The queue grows by (rate - capacity) / capacity seconds per second: sending 20 %
 over the link crosses ``OVERUSE_MS`` within 250 ms, and one report later the target
@@ -195,6 +197,7 @@ class LinkEstimator:
         self._target = float(start_bps)
         self._sent: collections.OrderedDict[int, tuple[float, int]] = collections.OrderedDict()
         self._sent_since_report = False
+        self._unreported_since = 0.0
         self._last_report_at: float | None = None
         self._last_timeout_at: float | None = None
         self._last_decrease_at: float | None = None
@@ -251,9 +254,13 @@ class LinkEstimator:
         self._sent.move_to_end(seq)
         while len(self._sent) > SENT_KEPT:
             self._sent.popitem(last=False)
+        if not self._sent_since_report:
+            # the timeout counts from the first packet no report has covered yet: after
+            # a pause (a still screen, a capture holding) the next packet is no news
+            self._unreported_since = now
         self._sent_since_report = True
         if self._last_report_at is None:
-            self._last_report_at = now  # the timeout counts from the first packet
+            self._last_report_at = now
 
     def on_feedback(self, report: Feedback, now: float) -> None:
         """A viewer's report arrived at ``now``."""
@@ -309,7 +316,7 @@ class LinkEstimator:
         """Call at least every ``FEEDBACK_TIMEOUT / 2``: halves the target when reports stop."""
         if not self._sent_since_report or self._last_report_at is None:
             return
-        since = self._last_timeout_at or self._last_report_at
+        since = self._last_timeout_at or max(self._last_report_at, self._unreported_since)
         self.expire(now)
         if now - since >= FEEDBACK_TIMEOUT:
             self._set(self._target / 2)
