@@ -237,7 +237,10 @@ MAX_FEEDBACK_PACKETS = 1024
 @dataclass(frozen=True)
 class ScreenFeedback:
     """Viewer to sharer, every 100 ms while a screen is viewed: when each of a run of
-    the screen's RTP packets arrived (``agent.session.link`` estimates the link from it)."""
+    the screen's RTP packets arrived (``agent.session.link`` estimates the link from it).
+
+    Sent as RTCP beside the screen (``agent.protocol.feedback``); on this channel only
+    until the first packet has named the screen's SSRC, and still accepted here."""
 
     type: ClassVar[str] = "feedback"
     base: int
