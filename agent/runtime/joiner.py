@@ -579,9 +579,12 @@ class CustomerSession:
                 await self.direct[msg.peer].complete(msg.sdp)
             else:
                 return
-            link = self.direct[msg.peer]
-            await asyncio.wait_for(asyncio.shield(link.opened), common.CHANNEL_OPEN_TIMEOUT)
-            self._direct_opened(msg.peer, link)
+            made = self.direct.get(msg.peer)
+            if made is None:  # it ended (the peer left, we stop) while the answer was made
+                log.info("no direct link with %s: it ended while connecting", msg.peer)
+                return
+            await asyncio.wait_for(asyncio.shield(made.opened), common.CHANNEL_OPEN_TIMEOUT)
+            self._direct_opened(msg.peer, made)
         except (PeerDeskError, TimeoutError) as exc:
             log.info("no direct link with %s: %s", msg.peer, exc)
             gone = self.direct.pop(msg.peer, None)
