@@ -109,11 +109,6 @@ class Pacer:
         self.observe: Callable[[bytes, float], None] | None = None
         "Called with each packet and ``time.monotonic()`` as it leaves (RTCP too)."
 
-    @property
-    def queued(self) -> int:
-        """Packets waiting to leave."""
-        return len(self._queue)
-
     def _refill(self) -> None:
         now = time.monotonic()
         self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
