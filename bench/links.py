@@ -11,6 +11,11 @@ screen of an Xvfb (1920x1080) that this process draws on:
   at 60 Hz in its corner; at the end the counter stops and, 2 s later, the text's
   PSNR is taken from the CSR's decoded picture against the page;
 - ``scroll``: the page scrolling 3 px per frame at 20 Hz, the counter with it.
+- ``file``: the same scrolling page while the CSR fetches a 50 MB file from the
+  customer (``files_advanced``, the fast path, the customer's uplink: the direction
+  the screen takes too): the screen's figures while the file goes, and the file's
+  own goodput over the measured seconds. ``PEERDESK_NO_YIELD=1`` in the environment
+  shows what the file does to the screen when it does not yield.
 
 The CSR is a worker process inside the namespace (the signaling server, a
 ``CsrSession``, the CSR's own viewer decoding the screen); the customer is
@@ -45,13 +50,14 @@ from bench.screen import BAR_Y, BLOCK, Drawer, read_barcode, text_page
 
 W, H = 1920, 1080
 RATES = ["none", "8mbit", "4mbit", "2mbit", "1mbit"]
-PICTURES = ["still", "scroll"]
+PICTURES = ["still", "scroll", "file"]
 WARMUP_S = float(os.environ.get("PEERDESK_LINKS_WARMUP_S", "5"))
 MEASURE_S = float(os.environ.get("PEERDESK_LINKS_MEASURE_S", "10"))
 "(The environment shortens both for the smoke test, and reaches the worker with it.)"
 STILL_S = 2.0
 SCROLL_PX, SCROLL_HZ = 3, 20.0
 CLICKS = 10
+FILE_MB = 50
 TEXT_TOP = BAR_Y + BLOCK + 16
 "Rows above this hold the counter: PSNR is taken below it."
 
@@ -137,6 +143,7 @@ async def _worker(display: str, picture: str) -> None:
     joined, granted, controls = loop.create_future(), loop.create_future(), loop.create_future()
     links: list[dict[str, Any]] = []
     samples: list[tuple[int, float]] = []
+    file_bytes: list[tuple[float, int]] = []
 
     def saw(e: status.Status) -> None:
         if isinstance(e, status.Joined) and not joined.done():
@@ -152,14 +159,23 @@ async def _worker(display: str, picture: str) -> None:
                 "at": time.monotonic(), "kbps": e.kbps, "target_kbps": e.target_kbps,
                 "rtt_ms": e.rtt_ms, "queue_ms": e.queue_ms, "loss": e.loss, "fps": e.fps,
             })  # fmt: skip
+        elif isinstance(e, status.FileProgress) and e.direction == "receive":
+            file_bytes.append((time.monotonic(), e.bytes))
 
     csr = CsrSession(Identity(Ed25519PrivateKey.generate(), "Carol"), url, saw)
     code = await csr.start()
     home = tempfile.mkdtemp(prefix="pd-links-")
     customer_log = tempfile.TemporaryFile("w+", dir=home)  # noqa: SIM115 (closed below)
+    share = Path(home) / "share"
+    share.mkdir()
+    if picture == "file":
+        with (share / "big.bin").open("wb") as f:
+            for _ in range(FILE_MB):
+                f.write(os.urandom(1 << 20))
     customer = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "agent", "-v", "join", str(code), "--signal", url,
-        "--headless", "--json", "--name", "Alice", "--accept", "view,control",
+        "--headless", "--json", "--name", "Alice", "--share-dir", str(share),
+        "--accept", "view,control,files_advanced" if picture == "file" else "view,control",
         stdin=asyncio.subprocess.PIPE, stdout=customer_log, stderr=customer_log,
         env={**os.environ, "DISPLAY": display, "PEERDESK_HOME": home},
     )  # fmt: skip
@@ -175,13 +191,20 @@ async def _worker(display: str, picture: str) -> None:
             viewer.on_frame = lambda frame, at: samples.append((read_barcode(frame) or -1, at))
             await viewer.wait_frame()
         say({"first_frame_s": viewer.times[0].received_at - granted_at})
+        if picture == "file":
+            services.fetch("big.bin", Path(home) / "got")
         await asyncio.sleep(WARMUP_S)
         samples.clear()
         started = time.monotonic()
+        file_from = file_bytes[-1][1] if file_bytes else 0
         say({"measuring": started})
         await asyncio.sleep(MEASURE_S)
         measured = list(samples)
         elapsed = time.monotonic() - started
+        file_kbps = None
+        if picture == "file":
+            got = file_bytes[-1][1] if file_bytes else 0
+            file_kbps = (got - file_from) * 8 / elapsed / 1000
         services.request("control")
         async with asyncio.timeout(20):
             await controls
@@ -209,6 +232,7 @@ async def _worker(display: str, picture: str) -> None:
         say({
             "samples": measured, "elapsed": elapsed, "links": links,
             "clicks": took, "clicks_missed": CLICKS - len(took), "psnr": psnr,
+            "file_kbps": file_kbps,
         })  # fmt: skip
     except BaseException:
         customer_log.seek(0)
@@ -256,7 +280,7 @@ def run_one(rate: str, picture: str) -> dict[str, Any]:
         ShapedNamespace(None if rate == "none" else rate) as ns,
         Xvfb(W, H) as screen,
     ):
-        drawer = Scroller(screen.display) if picture == "scroll" else Drawer(screen.display)
+        drawer = Scroller(screen.display) if picture != "still" else Drawer(screen.display)
         drawer.paint_background()
         drawer.start()
         errors = tempfile.TemporaryFile("w+")  # noqa: SIM115 (read on failure, then closed)
@@ -310,6 +334,7 @@ def run_one(rate: str, picture: str) -> dict[str, Any]:
         "psnr": result["psnr"],
         "click_p50": statistics.median(clicks) if clicks else None,
         "clicks_missed": result["clicks_missed"],
+        "file_kbps": result["file_kbps"],
         "links": result["links"],
     }
 
@@ -354,6 +379,7 @@ def report(runs: list[dict[str, Any]]) -> list[str]:
             f"{_ms(f['p50']):>8} {_ms(f['p95']):>8} {kbps:>7} {f['dropped']:>6} {psnr:>8} "
             f"{_ms(f['click_p50']):>10}"
             + (f" ({f['clicks_missed']} missed)" if f["clicks_missed"] else "")
+            + ("" if f["file_kbps"] is None else f"; file {f['file_kbps']:.0f} kbit/s")
         )
     return out
 
@@ -369,6 +395,8 @@ def rows(runs: list[dict[str, Any]]) -> list[str]:
         b = base.get(f["picture"], f)
         ratio = f["fps"] / b["fps"] if b["fps"] else float("nan")
         psnr = "" if f["psnr"] is None else f", text {f['psnr']:.1f} dB (none {b['psnr']:.1f})"
+        if f["file_kbps"] is not None:
+            psnr += f"; the file meanwhile {f['file_kbps']:.0f} kbit/s"
         out.append(
             f"| screen over {f['rate']}, {f['picture']}: fps / latency p50, p95 "
             f"| {f['fps']:.1f} fps / {_ms(f['p50'])}, {_ms(f['p95'])}; first frame "

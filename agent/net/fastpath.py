@@ -36,6 +36,8 @@ import logging
 import os
 import socket
 import struct
+import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -46,6 +48,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from agent.files.errors import FastPathError
 from agent.protocol.files import NONCE_BYTES, TRANSFER_ID_RE
+from agent.session.fileyield import FileYield
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +73,12 @@ IO_TIMEOUT = 30.0
 "Seconds without progress after which a connection counts as dead."
 MAX_PENDING = 16
 "Unauthenticated connections a listener vets at once; more are closed."
+NOTSENT_LOWAT = 64 * 1024
+"""Unsent bytes the kernel may hold for us (Linux ``TCP_NOTSENT_LOWAT``): without it a
+grown send buffer held seconds of a slow link's worth of file when a screen went live."""
+_TCP_NOTSENT_LOWAT = 25
+_TCP_INFO = struct.Struct("=68xII72xI")
+"Linux ``struct tcp_info``: ``tcpi_rtt``, ``tcpi_rttvar`` (us) at 68, ``tcpi_min_rtt`` at 148."
 
 
 class Source(Protocol):
@@ -86,6 +95,31 @@ class Sink(Protocol):
 
 Progress = Callable[[int], None]
 "Called with the offset reached after each frame."
+YieldTo = Callable[[], bool]
+"Asked before each slice: whether a screen is live on this link (the file then yields)."
+
+
+def tcp_rtt(sock: socket.socket) -> tuple[float, float | None] | None:
+    """TCP's smoothed round trip and the least it saw (s), or None where the kernel
+    does not say (only Linux's ``TCP_INFO`` is read)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 232)
+    except OSError:
+        return None
+    if len(raw) >= _TCP_INFO.size:
+        rtt, _, least = _TCP_INFO.unpack_from(raw)
+        return rtt / 1e6, least / 1e6 if least else None
+    if len(raw) >= 76:
+        return struct.unpack_from("I", raw, 68)[0] / 1e6, None
+    return None
+
+
+def _limit_unsent(sock: socket.socket) -> None:
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT, NOTSENT_LOWAT)
 
 
 def derive_keys(session_key: bytes, transfer_id: str, nonce: bytes) -> tuple[bytes, bytes]:
@@ -232,6 +266,8 @@ class FastPathSender:
         self._sock: socket.socket | None = None
         self._vetting: set[asyncio.Task[None]] = set()
         self._acceptor: asyncio.Future[None] | None = None
+        self.pace = FileYield()
+        "The pace while a screen is live (``send``'s ``yield_to``)."
 
     @classmethod
     def listen(
@@ -278,14 +314,24 @@ class FastPathSender:
         size: int,
         progress: Progress | None = None,
         accept_timeout: float = ACCEPT_TIMEOUT,
+        yield_to: YieldTo | None = None,
     ) -> int:
         """Wait for the receiver, stream ``[offset, size)`` from ``source``, wait for its
-        done; returns the end offset it confirmed (``size``). Raises ``FastPathError``."""
+        done; returns the end offset it confirmed (``size``). Raises ``FastPathError``.
+
+        ``yield_to``: while it says a screen is live on this link, the bytes are paced by
+        ``agent.session.fileyield`` from TCP's round trip, so the file takes what the
+        screen leaves free (``pace`` shows the controller; Linux only: elsewhere the
+        kernel does not tell us the round trip and the file goes at full speed)."""
         loop = asyncio.get_running_loop()
         sock = await self._accept(loop, offset, size, accept_timeout)
         self._sock = sock
+        _limit_unsent(sock)
+        if yield_to is not None and tcp_rtt(sock) is None:
+            log.info("fast path: this system does not report TCP's round trip; no yielding")
+            yield_to = None
         try:
-            await self._stream(loop, sock, source, offset, size, progress)
+            await self._stream(loop, sock, source, offset, size, progress, yield_to)
             buf = bytearray(4 + _DONE.size + TAG)
             sealed = await asyncio.wait_for(
                 _read_frame(loop, sock, buf, _DONE.size + TAG), DONE_TIMEOUT
@@ -310,6 +356,7 @@ class FastPathSender:
         offset: int,
         size: int,
         progress: Progress | None,
+        yield_to: YieldTo | None,
     ) -> None:
         plain = memoryview(bytearray(FRAME_DATA))
         outs = [memoryview(bytearray(4 + FRAME_DATA + TAG)) for _ in range(2)]
@@ -334,7 +381,10 @@ class FastPathSender:
                 else None
             )
             try:
-                await asyncio.wait_for(loop.sock_sendall(sock, out[:length]), IO_TIMEOUT)
+                if yield_to is None:
+                    await asyncio.wait_for(loop.sock_sendall(sock, out[:length]), IO_TIMEOUT)
+                else:
+                    await self._send_yielding(loop, sock, out[:length], yield_to)
             except BaseException:
                 if ready is not None:
                     with contextlib.suppress(BaseException):
@@ -343,6 +393,28 @@ class FastPathSender:
             pos, counter = sent_to, counter + 1
             if progress is not None:
                 progress(pos)
+
+    async def _send_yielding(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        data: memoryview,
+        yield_to: YieldTo,
+    ) -> None:
+        """Send ``data`` in slices, each when ``self.pace`` lets it leave."""
+        pace, pos = self.pace, 0
+        while pos < len(data):
+            now = time.monotonic()
+            pace.set_live(yield_to(), now)
+            rtt = tcp_rtt(sock)
+            if rtt is not None:
+                pace.on_rtt(rtt[0], now, min_rtt=rtt[1])
+            if (wait := pace.wait(now)) > 0:
+                await asyncio.sleep(wait)
+            piece = data[pos : pos + pace.slice_bytes()]
+            await asyncio.wait_for(loop.sock_sendall(sock, piece), IO_TIMEOUT)
+            pace.on_sent(len(piece), time.monotonic())
+            pos += len(piece)
 
     async def _accept(
         self, loop: asyncio.AbstractEventLoop, offset: int, size: int, wait: float

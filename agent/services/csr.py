@@ -53,8 +53,18 @@ class CsrServices:
         from agent.services.files import FileLink
 
         self.files = FileLink(
-            self.customer, self.link, session_key, download_dir, _CsrFilePolicy(self), self._emit
+            self.customer,
+            self.link,
+            session_key,
+            download_dir,
+            _CsrFilePolicy(self),
+            self._emit,
+            screen_live=self._viewing,
         )
+
+    def _viewing(self) -> bool:
+        """Whether the customer's screen is coming over this link now."""
+        return self.viewer is not None and self.grants.get("view") == "granted"
 
     async def send_file(self, path: str) -> str:
         """Publish a local file to the customer and offer it (``files`` must be granted)."""

@@ -92,7 +92,13 @@ class CustomerServices:
         from agent.services.files import FileLink
 
         self._files[csr] = FileLink(
-            csr, link, session_key, self.download_dir, _CustomerFilePolicy(self, csr), self._emit
+            csr,
+            link,
+            session_key,
+            self.download_dir,
+            _CustomerFilePolicy(self, csr),
+            self._emit,
+            screen_live=lambda: csr in self._viewers,
         )
 
     def attached(self, csr: str) -> bool:

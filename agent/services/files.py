@@ -75,8 +75,11 @@ class FileLink:
         download_dir: Path,
         policy: Policy,
         emit: Emit,
+        screen_live: Callable[[], bool] | None = None,
     ) -> None:
         self.peer = peer
+        self._screen_live = screen_live
+        "Whether a screen is live on this link: fast-path files yield to it while it is."
         self.link = link
         self._key = session_key
         self._policy = policy
@@ -382,6 +385,7 @@ class FileLink:
                     offset=start,
                     size=e.size,
                     progress=lambda n: self._fast_progress(e.id, n),
+                    yield_to=None if os.environ.get("PEERDESK_NO_YIELD") else self._screen_live,
                 )
         except (FastPathError, OSError) as exc:
             log.info("fast path for %s failed, falling back: %s", path.name, exc)
