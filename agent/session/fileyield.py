@@ -22,7 +22,8 @@ the screen keeps what it needs.
 - In between, the rate moves smoothly, ``GAIN`` per second times how far the
   queue is off target (-1..1): it doubles in about half a second on an empty link,
   and grows at ``SLOW_GAIN`` near the rate it was last cut from (the queue shows
-  nothing until the link is full, so that is where it probes gently).
+  nothing until the link is full, so that is where it probes gently; past
+  ``PAST_CUT`` of it, the link has room again: a screen that went still).
 - It never grows past ``HEADROOM`` times what actually left lately (a sender held
   back by its disk or its peer proves nothing about the link), never falls under
   ``MIN_BPS`` (a file always moves), and when the screen goes live mid-transfer
@@ -50,7 +51,11 @@ GAIN = 1.5
 "Growth (or decline) per second at a queue 100 % off target."
 SLOW_GAIN = 0.15
 "Growth per second near the rate last cut from (``NEAR_CUT`` of it, within ``BASE_WINDOW``)."
-NEAR_CUT = 0.85
+NEAR_CUT, PAST_CUT = 0.85, 1.3
+"""Where growth is slow: between these shares of the rate last cut from (the highest
+rate of the last run of cuts: the rate at which the link was found full)."""
+EPISODE_S = 1.0
+"Cuts less than this apart (s) answer the same full link."
 DRAIN_S = 0.100
 """Queueing delay (s) above which the file all but stops (``MIN_BPS``) until it is under
 ``CUT_S``: what a file sent before the screen went live, a full buffer, drains in
@@ -145,10 +150,12 @@ class FileYield:
         """TCP's smoothed round trip (s) at ``now``; ``min_rtt``: the kernel's own least."""
         if srtt <= 0:
             return
+        while self._rtts and self._rtts[-1][1] >= srtt:  # a windowed minimum: the
+            self._rtts.pop()  # deque holds rising round trips, its head is the least
         self._rtts.append((now, srtt))
-        while self._rtts and self._rtts[0][0] < now - BASE_WINDOW:
+        while self._rtts[0][0] < now - BASE_WINDOW:
             self._rtts.popleft()
-        base = min(r for _, r in self._rtts)
+        base = self._rtts[0][1]
         if min_rtt is not None and 0 < min_rtt < base:
             base = min_rtt
         self.queue_s = max(0.0, srtt - base)
@@ -161,9 +168,10 @@ class FileYield:
                 or now - self._last_cut >= CUT_HOLD
                 or self.queue_s > self._queue_at_cut + CUT_S / 2
             ):
+                episode = self._last_cut is not None and now - self._last_cut < EPISODE_S
+                self._cut_from = max(self._cut_from, self._rate) if episode else self._rate
                 self._last_cut, self._queue_at_cut = now, self.queue_s
                 self.cuts += 1
-                self._cut_from = max(self._cut_from, self._rate) if self.draining else self._rate
                 self._rate = MIN_BPS if self.queue_s > DRAIN_S else _clamp(self._rate * CUT)
             return
         dt = 0.0 if last is None else min(MAX_STEP, max(0.0, now - last))
@@ -171,7 +179,7 @@ class FileYield:
         near = (
             self._last_cut is not None
             and now - self._last_cut < BASE_WINDOW
-            and self._rate > NEAR_CUT * self._cut_from
+            and NEAR_CUT * self._cut_from < self._rate < PAST_CUT * self._cut_from
         )
         rate = self._rate * (1.0 + (SLOW_GAIN if near and off > 0 else GAIN) * off * dt)
         if off > 0:
