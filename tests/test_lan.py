@@ -333,7 +333,10 @@ def test_lan_answers_that_lead_nowhere_are_skipped(procs: list[Proc], tmp_path: 
         try:
             assert announcer.stdout is not None
             assert announcer.stdout.readline().strip() == "announced"
-            listed = discover(lan.b.exec, tmp_path / "scan")
+            for _ in range(4):  # a loaded machine can miss an answer in one 2 s scan
+                listed = discover(lan.b.exec, tmp_path / "scan")
+                if len([s for s in listed if s["room"] == room]) == 3:
+                    break
             assert len([s for s in listed if s["room"] == room]) == 3, listed
             alice = agent(
                 procs, lan.b.exec, tmp_path / "alice", "-v", "join", session["code"],
