@@ -354,3 +354,38 @@ async def test_the_core_drives_the_fast_path(tmp_path: Path, break_fast_path: bo
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["video.mp4"]
     ready = [e for e in a.events if isinstance(e, ft.SendReady)]
     assert len(ready) == (2 if break_fast_path else 1)
+
+
+async def test_a_yielding_sender_on_a_lan_is_still_fast_and_shows_its_progress(
+    tmp_path: Path,
+) -> None:
+    """With a screen live, frames shrink to a quarter second of the pace (a slow link's
+    progress shows) and the pace doubles from 1 Mbit/s while no queue shows: a LAN's
+    file still arrives whole, at its own speed."""
+    info = random_file(tmp_path / "f.bin", 24, extra=777)
+    store = fs.FileStore(tmp_path)
+    key = os.urandom(32)
+    part = store.open_partial(TID, "f.out", info.size, info.sha256)
+    sender = await FastPathSender.open(key, TID, host="127.0.0.1")
+    steps: list[int] = []
+    start = time.perf_counter()
+    with fs.FileReader(tmp_path / "f.bin") as reader:
+        sent, got = await asyncio.wait_for(
+            asyncio.gather(
+                sender.send(reader, offset=0, size=info.size, yield_to=lambda: True),
+                receive_file(
+                    "127.0.0.1", sender.port, session_key=key, transfer_id=TID,
+                    nonce=sender.nonce, sink=part, offset=0, size=info.size,
+                    progress=steps.append,
+                ),
+            ),
+            30,
+        )  # fmt: skip
+    elapsed = time.perf_counter() - start
+    print(f"\nyielding on loopback: {info.size / elapsed / 1e6:.0f} MB/s in {len(steps)} frames")
+    assert sent == got == info.size
+    assert store.finish(TID) == info.sha256
+    assert steps[0] <= FRAME_DATA // 16  # a quarter second of 1 Mbit/s, not 1 MiB
+    assert steps[-1] == info.size
+    assert sender.pace.cuts == 0  # loopback never queues
+    assert elapsed < 5.0, elapsed  # 24 MiB: at 1 Mbit/s without the doubling, 200 s

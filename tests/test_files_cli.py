@@ -158,6 +158,13 @@ def test_advanced_browse_fetch_confirmed_and_hostile_paths(
     got = csr.expect("file", lambda e: e["state"] == "done" and e["direction"] == "receive")
     assert got["sha256"] == digest
     assert sha(tmp_path / "csr-downloads" / "app.log") == digest
+    # "dest" puts it where the CSR said (it went to the downloads folder whatever it said)
+    csr.send({"cmd": "fetch", "path": "logs/app.log", "dest": str(tmp_path / "case-123")})
+    asked = cust.expect("file", lambda e: e["state"] == "requested")
+    cust.send({"cmd": "accept_file", "id": asked["id"]})
+    got = csr.expect("file", lambda e: e["state"] == "done" and e["direction"] == "receive")
+    assert got["path"] == str(tmp_path / "case-123" / "app.log")
+    assert sha(tmp_path / "case-123" / "app.log") == digest
 
     # nothing outside the shared directory, whatever the path says
     for hostile in ("../secret.txt", "/etc/passwd", "escape.txt", "logs/../../secret.txt"):

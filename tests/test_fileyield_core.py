@@ -176,3 +176,20 @@ def test_round_trips_that_are_not_samples_change_nothing() -> None:
     core.on_rtt(-1.0, 0.2)
     assert core.queue_s == 0.0
     assert core.rate_bps == fy.START_BPS
+
+
+def test_on_a_lan_a_live_screen_costs_the_file_almost_nothing() -> None:
+    """The start doubles the rate until a queue shows: a gigabit LAN in half a second."""
+    link = Link(capacity=1e9, screen=5e6)
+    core = FileYield()
+    link.run(core, 0.0, 0.6)
+    fast = link.run(core, 0.6, 2.0)
+    assert fast >= 0.5e9, fast
+    assert _p95(link.queues) < 0.040
+
+
+def test_a_link_that_is_already_queued_ends_the_start_at_once() -> None:
+    link = Link(capacity=2e6, screen=1.5e6)
+    core = FileYield()
+    link.run(core, 0.0, 1.0)
+    assert max(link.queues) < 0.060  # no doubling into a link that was full already

@@ -97,8 +97,6 @@ class FileLink:
         self._fast: dict[str, asyncio.Task[None]] = {}
         self._asked_gets: dict[str, Path] = {}
         "get ids waiting for the person's answer -> the file to send"
-        self._pulls: dict[str, Path] = {}
-        "our get id -> directory the pulled file goes to"
         self._io_wake = asyncio.Event()
         self._chunks_wake = asyncio.Event()
         self._tasks = [
@@ -146,7 +144,9 @@ class FileLink:
         """Ask the peer for a file (``published`` catalogue or a ``browse`` path)."""
         dest.mkdir(parents=True, exist_ok=True)
         tid = self.core.request(scope, path, time.monotonic())
-        self._pulls[tid] = dest
+        # The core prepares the answer's partial file without asking (it is ours), so
+        # the store must be in place before the offer comes.
+        self._stores[tid] = fs.FileStore(dest, sync_every=SYNC_EVERY)
         self._pump()
         return tid
 
@@ -209,10 +209,6 @@ class FileLink:
         if isinstance(e, ft.OfferReceived):
             self._names[e.id] = e.name
             self._sizes[e.id] = e.size
-            pull_dir = self._pulls.get(e.id)
-            if pull_dir is not None:  # the answer to our own get: no question
-                self._stores[e.id] = fs.FileStore(pull_dir, sync_every=SYNC_EVERY)
-                return
             refusal = self._policy.may_take(e)
             if refusal is not None:
                 self.core.reject(e.id, now, reason="no_grant", message=refusal)

@@ -19,7 +19,10 @@ the screen keeps what it needs.
   once per ``CUT_HOLD`` unless the queue grew by half of ``CUT_S`` since the last
   cut (the screen wants more, now): the file backs off before the screen has to; above
   ``DRAIN_S`` it all but stops until the queue has drained.
-- In between, the rate moves smoothly, ``GAIN`` per second times how far the
+- It starts as TCP does: doubling every ``START_ROUND`` until the queue reaches
+  ``TARGET_S`` (then it steps back by ``CUT``), so that a LAN with a screen live
+  still moves a file at its own speed; a link already queued ends the start at once.
+- After that, the rate moves smoothly, ``GAIN`` per second times how far the
   queue is off target (-1..1): it doubles in about half a second on an empty link,
   and grows at ``SLOW_GAIN`` near the rate it was last cut from (the queue shows
   nothing until the link is full, so that is where it probes gently; past
@@ -68,7 +71,7 @@ RATE_WINDOW = 1.0
 "Seconds over which what left is measured."
 MIN_BPS = 100_000
 "Lowest rate (bits/s): a file always moves."
-MAX_BPS = 1_000_000_000
+MAX_BPS = 10_000_000_000
 "Highest rate (bits/s)."
 START_BPS = 1_000_000
 "Rate (bits/s) when the screen goes live before anything was sent."
@@ -82,6 +85,11 @@ SLICE_MAX = 256 * 1024
 "Largest slice."
 MAX_STEP = 0.2
 "Longest gap (s) between samples used for one step of growth."
+START_ROUND = 0.05
+"""Until the link is found (a queue of ``TARGET_S``, or a cut), the rate doubles every
+this many seconds: from 1 Mbit/s to a LAN's 1 Gbit/s in half a second."""
+START_WINDOW = 0.1
+"Seconds over which what left caps the doubling (``HEADROOM`` times it)."
 
 
 class FileYield:
@@ -97,6 +105,7 @@ class FileYield:
         self._last_step: float | None = None
         self._last_cut: float | None = None
         self._cut_from = 0.0
+        self._starting = True
         self._queue_at_cut = 0.0
         self.queue_s = 0.0
         "The bottleneck's queue as last measured (s)."
@@ -123,6 +132,7 @@ class FileYield:
             self._rate = _clamp(START_SHARE * left if left else START_BPS)
             self._next_at = None
             self._last_step = now
+            self._starting = True
 
     def slice_bytes(self) -> int:
         """How many bytes to hand to the socket at once."""
@@ -172,9 +182,19 @@ class FileYield:
                 self._cut_from = max(self._cut_from, self._rate) if episode else self._rate
                 self._last_cut, self._queue_at_cut = now, self.queue_s
                 self.cuts += 1
+                self._starting = False
                 self._rate = MIN_BPS if self.queue_s > DRAIN_S else _clamp(self._rate * CUT)
             return
         dt = 0.0 if last is None else min(MAX_STEP, max(0.0, now - last))
+        if self._starting:
+            if self.queue_s < TARGET_S:  # nothing queues: double every START_ROUND
+                cap = max(self._rate, HEADROOM * self._left_bps(now, START_WINDOW) + MIN_BPS)
+                self._rate = _clamp(min(self._rate * 2 ** (dt / START_ROUND), cap))
+                return
+            self._starting = False  # the link is found: from here on, steer to the target
+            self._cut_from, self._last_cut = self._rate, now
+            self._rate = _clamp(self._rate * CUT)
+            return
         off = max(-1.0, min(1.0, (TARGET_S - self.queue_s) / TARGET_S))
         near = (
             self._last_cut is not None
@@ -186,11 +206,18 @@ class FileYield:
             rate = min(rate, max(self._rate, HEADROOM * self._left_bps(now) + MIN_BPS))
         self._rate = _clamp(rate)
 
-    def _left_bps(self, now: float) -> float:
+    def _left_bps(self, now: float, window: float = RATE_WINDOW) -> float:
+        """Bits/s handed to the socket over the last ``window`` (at most ``RATE_WINDOW``)."""
         if not self._sent:
             return 0.0
-        span = max(now - self._sent[0][0], RATE_WINDOW / 4)
-        return self._sent_bytes * 8 / span
+        if window >= RATE_WINDOW:
+            return self._sent_bytes * 8 / max(now - self._sent[0][0], RATE_WINDOW / 4)
+        total, first = 0, now
+        for at, n in reversed(self._sent):
+            if at < now - window:
+                break
+            total, first = total + n, at
+        return total * 8 / max(now - first, window / 2)
 
 
 def _clamp(bps: float) -> float:
