@@ -22,6 +22,7 @@ import numpy as np
 from agent.capture.encoder import Encoder
 from agent.capture.grab import TIME_BASE
 from agent.capture.scroll import Planes, find_scroll, steps
+from agent.capture.tracks import frame_of, planes_of
 from agent.session.adapt import Quality
 from bench.screen import text_page
 
@@ -34,19 +35,7 @@ def main() -> None:
     def at(row: int) -> tuple[av.VideoFrame, Planes]:
         rgb = np.ascontiguousarray(page[row : row + H])
         f = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
-        a = f.to_ndarray()
-        planes = (
-            a[:H],
-            a[H : H + H // 4].reshape(H // 2, W // 2),
-            a[H + H // 4 :].reshape(H // 2, W // 2),
-        )
-        return f, planes
-
-    def frame(p: Planes, pts: int) -> av.VideoFrame:
-        flat = np.concatenate([x.ravel() for x in p]).reshape(H * 3 // 2, W)
-        f = av.VideoFrame.from_ndarray(flat, format="yuv420p")
-        f.pts, f.time_base = pts, TIME_BASE
-        return f
+        return f, planes_of(f)
 
     print(f"a {W}x{H} page of text scrolled {SCROLL} px, {SCROLLS} times, at 1.6 Mbit/s")
     print("  ceiling  sent as      bytes   encoding   last picture")
@@ -67,7 +56,7 @@ def main() -> None:
                 mids = steps(prev, cur, found) if found else []
                 out = []
                 for j, mid in enumerate(mids):
-                    out += enc.encode(frame(mid, pts - 90 * (len(mids) - j)))
+                    out += enc.encode(frame_of(mid, pts - 90 * (len(mids) - j)))
                 new.pts, new.time_base = pts, TIME_BASE
                 out += enc.encode(new)
                 spent += time.perf_counter() - started

@@ -18,8 +18,8 @@ import pytest
 
 from agent.capture import scroll
 from agent.capture.encoder import Encoder
-from agent.capture.grab import TIME_BASE
 from agent.capture.scroll import MAX_SHIFT, STEP_PX, Scroll, find_scroll, step_offsets, steps
+from agent.capture.tracks import frame_of
 from agent.session.adapt import Quality
 from bench.screen import text_page
 
@@ -47,13 +47,6 @@ def planes_at(offset: int, tall: np.ndarray = TALL) -> scroll.Planes:
         np.ascontiguousarray(u[o : o + H // 2]),
         np.ascontiguousarray(v[o : o + H // 2]),
     )
-
-
-def frame_of(p: scroll.Planes, pts: int) -> av.VideoFrame:
-    flat = np.concatenate([x.ravel() for x in p]).reshape(H * 3 // 2, W)
-    f = av.VideoFrame.from_ndarray(flat, format="yuv420p")
-    f.pts, f.time_base = pts, TIME_BASE
-    return f
 
 
 @pytest.mark.parametrize("dy", [3, 12, 60, 150, -30, -96])

@@ -32,10 +32,11 @@ from typing import Any
 import aiortc.rtcrtpsender
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpSender, RTCRtpTransceiver
 from aiortc.codecs import h264, vpx
-from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket
+from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, is_rtcp
 
 from agent.capture.encoder import BITRATE_1080P, BITRATE_MAX, BITRATE_MIN, Codec
 from agent.capture.tracks import PacketTrack, ScreenTrack, _released
+from agent.session.adapt import BURST_MIN
 
 RTP_HISTORY = 2048
 "Sent packets kept for retransmission (aiortc: 128, less than one 1080p keyframe)."
@@ -121,7 +122,7 @@ class Pacer:
         return header is None or header[1] == self.media_ssrc
 
     async def __call__(self, data: bytes) -> None:
-        if len(data) >= 2 and 192 <= data[1] <= 223:  # RTCP (RFC 5761): small, never paced
+        if is_rtcp(data):  # aiortc's own test (RFC 5761): small, never paced
             await self.send(data)
             if self.observe is not None:
                 self.observe(data, time.monotonic())
@@ -129,7 +130,7 @@ class Pacer:
         done: asyncio.Future[None] | None = None
         if self._waits(data):
             done = asyncio.get_running_loop().create_future()
-        elif self._rtx_bytes + len(data) > max(self.rate * RTX_QUEUE_S, 2 * 1300):
+        elif self._rtx_bytes + len(data) > max(self.rate * RTX_QUEUE_S, BURST_MIN):
             self.dropped += 1
             return
         else:

@@ -381,7 +381,7 @@ class EncodedScreen:
         self._size = (frame.width, frame.height)
         packets: list[av.Packet[Any]] = []
         if self._limit_bps is not None or self._starting:
-            planes = _planes(frame)
+            planes = planes_of(frame)
             if not cap.keyframe:
                 packets = self._scroll_steps(planes, frame.pts)
             self._prev_planes = planes
@@ -416,10 +416,7 @@ class EncodedScreen:
         self.scroll_steps += len(between)
         packets: list[av.Packet[Any]] = []
         for i, mid in enumerate(between):
-            f = _frame(mid)
-            f.pts = pts - (len(between) - i) * STEP_PTS
-            f.time_base = TIME_BASE
-            packets += self.encoder.encode(f)
+            packets += self.encoder.encode(frame_of(mid, pts - (len(between) - i) * STEP_PTS))
         return packets
 
     def _on_error(self, exc: BaseException) -> None:
@@ -430,7 +427,7 @@ class EncodedScreen:
             t._offer(packets)
 
 
-def _planes(frame: av.VideoFrame) -> Planes:
+def planes_of(frame: av.VideoFrame) -> Planes:
     """A yuv420p frame's planes as numpy arrays (copies, without line padding)."""
     out = []
     for p in frame.planes:
@@ -439,11 +436,14 @@ def _planes(frame: av.VideoFrame) -> Planes:
     return (out[0], out[1], out[2])
 
 
-def _frame(planes: Planes) -> av.VideoFrame:
-    """A yuv420p frame of planes (even width and height)."""
+def frame_of(planes: Planes, pts: int | None = None) -> av.VideoFrame:
+    """A yuv420p frame of planes (even width and height), at ``pts`` in 1/90000 s."""
     height, width = planes[0].shape
     flat = np.concatenate([x.ravel() for x in planes]).reshape(height * 3 // 2, width)
-    return av.VideoFrame.from_ndarray(flat, format="yuv420p")
+    frame = av.VideoFrame.from_ndarray(flat, format="yuv420p")
+    if pts is not None:
+        frame.pts, frame.time_base = pts, TIME_BASE
+    return frame
 
 
 class PacketTrack(MediaStreamTrack):
