@@ -49,6 +49,14 @@ def source_hash() -> str:
 @pytest.fixture(scope="module")
 def frozen() -> Path:
     """The built binary, from the cache when the sources did not change."""
+    return build()
+
+
+def build() -> Path:
+    """Build (or find in the cache) the binary; a concurrent call waits for the same build.
+
+    ``tests/run`` starts this in the background while lint and type checks run
+    (``python -m tests.test_pyinstaller``), so the fixture usually finds it built."""
     cache = Path(tempfile.gettempdir()) / "peerdesk-pyinstaller" / source_hash()
     binary = cache / "dist" / "peerdesk"
     cache.mkdir(parents=True, exist_ok=True)
@@ -216,3 +224,7 @@ def test_a_lone_link_argument_means_join(tmp_path: Path) -> None:
         env={**os.environ, "PEERDESK_HOME": str(tmp_path)},
     )
     assert r.returncode == 2 and "unknown link action" in r.stderr
+
+
+if __name__ == "__main__":
+    print(build())
