@@ -143,4 +143,7 @@ async def main(mode: str, seconds: float) -> None:
 
 
 if __name__ == "__main__":
+    import faulthandler
+
+    faulthandler.dump_traceback_later(45, exit=True)  # a hang says where, then ends
     asyncio.run(main(sys.argv[1], float(sys.argv[2]) if len(sys.argv) > 2 else 8.0))
