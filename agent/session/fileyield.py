@@ -116,11 +116,6 @@ class FileYield:
         "How many times the rate was cut (for tests and logs)."
 
     @property
-    def draining(self) -> bool:
-        """Whether the file is all but stopped, waiting for the queue to drain."""
-        return self.live and self._rate <= MIN_BPS and self.queue_s > CUT_S
-
-    @property
     def rate_bps(self) -> float | None:
         """The file's rate (bits/s), None while no screen is live."""
         return self._rate if self.live else None
