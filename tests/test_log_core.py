@@ -378,6 +378,30 @@ def test_a_participant_that_dropped_catches_up_on_rejoin() -> None:
     assert same_committed(net) == net.committed(B)
 
 
+def test_an_assistant_admitted_late_gets_the_log_so_far_without_asking() -> None:
+    """Its sync request went out before it was admitted and was dropped; the next
+    would wait a retry interval. The sequencer sends the log along with the entry
+    that admits it, so it can vote and stand for the log at once."""
+    net = session(assistant=False)
+    alice = net.nodes[A]
+    for i in range(5):
+        alice.propose("chat", chat(ALICE, f"a{i}"), net.now)
+    net.pump()
+    bob = net.add(BOB, {A}, A)
+    net.cut = {frozenset((A, B))}
+    bob.request_sync(net.now)  # lost: the primary's host drops it until it admits Bob
+    net.pump()
+    net.cut = set()
+    alice.propose("participant", joined(BOB, "assistant"), net.now)
+    net.pump()  # no time passes: no heartbeat, no retry
+    assert texts(list(bob.entries)) == [f"a{i}" for i in range(5)]
+    assert [e.kind for e in bob.entries] == [e.kind for e in alice.entries]
+    assert bob.voters == {A, B, C}
+    net.down = {A}  # the primary dies right after: Bob can stand, and wins with Carol
+    net.tick(4.0)
+    assert bob.role is Role.SEQUENCER
+
+
 def test_a_crashed_participant_restarts_from_its_store_and_catches_up() -> None:
     net = session()
     alice = net.nodes[A]

@@ -293,6 +293,8 @@ class SessionLog:
         self._control: ControlToken | None = None
         self._match: dict[str, int] = {}
         self._broadcast_from = len(self._log)
+        self._reached: set[str] = set()
+        "Peers this sequencer has replicated to in its epoch (a new one gets the log so far)."
         self._config_seq = -1
         self._configs: list[tuple[int, frozenset[str]]] = []
         "The voters after each voter change this sequencer appended: (seq, voters)."
@@ -698,9 +700,20 @@ class SessionLog:
         return peers
 
     def _broadcast(self) -> None:
-        if self.role is not Role.SEQUENCER or self._broadcast_from >= len(self._log):
+        if self.role is not Role.SEQUENCER:
             return
-        peers = sorted(self._peers())
+        present = self._peers()
+        for peer in sorted(present - self._reached):
+            # Newly present (an admitted assistant, a new customer): the log so far,
+            # unasked, ahead of what follows, so that it can vote and stand at once.
+            # Its own sync request may have come before it was admitted, and gone.
+            start = self._match.get(peer, -1) + 1
+            for group in lw.batches(self._log[start : self._broadcast_from]):
+                self._out.append((peer, lw.encode(lw.Append(self._epoch, self._commit, group))))
+        self._reached = present
+        if self._broadcast_from >= len(self._log):
+            return
+        peers = sorted(present)
         for group in lw.batches(self._log[self._broadcast_from :]):
             text = lw.encode(lw.Append(self._epoch, self._commit, group))
             self._out.extend((peer, text) for peer in peers)
@@ -845,6 +858,7 @@ class SessionLog:
         self._sequencer = self.me
         self._match = {}
         self._broadcast_from = len(self._log)
+        self._reached = self._peers()  # followers: they ask for what they miss
         ordered = tuple(sorted(votes))
         for peer in sorted(self._peers()):
             self._send(peer, lw.NewEpoch(self._epoch, self.me, ordered))
