@@ -118,6 +118,19 @@ def _pointer(display: str) -> tuple[int, int]:
     return int(fields["x"]), int(fields["y"])
 
 
+def _file_kbps(progress: list[tuple[float, int]], fetched: float, started: float) -> float:
+    """The fetch's goodput from its (time, bytes received) progress: over the measured
+    window while the file was still coming in it; over the whole transfer when it was
+    done before the window began (a link with no bottleneck)."""
+    before = [n for at, n in progress if at < started]
+    during = [(at, n) for at, n in progress if at >= started]
+    if during:  # still going in the window
+        at, n = during[-1]
+        return (n - (before[-1] if before else 0)) * 8 / max(at - started, 1e-3) / 1000
+    at, n = progress[-1]  # done before the window
+    return n * 8 / max(at - fetched, 1e-3) / 1000
+
+
 # -- the worker: the CSR, inside the namespace
 
 
@@ -204,19 +217,13 @@ async def _worker(display: str, picture: str) -> None:
         await asyncio.sleep(WARMUP_S)
         samples.clear()
         started = time.monotonic()
-        file_from = file_bytes[-1][1] if file_bytes else 0
         say({"measuring": started})
         await asyncio.sleep(MEASURE_S)
         measured = list(samples)
         elapsed = time.monotonic() - started
         file_kbps = None
         if picture == "file" and file_bytes:
-            # over the measured seconds; a file done before them (no bottleneck), over
-            # the whole transfer
-            inside = [(at, n) for at, n in file_bytes if at >= started] or file_bytes
-            first = (started, file_from) if inside[0][0] >= started else (fetched, 0)
-            last = inside[-1] if inside[-1][0] > first[0] else (started + elapsed, file_from)
-            file_kbps = (last[1] - first[1]) * 8 / max(last[0] - first[0], 1e-3) / 1000
+            file_kbps = _file_kbps(file_bytes, fetched, started)
         services.request("control")
         async with asyncio.timeout(20):
             await controls

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.links import run_one
+from bench.links import _file_kbps, run_one
 
 
 def test_a_page_scrolling_through_2_mbit_s_keeps_moving_and_clicks_land(
@@ -27,3 +27,11 @@ def test_a_page_scrolling_through_2_mbit_s_keeps_moving_and_clicks_land(
     assert f["p50"] is not None and f["p50"] < 1.5, summary  # drawn to decoded
     assert f["clicks_missed"] == 0 and f["click_p50"] < 0.5, summary
     assert f["kbps"] < 2100, summary  # what crossed the bottleneck
+
+
+def test_file_goodput_counts_the_window_or_the_whole_transfer() -> None:
+    # still coming in the window (it starts at 5 s): 125 kB in 1 s, the bytes before
+    # the window left out
+    assert _file_kbps([(1.0, 0), (2.0, 1000), (5.0, 2000), (6.0, 126_000)], 0.5, 5.0) == 1000
+    # done before the window: 125 kB over the 2 s from the fetch to the last byte
+    assert _file_kbps([(1.0, 0), (2.0, 125_000)], 0.0, 5.0) == 500
