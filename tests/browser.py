@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -72,3 +73,40 @@ def shot(page: Any, name: str) -> Path:
     path = SHOTS / f"{name}.png"
     page.screenshot(path=str(path))
     return path
+
+
+def canvas_pixel(page: Any, fx: float, fy: float) -> tuple[int, int, int]:
+    """The canvas pixel at fraction (fx, fy), averaged over a 21x21 patch."""
+    rgb = page.evaluate(
+        """([fx, fy]) => {
+            const c = document.getElementById('screen');
+            const x = Math.floor(c.width * fx) - 10, y = Math.floor(c.height * fy) - 10;
+            const d = c.getContext('2d').getImageData(x, y, 21, 21).data;
+            const sum = [0, 0, 0];
+            for (let i = 0; i < d.length; i += 4) for (let k = 0; k < 3; k++) sum[k] += d[i + k];
+            return sum.map((v) => Math.round(v / (d.length / 4)));
+        }""",
+        [fx, fy],
+    )
+    return (int(rgb[0]), int(rgb[1]), int(rgb[2]))
+
+
+def close_to(a: tuple[int, int, int], b: tuple[int, int, int], tol: int = 28) -> bool:
+    """Each channel of a within tol of b (video codecs move colours a little)."""
+    return all(abs(x - y) <= tol for x, y in zip(a, b, strict=True))
+
+
+def settles(
+    page: Any, fx: float, fy: float, rgb: tuple[int, int, int], timeout: float = 10.0
+) -> tuple[int, int, int]:
+    """The pixel at (fx, fy) once it is close to rgb, or the last one seen after timeout.
+
+    The first frame is a first look sized to the link's starting estimate; the frames
+    after a still screen refine it, so colours settle within a second or two.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        got = canvas_pixel(page, fx, fy)
+        if close_to(got, rgb) or time.monotonic() > deadline:
+            return got
+        page.wait_for_timeout(100)

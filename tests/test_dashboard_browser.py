@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.browser import chromium, dashboard_agent, shot
+from tests.browser import chromium, close_to, dashboard_agent, settles, shot
 from tests.desktop import pointer, xvfb
 from tests.procs import Proc, start_signal_server
 
@@ -39,42 +39,6 @@ def display() -> Iterator[str]:
 def browser() -> Iterator[Any]:
     with chromium() as b:
         yield b
-
-
-def _pixel(page: Any, fx: float, fy: float) -> tuple[int, int, int]:
-    """The canvas pixel at fraction (fx, fy), averaged over a 21x21 patch."""
-    rgb = page.evaluate(
-        """([fx, fy]) => {
-            const c = document.getElementById('screen');
-            const x = Math.floor(c.width * fx) - 10, y = Math.floor(c.height * fy) - 10;
-            const d = c.getContext('2d').getImageData(x, y, 21, 21).data;
-            const sum = [0, 0, 0];
-            for (let i = 0; i < d.length; i += 4) for (let k = 0; k < 3; k++) sum[k] += d[i + k];
-            return sum.map((v) => Math.round(v / (d.length / 4)));
-        }""",
-        [fx, fy],
-    )
-    return (int(rgb[0]), int(rgb[1]), int(rgb[2]))
-
-
-def _close(a: tuple[int, int, int], b: tuple[int, int, int], tol: int = 28) -> bool:
-    return all(abs(x - y) <= tol for x, y in zip(a, b, strict=True))
-
-
-def _settles(
-    page: Any, fx: float, fy: float, rgb: tuple[int, int, int], timeout: float = 10.0
-) -> tuple[int, int, int]:
-    """The pixel at (fx, fy) once it is close to rgb, or the last one seen after timeout.
-
-    The first frame is a first look sized to the link's starting estimate; the frames
-    after a still screen refine it, so colours settle within a second or two.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        got = _pixel(page, fx, fy)
-        if _close(got, rgb) or time.monotonic() > deadline:
-            return got
-        page.wait_for_timeout(100)
 
 
 def _desktop_picture(width: int, height: int) -> Any:
@@ -221,8 +185,8 @@ def test_a_whole_support_session_from_the_dashboard(
         # the page decodes the customer's own VP8 frames (WebCodecs), no re-encoding
         assert page.get_attribute("#screen", "data-mode") == "vp8"
         for (qx, qy), rgb in QUADRANTS.items():
-            got = _settles(page, 0.25 + 0.5 * qx, 0.25 + 0.5 * qy, rgb)
-            assert _close(got, rgb), ((qx, qy), got, rgb)
+            got = settles(page, 0.25 + 0.5 * qx, 0.25 + 0.5 * qy, rgb)
+            assert close_to(got, rgb), ((qx, qy), got, rgb)
         # and it plays: a change on the customer's screen reaches the page
         canvas.fill(0, 0, w, h, (250, 250, 250))
         canvas.sync()
