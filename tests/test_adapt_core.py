@@ -272,3 +272,54 @@ def test_a_lan_keeps_its_full_frame_rate_and_fast_keyframes() -> None:
     assert s.pace.rate_bps >= 2 * 0.95 * 30 * 20_000 * 8
     assert s.frames_sent >= 0.95 * 30 * 10
     assert s.link.dropped == 0
+
+
+FULL = 6_000_000  # what the encoder sends at 1080p on an unlimited link
+
+
+def test_viewers_on_alike_links_share_one_encode() -> None:
+    from agent.session.adapt import split_lanes
+
+    assert split_lanes({}, FULL).slow == frozenset()
+    one = split_lanes({"a": 1_000_000}, FULL)  # alone, however slow: one encode
+    assert (one.fast_bps, one.slow_bps, one.slow) == (1_000_000, None, frozenset())
+    alike = split_lanes({"a": 4_000_000, "b": 2_500_000}, FULL)
+    assert alike.slow == frozenset() and alike.fast_bps == 2_500_000  # 2.5 >= 0.5 x 4
+    # beside an unlimited viewer (the encoder's 6 Mbit/s), 2.5 Mbit/s is a slow link
+    assert split_lanes({"a": None, "b": 2_500_000}, FULL).slow == {"b"}
+    free = split_lanes({"a": None, "b": None}, FULL)
+    assert (free.fast_bps, free.slow_bps) == (None, None)
+
+
+def test_a_slow_viewer_gets_its_own_encode_and_the_others_keep_their_rate() -> None:
+    from agent.session.adapt import split_lanes
+
+    lanes = split_lanes({"fast": None, "slow": 1_000_000}, FULL)
+    assert lanes.slow == {"slow"} and lanes.slow_bps == 1_000_000
+    assert lanes.fast_bps is None  # the fast viewer is not held to 1 Mbit/s
+    three = split_lanes({"lan": 20_000_000, "dsl": 4_000_000, "phone": 800_000}, FULL)
+    # a link faster than the encoder's full rate counts as that rate (6 Mbit/s): the
+    # 4 Mbit/s viewer is alike, the 0.8 Mbit/s one is not
+    assert three.slow == {"phone"} and three.fast_bps == 4_000_000
+    assert three.slow_bps == 800_000
+    two_slow = split_lanes({"lan": None, "a": 1_500_000, "b": 700_000}, FULL)
+    assert two_slow.slow == {"a", "b"} and two_slow.slow_bps == 700_000  # at most two lanes
+
+
+def test_a_viewer_leaves_the_slow_lane_only_well_above_the_split() -> None:
+    from agent.session.adapt import REJOIN_ABOVE, SPLIT_BELOW, split_lanes
+
+    def lane_at(bps: float, now: frozenset[str]) -> frozenset[str]:
+        return split_lanes({"fast": None, "v": bps}, FULL, now).slow
+
+    below, between, above = (
+        0.9 * SPLIT_BELOW * FULL,
+        (SPLIT_BELOW + REJOIN_ABOVE) / 2 * FULL,
+        1.1 * REJOIN_ABOVE * FULL,
+    )
+    assert lane_at(below, frozenset()) == {"v"}
+    assert lane_at(between, frozenset()) == frozenset()  # not split off on the way down
+    assert lane_at(between, frozenset({"v"})) == {"v"}  # nor back on the way up
+    assert lane_at(above, frozenset({"v"})) == frozenset()
+    # the viewer that was fastest leaving: the one left alone shares again
+    assert split_lanes({"v": below}, FULL, frozenset({"v"})).slow == frozenset()

@@ -42,7 +42,7 @@ from agent.capture import (  # noqa: E402
 from agent.capture.encoder import Codec  # noqa: E402
 from agent.capture.grab import REFINE_FRAMES  # noqa: E402
 from agent.capture.jitter import PromptJitterBuffer  # noqa: E402
-from agent.capture.rtc import Pacer  # noqa: E402
+from agent.capture.rtc import PACE_BURST, PACE_RATE, Pacer, pace  # noqa: E402
 from agent.capture.tracks import HOLD_QUEUE  # noqa: E402
 from agent.capture.xvfb import Canvas, Xvfb  # noqa: E402
 from agent.net.peer import rtc_configuration  # noqa: E402
@@ -381,6 +381,79 @@ async def test_two_viewers_get_frames_from_one_encode(canvas: Canvas, display: s
         assert changes // 2 <= encodes <= changes + 1
         assert got == [encodes, encodes], "each encoded frame reaches each viewer exactly once"
         assert screen.stats().viewers == 2
+
+
+def _luma_psnr(frame: Any, want: np.ndarray) -> float:
+    got = frame.to_ndarray(format="gray").astype(np.float64)
+    mse = float(np.mean((got - want) ** 2))
+    return 99.0 if mse == 0 else float(10 * np.log10(255**2 / mse))
+
+
+async def test_a_viewer_on_a_slow_link_gets_its_own_encode_and_the_fast_one_keeps_its_rate(
+    canvas: Canvas, display: str
+) -> None:
+    """One viewer unlimited, one on 300 kbit/s: the slow one gets an encode of its own
+    (small keyframes, few frames), the fast one every frame at full quality; both end
+    on the real page, and when the slow link recovers they share one encode again."""
+    from bench.screen import text_page
+
+    page = text_page(W, 2 * H)
+    canvas.put_image(0, 0, page.crop((0, 0, W, H)))  # (keyframe sizes are predicted from it)
+    canvas.sync()
+    async with pairs(2) as both, encoded(display, heartbeat=60.0) as screen:
+        viewers = [await p.connect() for p in both]
+        fast, slow = tracks = [screen.track() for _ in both]
+        for p, t in zip(both, tracks, strict=True):
+            share(p.transceiver.sender, t)
+        for v in viewers:
+            await frames_after(v, 1)
+        slow_link = pace(both[1].transceiver.sender)  # as its estimate would pace it
+        slow_link.rate, slow_link.burst = 300_000 / 8, 3_000
+        links = {fast: None, slow: 300_000}
+        screen.fit(links)
+        assert screen.stats().lanes == 2
+        await until(lambda: slow.delivered >= 1 and slow._lane is screen._lanes[1], "the move")
+        base = [v.frames for v in viewers]
+        sent = [t.delivered_bytes for t in tracks]
+        started = time.monotonic()
+        offset = 0
+        for _ in range(30):  # a page scrolling 8 px at 15 Hz: every frame costs
+            offset += 8
+            canvas.put_image(0, 0, page.crop((0, offset, W, offset + H)))
+            canvas.sync()
+            await asyncio.sleep(1 / 15)
+            screen.fit(links)  # as each viewer's reports come in
+        took = time.monotonic() - started
+        got = [v.frames - b for v, b in zip(viewers, base, strict=True)]
+        kbps = [
+            8 * (t.delivered_bytes - b) / took / 1000 for t, b in zip(tracks, sent, strict=True)
+        ]
+        assert got[0] >= 15, (got, kbps)  # the fast viewer is not held to the slow one's rate
+        assert kbps[1] < 2 * 300, (got, kbps)  # the slow one's stream waits for its link
+        assert kbps[0] > 5 * kbps[1], (got, kbps)
+        own = screen._lanes[1].encoder  # keyframes for its link: the page's 180 kB at 63
+        assert own.key_qmax >= 56 and own.key_bits // 8 < 250_000, (own.key_qmax, own.key_bits)
+        want = np.asarray(page.crop((0, offset, W, offset + H)).convert("L"), dtype=np.float64)
+        for v in viewers:  # each ends on the real page (the slow one at its own quality)
+            await until(
+                lambda v=v: v.latest is not None and _luma_psnr(v.latest, want) > 18,
+                "the last picture",
+                timeout=3 * STEP,
+            )
+
+        slow_link.rate, slow_link.burst = PACE_RATE / 8, PACE_BURST
+        screen.fit({fast: None, slow: None})  # the slow link recovered
+        assert screen.stats().lanes == 1
+        canvas.fill(0, 0, W, H, (255, 255, 255))
+        canvas.sync()
+        for v in viewers:
+            await until(
+                lambda v=v: (
+                    v.latest is not None and float(v.latest.to_ndarray(format="gray").mean()) > 245
+                ),
+                "the white page on both",
+            )
+        assert slow._lane is fast._lane is screen._lanes[0]
 
 
 # -- keyframes

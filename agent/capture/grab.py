@@ -132,6 +132,9 @@ class Capture:
     "Seconds spent grabbing and comparing."
     convert_s: float
     "Seconds spent converting BGRA to yuv420p."
+    asked: bool = False
+    """Sent only because ``request_frame`` asked for it: unchanged, no keyframe, no
+    refinement or heartbeat due (a sink that did not ask may leave it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,7 +204,7 @@ class Capturer:
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self._want_key = False
-        self._want_frame = False
+        self._want_frame_at: float | None = None
         self._grabs = 0
         self._frames = 0
         self._changed = 0
@@ -267,10 +270,13 @@ class Capturer:
         """Grab now instead of at the next tick (e.g. right after injecting input)."""
         self._wake.set()
 
-    def request_frame(self) -> None:
-        """Send the current screen at the next tick even if unchanged (not a keyframe)."""
+    def request_frame(self, at: float | None = None) -> None:
+        """Send the current screen even if unchanged (not a keyframe): at the next tick,
+        or at the first tick from ``at`` on (``time.monotonic()``), whichever asked sooner."""
         with self._lock:
-            self._want_frame = True
+            when = time.monotonic() if at is None else at
+            if self._want_frame_at is None or when < self._want_frame_at:
+                self._want_frame_at = when
         self._wake.set()
 
     def stats(self) -> CaptureStats:
@@ -328,17 +334,20 @@ class Capturer:
             self._grabs += 1
             with self._lock:
                 key = self._want_key and tick - last_key >= self.key_interval
-                forced = self._want_frame
+                asked = self._want_frame_at is not None and tick >= self._want_frame_at
                 if key:
                     self._want_key = False
-                self._want_frame = False
+                if asked:
+                    self._want_frame_at = None
+            forced = False
             if changed:
                 last_change = tick
                 refine = self.refine_frames
-            elif refine > 0 and not forced and not key:
+            elif refine > 0 and not key:
                 refine -= 1
                 forced = True
-            if changed or key or forced or tick - last_emit >= self.heartbeat:
+            beat = tick - last_emit >= self.heartbeat
+            if changed or key or forced or asked or beat:
                 width, height = shot.size
                 frame = bgra_to_yuv420p(raw, width, height)
                 converted = time.monotonic()
@@ -359,6 +368,7 @@ class Capturer:
                         grabbed_at=tick,
                         grab_s=grabbed - tick,
                         convert_s=converted - grabbed,
+                        asked=asked and not (changed or key or forced or beat),
                     )
                 )
                 last_emit = tick
@@ -377,11 +387,14 @@ class Capturer:
                 self._interval = active
             with self._lock:
                 pending_key = self._want_key
+                frame_at = self._want_frame_at
             if pending_key:
                 # wake no earlier than the keyframe rate limit allows
                 wait = max(self._interval, last_key + self.key_interval - tick)
             else:
                 wait = self._interval
+            if frame_at is not None:  # a frame asked for sooner than the next tick
+                wait = min(wait, max(frame_at - tick, 1.0 / self.fps_max))
             delay = tick + wait - time.monotonic()
             if delay > 0 and self._wake.wait(delay):
                 self._wake.clear()

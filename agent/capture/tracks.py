@@ -19,6 +19,7 @@ import collections
 import contextlib
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,7 @@ from agent.capture.grab import (
     FPS_MAX,
     FPS_MIN,
     HEARTBEAT,
+    HOLD_POLL_S,
     KEYFRAME_MIN_INTERVAL,
     REFINE_FRAMES,
     TIME_BASE,
@@ -47,6 +49,8 @@ QUEUE_MAX = 8
 "Encoded frames a viewer may lag behind (about 0.25 s at 30 fps) before it skips to a keyframe."
 HOLD_QUEUE = 2
 "Frames waiting for one viewer at which capture holds (``Capturer.hold``)."
+_INTRA = av.video.frame.PictureType.I
+_ANY = av.video.frame.PictureType.NONE
 STEP_PTS = 90
 "The steps of a scroll are this far apart (1/90000 s; 1 ms), just before the real frame."
 
@@ -169,7 +173,7 @@ class ScreenStats:
     grabs: int
     "Screens grabbed."
     encodes: int
-    "Frames encoded (each at most once, whatever the number of viewers)."
+    "Frames encoded (each at most once per lane, whatever the number of viewers)."
     keyframes: int
     "Keyframes among them."
     bytes_out: int
@@ -179,14 +183,52 @@ class ScreenStats:
     fps: float
     "Current capture rate target."
     last_encode_s: float
-    "Seconds the last encode took."
+    "Seconds the last encode of the shared lane took."
+    lanes: int = 1
+    "Encodes running: 1, or 2 while a viewer on a slow link has its own (``fit``)."
+
+
+class _Lane:
+    """One encode of the captured frames, for the viewers whose links are alike.
+
+    The shared lane (the first) drives the capture: its frame rate is the capture's,
+    its keyframes the capturer's. A slow lane encodes the captures that its own frame
+    rate and keyframe spacing allow, and asks the capturer for a frame when it owes
+    its viewers one (a change it skipped, a refinement, a keyframe).
+    """
+
+    def __init__(self, settings: EncoderSettings) -> None:
+        self.encoder = Encoder(settings)
+        self.bps: float | None = None
+        "The link the frames are fitted to (None: not limited)."
+        self.starting = False
+        self.capture_bits = 0.0
+        "Bits a recent frame cost (its scroll steps and keyframes left out): sets the frame rate."
+        self.fps: float | None = None
+        "The frame-rate cap the link sets (None: none)."
+        self.key_interval = KEYFRAME_MIN_INTERVAL
+        self.rekey = Rekey()
+        self.prev_planes: Planes | None = None  # the last frame encoded, while limited
+        self.prev_pts = -1
+        # the slow lane's own pacing (the shared lane's is the capturer's)
+        self.want_key = False
+        self.last_key = -1e9
+        self.last_at = -1e9
+        self.dirty = False  # a change was captured that this lane has not encoded
+        self.owed = 0  # refinements still owed after the last change
+
+    @property
+    def limited(self) -> bool:
+        return self.bps is not None or self.starting
 
 
 class EncodedScreen:
-    """Capture and encode a monitor once; give each viewer its own ``PacketTrack``.
+    """Capture a monitor once and encode it once per lane; each viewer its own ``PacketTrack``.
 
-    Capture runs while at least one track is receiving and stops when the last one
-    stops. Use from the event loop's thread.
+    Every viewer shares one encode unless ``fit`` finds one on a link much slower than
+    the fastest (``adapt.split_lanes``): that one gets a second encode at its own
+    rate, so the others keep theirs. Capture runs while at least one track is
+    receiving and stops when the last one stops. Use from the event loop's thread.
     """
 
     def __init__(
@@ -205,9 +247,11 @@ class EncodedScreen:
         adaptive: bool = False,
     ) -> None:
         self.adaptive = adaptive
-        """Whether ``limit`` will be called with each viewer's link as it is learnt: the
-        first keyframe is then made for ``adapt.STARTUP_BPS``."""
-        self.encoder = Encoder(settings)
+        """Whether ``limit`` or ``fit`` will be called with each viewer's link as it is
+        learnt: the first keyframe is then made for ``adapt.STARTUP_BPS``."""
+        self._settings = settings or EncoderSettings()
+        self._lanes: list[_Lane] = [_Lane(self._settings)]
+        "The shared lane, and the slow lane while there is one (replaced, never changed in place)."
         self.capturer = Capturer(
             self._on_capture,
             monitor=monitor,
@@ -224,26 +268,33 @@ class EncodedScreen:
         self.queue_max = queue_max
         self.mode = ScreenMode.SHARP
         "How a slow link is spent (``set_mode``)."
-        self._limit_bps: float | None = None
-        self.capture_bits = 0.0
-        "Bits a recent frame cost (its scroll steps and keyframes left out): sets the frame rate."
+        self._default_bps: float | None = None  # ``limit``'s rate, for viewers ``fit`` did not name
+        self._limits: dict[PacketTrack, float | None] = {}
+        self._slow: frozenset[PacketTrack] = frozenset()
         self.scroll_steps = 0
         "Frames made to lead up to a scroll the encoder could not follow (see ``scroll``)."
-        self._prev_planes: Planes | None = None  # the last frame encoded, while limited
-        self._prev_pts = -1
+        self._retired = (0, 0, 0)  # encodes, keyframes, bytes of slow lanes that ended
         self._size = (1920, 1080)  # of the last frame captured
-        self._rekey = Rekey()
         self._started_at = -1e9  # when capture last started (for adapt.STARTUP_S)
-        self._starting = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tracks: set[PacketTrack] = set()
         self._receiving = 0
         self._closed = False
 
     @property
+    def encoder(self) -> Encoder:
+        """The shared lane's encoder."""
+        return self._lanes[0].encoder
+
+    @property
+    def capture_bits(self) -> float:
+        """Bits a recent frame of the shared lane cost (steps and keyframes left out)."""
+        return self._lanes[0].capture_bits
+
+    @property
     def codec(self) -> str:
         """``vp8`` or ``h264``: what the viewers' transceivers must negotiate."""
-        return self.encoder.settings.codec
+        return self._settings.codec
 
     def track(self) -> PacketTrack:
         """A new track for one viewer (give it to that viewer's ``RTCRtpSender``)."""
@@ -251,19 +302,21 @@ class EncodedScreen:
             raise RuntimeError("this EncodedScreen is closed")
         self._loop = asyncio.get_running_loop()
         t = PacketTrack(self)
+        t._lane = self._lanes[0]
         self._tracks.add(t)
         return t
 
     def request_keyframe(self) -> None:
         """Make the next frame a keyframe for every viewer (rate-limited, see grab)."""
-        self.capturer.request_keyframe()
+        for lane in self._lanes:
+            self._key(lane)
 
     def poke(self) -> None:
         """Grab now rather than at the next tick (after injecting input)."""
         self.capturer.poke()
 
     def limit(self, bps: float | None) -> None:
-        """Fit the frames to ``bps`` (the slowest limited viewer's link); None lifts it.
+        """Fit the frames to ``bps`` for every viewer, now and later; None lifts it.
 
         Frame rate first (``adapt.frame_rate``, from what recent inter frames cost),
         keyframes spaced so that each fits (``adapt.keyframe_interval``), and the
@@ -272,6 +325,49 @@ class EncodedScreen:
         as ``STARTUP_BPS``); a better picture that lasts gets its keyframe now
         (``adapt.Rekey``).
         """
+        self._default_bps = bps
+        self._limits = {}
+        self._refit()
+
+    def fit(self, limits: Mapping[PacketTrack, float | None]) -> None:
+        """Fit the frames to each viewer's link (bits/s; None or absent: not limited).
+
+        Viewers on alike links share one encode fitted to the slowest of them, as
+        ``limit`` does; one much slower than the fastest gets its own
+        (``adapt.split_lanes``), and moves there at its next keyframe.
+        """
+        self._default_bps = None
+        self._limits = dict(limits)
+        self._refit()
+
+    def _refit(self) -> None:
+        from agent.session.adapt import split_lanes
+
+        lanes = self._lanes
+        full = lanes[0].encoder.full_bitrate(*self._size)
+        viewers = {t: self._limits.get(t, self._default_bps) for t in self._tracks}
+        split = split_lanes(viewers, full, self._slow)
+        self._slow = split.slow
+        if split.slow and len(lanes) == 1:
+            slow = _Lane(self._settings)
+            slow.last_at = time.monotonic()  # its first frame is its keyframe
+            lanes = self._lanes = [lanes[0], slow]
+        elif not split.slow and len(lanes) == 2:
+            gone = lanes[1].encoder
+            e, k, b = self._retired
+            self._retired = (e + gone.encodes, k + gone.keyframes, b + gone.bytes_out)
+            lanes = self._lanes = [lanes[0]]
+        self._fit_lane(lanes[0], split.fast_bps, shared=True)
+        if len(lanes) == 2:
+            self._fit_lane(lanes[1], split.slow_bps, shared=False)
+        for t in self._tracks:  # after the fit: a lane's first keyframe is made for its link
+            lane = lanes[1] if t in split.slow else lanes[0]
+            if t._lane is not lane:
+                t._lane = lane
+                t._need_key = True  # the new lane's stream starts at its keyframe
+                self._key(lane)
+
+    def _fit_lane(self, lane: _Lane, bps: float | None, *, shared: bool) -> None:
         from agent.session.adapt import (
             POLICIES,
             STARTUP_BPS,
@@ -280,30 +376,40 @@ class EncodedScreen:
             keyframe_interval,
         )
 
-        self._limit_bps = bps
-        enc = self.encoder
+        lane.bps = bps
+        enc = lane.encoder
         now = time.monotonic()
-        starting = bps is None and now - self._started_at < STARTUP_S
-        wanted = self._quality(STARTUP_BPS if starting else bps)
+        starting = self.adaptive and bps is None and now - self._started_at < STARTUP_S
+        wanted = self._quality(lane, STARTUP_BPS if starting else bps)
         enc.retune(wanted)
         current = enc.quality
-        started = self._starting and not starting and bps is None
-        self._starting = starting
-        if current is not None and (started or self._rekey.update(current, wanted, now)):
-            self.capturer.request_keyframe()  # the link is not slow: the full picture now
+        started = lane.starting and not starting and bps is None
+        lane.starting = starting
+        if current is not None and (started or lane.rekey.update(current, wanted, now)):
+            self._key(lane)  # the link is not slow: the full picture now
         if bps is None:
-            self.capturer.link_fps = None
-            self.capturer.key_interval = KEYFRAME_MIN_INTERVAL
-            return
-        floor = POLICIES[self.mode].fps_floor
-        fps = frame_rate(bps, self.capture_bits, self.capturer.fps_max, floor)
-        self.capturer.link_fps = fps if fps < self.capturer.fps_max else None
-        self.capturer.key_interval = keyframe_interval(bps, enc.key_bits)
+            lane.fps, lane.key_interval = None, KEYFRAME_MIN_INTERVAL
+        else:
+            floor = POLICIES[self.mode].fps_floor
+            fps = frame_rate(bps, lane.capture_bits, self.capturer.fps_max, floor)
+            lane.fps = fps if fps < self.capturer.fps_max else None
+            lane.key_interval = keyframe_interval(bps, enc.key_bits)
+        if shared:
+            self.capturer.link_fps = lane.fps
+            self.capturer.key_interval = lane.key_interval
 
-    def _quality(self, bps: float | None) -> Quality:
+    def _key(self, lane: _Lane) -> None:
+        """A keyframe for the viewers of ``lane`` (rate-limited by its spacing)."""
+        if lane is self._lanes[0]:
+            self.capturer.request_keyframe()
+        elif lane in self._lanes:
+            lane.want_key = True
+            self.capturer.request_frame(at=lane.last_key + lane.key_interval)
+
+    def _quality(self, lane: _Lane, bps: float | None) -> Quality:
         from agent.session.adapt import screen_quality
 
-        enc = self.encoder
+        enc = lane.encoder
         width, height = self._size
         full = enc.full_bitrate(width, height)
         if bps is None and self.mode is ScreenMode.SHARP:
@@ -322,20 +428,27 @@ class EncodedScreen:
         if mode is self.mode:
             return
         self.mode = mode
-        self.limit(self._limit_bps)
-        self.capturer.request_keyframe()  # the new ceiling shows at once
+        self._refit()
+        self.request_keyframe()  # the new ceiling shows at once
 
     def stats(self) -> ScreenStats:
         """A snapshot of the counters."""
         c = self.capturer.stats()
+        lanes = self._lanes
+        encodes, keyframes, bytes_out = self._retired
+        for lane in lanes:
+            encodes += lane.encoder.encodes
+            keyframes += lane.encoder.keyframes
+            bytes_out += lane.encoder.bytes_out
         return ScreenStats(
             grabs=c.grabs,
-            encodes=self.encoder.encodes,
-            keyframes=self.encoder.keyframes,
-            bytes_out=self.encoder.bytes_out,
+            encodes=encodes,
+            keyframes=keyframes,
+            bytes_out=bytes_out,
             viewers=len(self._tracks),
             fps=c.fps,
-            last_encode_s=self.encoder.last_encode_s,
+            last_encode_s=lanes[0].encoder.last_encode_s,
+            lanes=len(lanes),
         )
 
     def close(self) -> None:
@@ -356,75 +469,138 @@ class EncodedScreen:
         self._receiving += 1
         if self._receiving == 1 and self.adaptive:
             self._started_at = time.monotonic()
-            self.limit(self._limit_bps)  # the first keyframe at the startup settings
+            self._refit()  # the first keyframe at the startup settings
         self.capturer.start()  # no-op while running
-        self.capturer.request_keyframe()
+        self._key(track._lane or self._lanes[0])
 
     def _stopped(self, track: PacketTrack, was_receiving: bool) -> None:
         self._tracks.discard(track)
+        self._limits.pop(track, None)
         if was_receiving:
             self._receiving -= 1
         if self._receiving == 0:
             self.capturer.stop()
+        if track in self._slow:
+            self._refit()  # its lane may end with it
+
+    def _key_for(self, track: PacketTrack) -> None:
+        self._key(track._lane or self._lanes[0])
 
     # -- capture thread
 
+    def _viewers_of(self, lane: _Lane) -> list[PacketTrack]:
+        shared = self._lanes[0]
+        return [t for t in list(self._tracks) if (t._lane or shared) is lane]
+
     def _backed_up(self) -> bool:
-        """A viewer has frames waiting beyond the one its sender is on (a slow link's
-        pacer is still on a keyframe): the next grab waits rather than pile up."""
-        return any(len(t._queue) >= HOLD_QUEUE for t in list(self._tracks))
+        """A viewer of the shared lane has frames waiting beyond the one its sender is
+        on (a slow link's pacer is still on a keyframe): the next grab waits rather than
+        pile up. (A slow lane's viewer makes only its own lane wait.)"""
+        return any(len(t._queue) >= HOLD_QUEUE for t in self._viewers_of(self._lanes[0]))
 
     def _on_capture(self, cap: Capture) -> None:
         if self._receiving == 0:
             return
         frame = cap.frame
         self._size = (frame.width, frame.height)
-        packets: list[av.Packet[Any]] = []
-        if self._limit_bps is not None or self._starting:
-            planes = planes_of(frame)
-            if not cap.keyframe:
-                packets = self._scroll_steps(planes, frame.pts)
-            self._prev_planes = planes
+        planes: Planes | None = None
+        for i, lane in enumerate(self._lanes):
+            if i == 0:
+                if cap.asked:
+                    continue  # a frame only a slow lane asked for
+                key = cap.keyframe
+            else:
+                due = self._slow_due(lane, cap)
+                if due is None:
+                    continue
+                key = due
+            if lane.limited and planes is None:
+                planes = planes_of(frame)
+            packets = self._encode(lane, frame, key, planes if lane.limited else None)
+            if packets:
+                _deliver(self._loop, self._fanout, lane, packets)
+
+    def _slow_due(self, lane: _Lane, cap: Capture) -> bool | None:
+        """Whether the slow lane encodes this capture: None (not now), or as a keyframe
+        (True) or not (False); when it owes its viewers a frame it asks for one."""
+        now = cap.grabbed_at
+        lane.dirty = lane.dirty or cap.changed
+        gap = 1.0 / lane.fps if lane.fps else 0.0
+        if lane.want_key and now - lane.last_key >= lane.key_interval:
+            lane.want_key = False
+            lane.last_key = lane.last_at = now
+            lane.dirty, lane.owed = False, self.capturer.refine_frames
+            return True
+        if any(len(t._queue) >= HOLD_QUEUE for t in self._viewers_of(lane)):
+            when = now + HOLD_POLL_S * 10  # its viewers are still sending: it waits
+        elif now - lane.last_at < gap:
+            when = lane.last_at + gap
+        elif lane.dirty or lane.owed > 0 or now - lane.last_at >= self.capturer.heartbeat:
+            if lane.dirty:
+                lane.dirty, lane.owed = False, self.capturer.refine_frames
+            elif lane.owed > 0:
+                lane.owed -= 1
+            lane.last_at = now
+            return False
         else:
-            self._prev_planes = None
-        own = self.encoder.encode(frame, cap.keyframe)
+            return None
+        if lane.want_key:
+            when = max(when, lane.last_key + lane.key_interval)
+        if lane.want_key or lane.dirty or lane.owed > 0:
+            self.capturer.request_frame(at=when)
+        return None
+
+    def _encode(
+        self, lane: _Lane, frame: av.VideoFrame, key: bool, planes: Planes | None
+    ) -> list[av.Packet[Any]]:
+        packets: list[av.Packet[Any]] = []
+        if planes is not None:
+            if not key:
+                packets = self._scroll_steps(lane, planes, frame.pts)
+            lane.prev_planes = planes
+        else:
+            lane.prev_planes = None
+        # the capturer marks its keyframes on the frame itself; each lane decides its own
+        frame.pict_type = _INTRA if key else _ANY
+        own = lane.encoder.encode(frame, key)
         packets += own
         if frame.pts is not None:
-            self._prev_pts = frame.pts
-        if not cap.keyframe and not any(p.is_keyframe for p in own):
+            lane.prev_pts = frame.pts
+        if not key and not any(p.is_keyframe for p in own):
             # the frame's own cost, not its steps': a scroll costs about the same bits a
             # second at any frame rate (more steps a capture at a lower one), so lowering
             # the rate for them only makes each capture's scroll longer
             bits = 8 * sum(p.size for p in own)
-            old = self.capture_bits
-            self.capture_bits = bits if old == 0 else 0.8 * old + 0.2 * bits
-        if packets:
-            _deliver(self._loop, self._fanout, packets)
+            old = lane.capture_bits
+            lane.capture_bits = bits if old == 0 else 0.8 * old + 0.2 * bits
+        return packets
 
-    def _scroll_steps(self, planes: Planes, pts: int | None) -> list[av.Packet[Any]]:
+    def _scroll_steps(self, lane: _Lane, planes: Planes, pts: int | None) -> list[av.Packet[Any]]:
         """The frames leading up to a scroll too far for the encoder to follow (see
         ``scroll``), encoded: one step each ``STEP_PTS`` before the real frame."""
-        prev = self._prev_planes
+        prev = lane.prev_planes
         if prev is None or pts is None or prev[0].shape != planes[0].shape:
             return []
         moved = find_scroll(prev[0], planes[0])
         if moved is None:
             return []
         between = steps(prev, planes, moved)
-        if not between or pts - len(between) * STEP_PTS <= self._prev_pts:
+        if not between or pts - len(between) * STEP_PTS <= lane.prev_pts:
             return []
         self.scroll_steps += len(between)
         packets: list[av.Packet[Any]] = []
         for i, mid in enumerate(between):
-            packets += self.encoder.encode(frame_of(mid, pts - (len(between) - i) * STEP_PTS))
+            packets += lane.encoder.encode(frame_of(mid, pts - (len(between) - i) * STEP_PTS))
         return packets
 
     def _on_error(self, exc: BaseException) -> None:
         _deliver(self._loop, self.close)
 
-    def _fanout(self, packets: list[av.Packet[Any]]) -> None:
+    def _fanout(self, lane: _Lane, packets: list[av.Packet[Any]]) -> None:
+        shared = self._lanes[0]
         for t in list(self._tracks):
-            t._offer(packets)
+            if (t._lane or shared) is lane:
+                t._offer(packets)
 
 
 def planes_of(frame: av.VideoFrame) -> Planes:
@@ -463,8 +639,11 @@ class PacketTrack(MediaStreamTrack):
         self._ready = asyncio.Event()
         self._receiving = False
         self._need_key = True
+        self._lane: _Lane | None = None  # which of the screen's encodes it gets
         self.delivered = 0
         "Packets returned by ``recv``."
+        self.delivered_bytes = 0
+        "Bytes of the packets returned by ``recv``."
         self.dropped = 0
         "Packets dropped: queue overflow, or inter frames while waiting for a keyframe."
 
@@ -489,7 +668,7 @@ class PacketTrack(MediaStreamTrack):
                 self.dropped += len(self._queue) + 1
                 self._queue.clear()
                 self._need_key = True
-                self._screen.request_keyframe()
+                self._screen._key_for(self)
                 continue
             self._queue.append(packet)
             self._ready.set()
@@ -510,12 +689,14 @@ class PacketTrack(MediaStreamTrack):
             await self._ready.wait()
             if self.readyState != "live":
                 return _released()
+        packet = self._queue.popleft()
         self.delivered += 1
-        return self._queue.popleft()
+        self.delivered_bytes += packet.size
+        return packet
 
     def request_keyframe(self) -> None:
-        """Ask for a keyframe (for every viewer: there is one encoder)."""
-        self._screen.request_keyframe()
+        """Ask for a keyframe (for every viewer of this track's lane: one encode each)."""
+        self._screen._key_for(self)
 
     def stop(self) -> None:
         """End this viewer's track; capture stops with the last one."""

@@ -75,6 +75,8 @@ class CustomerServices:
         "csr -> link whose video sender carries the screen now"
         self._viewed: dict[str, Any] = {}
         "csr -> ``agent.services.link.ViewedLink``: the estimate of that viewer's link."
+        self._screen_tracks: dict[str, Any] = {}
+        "csr -> the ``PacketTrack`` its video sender sends (``EncodedScreen.fit`` names it)."
         self.record: SessionRecord | None = None
         "This agent's copy of the session log (the primary customer holds one)."
         self.me = ""
@@ -353,23 +355,32 @@ class CustomerServices:
         from agent.services.link import ViewedLink
 
         self._viewers[csr] = link
-        share(link.video_sender, self.screen.track())
+        track = self._screen_tracks[csr] = self.screen.track()
+        share(link.video_sender, track)
         if csr not in self._viewed:
             self._viewed[csr] = ViewedLink(link.video_sender, link.send, self._fit_screen)
         self._send_monitors(link)
 
     def _fit_screen(self) -> None:
-        """The frames fit the slowest viewer whose link was found full (one encode for all)."""
+        """The frames fit each viewer's link: one encode for viewers on alike links,
+        fitted to the slowest of them that was found full, and one of its own for a
+        viewer on a link much slower than the fastest (``EncodedScreen.fit``)."""
         if self.screen is None:
             return
-        limits = [v.target_bps for v in self._viewed.values() if v.limited]
-        self.screen.limit(min(limits) if limits else None)
+        self.screen.fit(
+            {
+                track: viewed.target_bps if viewed.limited else None
+                for csr, track in self._screen_tracks.items()
+                if (viewed := self._viewed.get(csr)) is not None
+            }
+        )
 
     def _stop_view(self, csr: str) -> None:
         """Frames stop at once: the sender's track is taken off on this machine."""
         from agent.capture.rtc import unshare
 
         link = self._viewers.pop(csr, None)
+        self._screen_tracks.pop(csr, None)
         viewed = self._viewed.pop(csr, None)
         if viewed is not None:
             viewed.close()

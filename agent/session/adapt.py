@@ -27,6 +27,12 @@ what the sender does, and nothing here reads a clock or touches a socket:
   ceiling of 36 (32.5 dB, reads cleanly), 352 kB at 48 (27 dB, readable), 180 kB at
   63 (19.6 dB, a first look); the frames that follow a still screen refine it (the
   capturer sends the still screen again, see ``grab.REFINE_FRAMES``).
+- ``split_lanes`` groups the viewers by link: one encode serves every viewer, except
+  that a viewer on a link much slower than the fastest gets an encode of its own at
+  its rate (the *slow lane*), so that it does not drag the others down to it. At
+  most two encodes: on a 2-core machine one 1080p encode takes most of a core, and
+  the slow lane's frames are few (its frame rate is its link's), so a second lane
+  costs a fraction of the first; a third would not.
 - ``ScreenMode``: the seeds' session option, *Standard* (better image, slower) or
   *Screen Sampling* (faster, lower quality): ``SHARP`` (the default, text first)
   and ``SMOOTH`` (motion first: a higher quantiser, smaller keyframes, a higher
@@ -36,8 +42,10 @@ what the sender does, and nothing here reads a clock or touches a socket:
 from __future__ import annotations
 
 import bisect
+from collections.abc import Hashable, Mapping, Set
 from dataclasses import dataclass
 from enum import Enum
+from typing import Generic, TypeVar
 
 from agent.session.link import LinkState, Trend
 
@@ -115,6 +123,15 @@ LIMITED_INTRA_PCT = 300
 of the text page, at 300 the ceiling's 180 kB."""
 BITRATE_FLOOR = 100_000
 "Lowest encoder bitrate (bits/s) on a limited link."
+SPLIT_BELOW = 0.5
+"""A viewer whose link carries less than this share of the fastest viewer's goes to
+the slow lane (an encode of its own, at its rate)."""
+REJOIN_ABOVE = 0.7
+"""A viewer in the slow lane goes back to the shared encode above this share of the
+fastest viewer's rate: a gap between the two keeps an estimate that wanders around
+one threshold from moving the viewer back and forth (each move costs it a keyframe)."""
+
+V = TypeVar("V", bound=Hashable)
 
 
 @dataclass(frozen=True)
@@ -261,3 +278,44 @@ def keyframe_interval(target_bps: float, key_bits: float) -> float:
     if key_bits <= 0 or target_bps <= 0:
         return KEY_INTERVAL_MIN
     return min(max(key_bits / (KEY_SHARE * target_bps), KEY_INTERVAL_MIN), KEY_INTERVAL_MAX)
+
+
+@dataclass(frozen=True)
+class Lanes(Generic[V]):
+    """Which encode each viewer gets (``split_lanes``)."""
+
+    fast_bps: float | None
+    "The shared encode's rate: its slowest limited viewer's (None: none is limited)."
+    slow_bps: float | None
+    "The slow lane's rate: its slowest viewer's (None: no slow lane)."
+    slow: frozenset[V]
+    "The viewers in the slow lane (empty: everyone shares one encode)."
+
+
+def split_lanes(
+    limits: Mapping[V, float | None], full_bps: float, slow: Set[V] = frozenset()
+) -> Lanes[V]:
+    """Group viewers by link: ``limits`` maps each viewer to its link's rate (bits/s,
+    None: not found limited), ``full_bps`` is what the encoder sends on an unlimited
+    link, ``slow`` the viewers in the slow lane now (for ``REJOIN_ABOVE``).
+
+    A viewer below ``SPLIT_BELOW`` of the fastest goes to the slow lane; one already
+    there stays until it is above ``REJOIN_ABOVE``. An unlimited link counts as
+    ``full_bps``, and so does any faster one: a viewer is never split off for being
+    slower than what the encoder would not send anyway.
+    """
+    rates = {v: full_bps if bps is None else min(bps, full_bps) for v, bps in limits.items()}
+    if not rates:
+        return Lanes(None, None, frozenset())
+    top = max(rates.values())
+    lane = frozenset(
+        v
+        for v, r in rates.items()
+        if r < SPLIT_BELOW * top or (v in slow and r < REJOIN_ABOVE * top)
+    )
+    shared = [bps for v, bps in limits.items() if v not in lane and bps is not None]
+    return Lanes(
+        fast_bps=min(shared) if shared else None,
+        slow_bps=min(rates[v] for v in lane) if lane else None,
+        slow=lane,
+    )
