@@ -169,7 +169,8 @@ def _parser() -> argparse.ArgumentParser:
         default=["join"],
         help="figures to measure: join, control, files, screen, log, idle, transfer, "
         "failover, lan (root: two network namespaces), links (root: the screen over 1-8 Mbit/s "
-        "bottlenecks), signaling, dashboard, all (default: join)",
+        "bottlenecks), viewers (root: two viewers, one behind 1 Mbit/s), signaling, dashboard, "
+        "all (default: join)",
     )
     bench.add_argument("--runs", type=int, default=20, help="repetitions per figure (default 20)")
     bench.add_argument("--record", metavar="FILE", help="append the figures to this Markdown file")

@@ -68,15 +68,17 @@ class Scroller(Drawer):
 
     def __init__(self, display: str) -> None:
         super().__init__(display)
-        page = np.asarray(text_page(W, H).convert("RGBX"))[:, :, [2, 1, 0, 3]]
+        w, h = self.canvas.width, self.canvas.height
+        page = np.asarray(text_page(w, h).convert("RGBX"))[:, :, [2, 1, 0, 3]]
         self.tall = np.ascontiguousarray(np.concatenate([page, page]))  # wraps around
         self.offset = 0
 
     def draw(self, value: int) -> None:
         if value:
-            self.offset = (self.offset + SCROLL_PX) % H
-            rows = self.tall[self.offset : self.offset + H]
-            self.canvas.put_bgrx(0, 0, W, H, rows.tobytes())
+            w, h = self.canvas.width, self.canvas.height
+            self.offset = (self.offset + SCROLL_PX) % h
+            rows = self.tall[self.offset : self.offset + h]
+            self.canvas.put_bgrx(0, 0, w, h, rows.tobytes())
         super().draw(value)
 
     def _run(self) -> None:

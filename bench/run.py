@@ -134,6 +134,17 @@ def _links(runs: int) -> list[str]:
     return rows(f)
 
 
+def _viewers(runs: int) -> list[str]:
+    from bench.viewers import measure, report, rows
+
+    if os.geteuid() != 0:
+        print("viewers: needs root (it makes network namespaces with a tbf bottleneck); skipped")
+        return []
+    f = measure()
+    print("\n".join(report(f)))
+    return rows(f)
+
+
 def _signaling(runs: int) -> list[str]:
     from bench.signaling import measure, report, rows
 
@@ -161,6 +172,7 @@ BENCHES = {
     "failover": _failover,
     "lan": _lan,
     "links": _links,
+    "viewers": _viewers,
     "signaling": _signaling,
     "dashboard": _dashboard,
 }
