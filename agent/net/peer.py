@@ -184,6 +184,10 @@ class PeerLink:
         """Bytes queued on a channel and not yet sent (for backpressure)."""
         return int(self.channels[name].bufferedAmount)
 
+    def rtt(self) -> float | None:
+        """The data channels' smoothed round trip (s), None before it is known."""
+        return sctp_rtt(self.pc)
+
     async def close(self) -> None:
         self._closed = True
         if self._keepalive is not None:
@@ -259,6 +263,15 @@ def packets_received(pc: RTCPeerConnection) -> int:
     sctp = pc.sctp
     transport = sctp.transport if sctp is not None else None
     return int(getattr(transport, "_RTCDtlsTransport__rx_packets", 0) or 0)
+
+
+def sctp_rtt(pc: RTCPeerConnection) -> float | None:
+    """The data channels' smoothed round trip (s), as SCTP measures it from its SACKs (one
+    per packet received, so a queue at the bottleneck shows in it); None before the first
+    (checked against aiortc 1.16: ``RTCSctpTransport._srtt``)."""
+    sctp = pc.sctp
+    srtt = getattr(sctp, "_srtt", None) if sctp is not None else None
+    return float(srtt) if isinstance(srtt, int | float) and srtt > 0 else None
 
 
 def _closed() -> PeerDeskError:

@@ -31,6 +31,7 @@ from agent.net.fastpath import FastPathSender, receive_file
 from agent.net.peer import PeerLink
 from agent.protocol import files as fw
 from agent.session import filetransfer as ft
+from agent.session.fileyield import FileYield
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,9 @@ SYNC_EVERY = 4 * 1024 * 1024
 "Bytes between two fsyncs of a received file: how much a dropped transfer can lose."
 HIGH_WATER = 1024 * 1024
 "Bytes queued on the files channel above which we stop reading chunks."
+DC_QUEUED_SLICES = 2
+"""Chunks a paced data-channel file keeps waiting in the association's queue: one
+leaving, one ready; a chat line or a click sent meanwhile waits behind no more."""
 
 
 class Policy(Protocol):
@@ -99,6 +103,7 @@ class FileLink:
         "get ids waiting for the person's answer -> the file to send"
         self._io_wake = asyncio.Event()
         self._chunks_wake = asyncio.Event()
+        self._dc_pace = FileYield()
         self._tasks = [
             asyncio.ensure_future(self._io_loop()),
             asyncio.ensure_future(self._chunk_loop()),
@@ -332,17 +337,40 @@ class FileLink:
                 self._pump()
 
     async def _chunk_loop(self) -> None:
+        """Chunks on the data channel, paced: the data channels share one association and
+        its one queue, so a file sent as fast as SCTP takes it made every chat line and
+        click wait behind it (3.5 s p50 on a 2 Mbit/s link). The file yields as the fast
+        path does while a screen is live (``fileyield``), here always, with SCTP's own
+        round trip as the queue's measure, in chunks of a few ms of its rate."""
+        pace = self._dc_pace
         while True:
             await self._chunks_wake.wait()
             self._chunks_wake.clear()
-            while self.link.buffered("files") < HIGH_WATER:
+            while True:
+                now = time.monotonic()
+                pace.set_live(not os.environ.get("PEERDESK_NO_YIELD"), now)
+                if (rtt := self.link.rtt()) is not None:
+                    pace.on_rtt(rtt, now)
+                size = min(pace.slice_bytes(), fw.DEFAULT_CHUNK_DATA)
+                cap = DC_QUEUED_SLICES * size if pace.live else HIGH_WATER
+                if self.link.buffered("files") >= cap:  # woken when a chunk has left
+                    self.link.channels["files"].bufferedAmountLowThreshold = (
+                        cap - size if pace.live else HIGH_WATER // 4
+                    )
+                    break
+                if (wait := pace.wait(now)) > 0:
+                    await asyncio.sleep(wait)
+                    continue
+                self.core.chunk_size = size
                 rc = self.core.next_chunk(time.monotonic())
                 if rc is None:
                     break
                 self._transport.setdefault(rc.id, "datachannel")
                 data = await asyncio.to_thread(_read, rc.source, rc.offset, rc.length)
-                if not self.link.send_raw("files", rc.frame(data)):
+                frame = rc.frame(data)
+                if not self.link.send_raw("files", frame):
                     break
+                pace.on_sent(len(frame), time.monotonic())
                 for text in self.core.messages_to_send():
                     self.link.send_raw("files", text)
             self._pump_events_only()
