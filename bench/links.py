@@ -362,6 +362,173 @@ def run_one(rate: str, picture: str) -> dict[str, Any]:
     }
 
 
+# -- the peer anchor: x11vnc and a VNC viewer over the same link
+
+VNC_PORT = 5977
+VIEWER = "xtigervncviewer"
+"TigerVNC's viewer (Debian's ``tigervnc-viewer``): its own decoders, in C++."
+
+
+class _Watcher:
+    """Reads the counter off a display's corner, as often as it can, in a thread.
+
+    The VNC viewer shows the screen it receives on a display of its own; this is the
+    anchor's decoder-side clock, as the CSR's agent's ``on_frame`` is PeerDesk's. A
+    grab of the counter's corner (832x96 px) takes well under a millisecond.
+    """
+
+    def __init__(self, display: str) -> None:
+        self.display = display
+        self.seen: list[tuple[int, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-vnc-watch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import mss
+
+        from bench.screen import BAR_BOTTOM, BAR_RIGHT, read_barcode_luma
+
+        box = {"left": 0, "top": 0, "width": BAR_RIGHT, "height": BAR_BOTTOM}
+        last = None
+        with mss.MSS(display=self.display) as sct:
+            while not self._stop.is_set():
+                shot = sct.grab(box)
+                at = time.monotonic()
+                bgra = np.frombuffer(shot.raw, dtype=np.uint8).reshape(BAR_BOTTOM, BAR_RIGHT, 4)
+                value = read_barcode_luma(bgra[:, :, 1])
+                if value is not None and value != last:
+                    self.seen.append((value, at))
+                    last = value
+                self._stop.wait(0.002)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def run_vnc(rate: str, picture: str) -> dict[str, Any]:
+    """The same picture through the same bottleneck, shown by x11vnc and a VNC viewer."""
+    from agent.capture.xvfb import Xvfb
+    from bench.netns import ShapedNamespace
+
+    with (
+        ShapedNamespace(None if rate == "none" else rate) as ns,
+        Xvfb(W, H) as screen,
+        Xvfb(W, H) as shown,
+    ):
+        drawer = Scroller(screen.display) if picture == "scroll" else Drawer(screen.display)
+        drawer.paint_background()
+        drawer.start()
+        errors = tempfile.TemporaryFile("w+")  # noqa: SIM115 (read on failure, then closed)
+        home = tempfile.mkdtemp(prefix="pd-vnc-")
+        env = {"PATH": "/usr/bin:/bin", "HOME": home}
+        server = subprocess.Popen(
+            [*ns.exec, "x11vnc", "-display", screen.display, "-rfbport", str(VNC_PORT),
+             "-listen", "10.78.0.1", "-nopw", "-forever", "-shared", "-quiet"],
+            stdout=subprocess.DEVNULL, stderr=errors, env=env,
+        )  # fmt: skip
+        viewer: subprocess.Popen[bytes] | None = None
+        watcher = _Watcher(shown.display)
+        try:
+            deadline = time.monotonic() + 20
+            while subprocess.run(  # x11vnc is listening
+                [*ns.exec, "bash", "-c", f"exec 3<>/dev/tcp/10.78.0.1/{VNC_PORT}"],
+                capture_output=True, timeout=10,
+            ).returncode:  # fmt: skip
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError("x11vnc did not start")
+                time.sleep(0.2)
+            started = time.monotonic()
+            viewer = subprocess.Popen(
+                [*ns.exec, VIEWER, "-FullScreen", "-SecurityTypes", "None",
+                 f"10.78.0.1::{VNC_PORT}"],
+                stdout=subprocess.DEVNULL, stderr=errors,
+                env={**env, "DISPLAY": shown.display},
+            )  # fmt: skip
+            while not watcher.seen:
+                if time.monotonic() - started > 60 or viewer.poll() is not None:
+                    raise RuntimeError("the VNC viewer showed nothing within 60 s")
+                time.sleep(0.01)
+            first = watcher.seen[0][1] - started
+            time.sleep(WARMUP_S)
+            sent0, dropped0, t0 = ns.sent_bytes(), ns.drops(), time.monotonic()
+            n0 = len(watcher.seen)
+            time.sleep(MEASURE_S)
+            sent, dropped = ns.sent_bytes() - sent0, ns.drops() - dropped0
+            elapsed = time.monotonic() - t0
+            measured = watcher.seen[n0:]
+        except RuntimeError as e:
+            errors.seek(0)
+            raise RuntimeError(
+                f"vnc {rate} {picture}: {e}; it said:\n{errors.read()[-2000:]}"
+            ) from e
+        finally:
+            watcher.stop()
+            for proc in (viewer, server):
+                if proc is not None and proc.poll() is None:
+                    proc.terminate()
+                    try:
+                        proc.wait(10)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        proc.wait()
+            drawer.stop()
+            drawer.close()
+            errors.close()
+            shutil.rmtree(home, ignore_errors=True)
+    latencies = [at - drawer.drawn[v] for v, at in measured if v in drawer.drawn]
+    return {
+        "rate": rate,
+        "picture": picture,
+        "first_frame_s": first,
+        "fps": len(latencies) / elapsed,
+        "p50": _pct(latencies, 0.5),
+        "p95": _pct(latencies, 0.95),
+        "kbps": sent * 8 / elapsed / 1000 if rate != "none" else None,
+        "dropped": dropped,
+    }
+
+
+def measure_vnc(rates: list[str], pictures: list[str]) -> list[dict[str, Any]]:
+    """The anchor for each (bottleneck, picture) that it can show (not ``file``)."""
+    runs = []
+    for rate in rates:
+        for picture in pictures:
+            if picture == "file":
+                continue
+            try:
+                runs.append(run_vnc(rate, picture))
+            except RuntimeError as e:
+                runs.append({"rate": rate, "picture": picture, "error": str(e).splitlines()[0]})
+    return runs
+
+
+def vnc_rows(ours: list[dict[str, Any]], vnc: list[dict[str, Any]]) -> list[str]:
+    """PeerDesk beside x11vnc, case by case: fps and latency, and their ratios."""
+    theirs = {(f["rate"], f["picture"]): f for f in vnc}
+    out = [
+        "| link | picture | PeerDesk fps / p50, p95 | x11vnc fps / p50, p95 (first frame) "
+        "| fps ratio | p50 ratio |",
+        "|---|---|---|---|---|---|",
+    ]
+    for f in ours:
+        v = theirs.get((f["rate"], f["picture"]))
+        if v is None or "error" in f:
+            continue
+        if "error" in v:
+            out.append(f"| {f['rate']} | {f['picture']} | | x11vnc failed: {v['error']} | | |")
+            continue
+        fps = f"{f['fps'] / v['fps']:.1f}x" if v["fps"] else "∞"
+        p50 = f"{f['p50'] / v['p50']:.2f}x" if f["p50"] and v["p50"] else "—"
+        out.append(
+            f"| {f['rate']} | {f['picture']} | {f['fps']:.1f} / {_ms(f['p50'])}, {_ms(f['p95'])} "
+            f"| {v['fps']:.1f} / {_ms(v['p50'])}, {_ms(v['p95'])} ({v['first_frame_s']:.2f} s) "
+            f"| {fps} | {p50} |"
+        )
+    return out
+
+
 def measure(
     rates: list[str] | None = None, pictures: list[str] | None = None
 ) -> list[dict[str, Any]]:
@@ -435,6 +602,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rates", nargs="*", default=RATES)
     parser.add_argument("--pictures", nargs="*", default=PICTURES, choices=PICTURES)
     parser.add_argument("--trace", action="store_true", help="print every link event")
+    parser.add_argument(
+        "--vnc", action="store_true", help="also run the anchor: x11vnc and TigerVNC's viewer"
+    )
     parser.add_argument("--worker", nargs=2, metavar=("DISPLAY", "PICTURE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -442,6 +612,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     runs = measure(args.rates, args.pictures)
     print("\n".join(report(runs)))
+    if args.vnc:
+        rates = list(dict.fromkeys(f["rate"] for f in runs))  # with "none", first
+        print("\n".join(vnc_rows(runs, measure_vnc(rates, args.pictures))))
     if args.trace:
         for f in runs:
             print(f"{f['rate']} {f['picture']}:")

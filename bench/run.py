@@ -124,14 +124,21 @@ def _lan(runs: int) -> list[str]:
 
 
 def _links(runs: int) -> list[str]:
-    from bench.links import measure, report, rows
+    import shutil
+
+    from bench.links import PICTURES, RATES, VIEWER, measure, measure_vnc, report, rows, vnc_rows
 
     if os.geteuid() != 0:
         print("links: needs root (it makes network namespaces with tbf bottlenecks); skipped")
         return []
     f = measure()
     print("\n".join(report(f)))
-    return rows(f)
+    if not (shutil.which("x11vnc") and shutil.which(VIEWER)):
+        print("links: the anchor needs x11vnc and tigervnc-viewer (apt-get install); skipped")
+        return rows(f)
+    anchor = vnc_rows(f, measure_vnc(RATES, PICTURES))
+    print("\n".join(anchor))
+    return [*rows(f), "", *anchor]
 
 
 def _viewers(runs: int) -> list[str]:

@@ -68,6 +68,16 @@ def read_barcode(frame: av.VideoFrame) -> int | None:
     """The counter in a decoded frame, or None if unreadable (check mismatch)."""
     plane = frame.planes[0]
     y = np.frombuffer(memoryview(plane), dtype=np.uint8).reshape(plane.height, plane.line_size)
+    return read_barcode_luma(y)
+
+
+BAR_RIGHT, BAR_BOTTOM = BAR_X + BITS * BLOCK, BAR_Y + BLOCK
+"The counter's corner: a picture from (0, 0) to here holds it whole."
+
+
+def read_barcode_luma(y: np.ndarray) -> int | None:
+    """The counter in a picture's brightness (rows and columns from the screen's corner,
+    at least ``BAR_BOTTOM`` by ``BAR_RIGHT``), or None if unreadable."""
     band = y[BAR_Y + 8 : BAR_Y + BLOCK - 8]
     word = 0
     for i in range(BITS):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.links import _file_kbps, run_one
+from bench.links import _file_kbps, run_one, run_vnc
 
 
 def test_a_page_scrolling_through_2_mbit_s_keeps_moving_and_clicks_land(
@@ -35,3 +35,18 @@ def test_file_goodput_counts_the_window_or_the_whole_transfer() -> None:
     assert _file_kbps([(1.0, 0), (2.0, 1000), (5.0, 2000), (6.0, 126_000)], 0.5, 5.0) == 1000
     # done before the window: 125 kB over the 2 s from the fetch to the last byte
     assert _file_kbps([(1.0, 0), (2.0, 125_000)], 0.0, 5.0) == 500
+
+
+def test_the_x11vnc_anchor_shows_a_still_page_through_2_mbit_s(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The bench's peer anchor (x11vnc, TigerVNC's viewer on a display of its own, the
+    counter read off that display) runs, so that its figures cannot rot either."""
+    import bench.links
+
+    monkeypatch.setattr(bench.links, "WARMUP_S", 2.0)
+    monkeypatch.setattr(bench.links, "MEASURE_S", 4.0)
+    f = run_vnc("2mbit", "still")
+    assert f["first_frame_s"] < 15.0, f
+    assert f["fps"] >= 5.0 and f["p50"] is not None and f["p50"] < 0.5, f
+    assert f["kbps"] < 2100, f
