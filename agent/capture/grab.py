@@ -58,7 +58,10 @@ REFINE_FRAMES = 8
 encoder's rate control spends each on the picture's detail (a 2 Mbit/s link takes a
 1080p page of text from 28 to 35 dB in 3 s), then the screen is left alone."""
 KEYFRAME_MIN_INTERVAL = 0.5
-"Seconds between two forced keyframes: repeated requests (PLI storms) are coalesced."
+"""Seconds between two forced keyframes: repeated requests (PLI storms) are coalesced.
+The second keyframe after a start may always follow the first this soon: a viewer
+that lost the first has nothing on screen, and the slow link's spacing
+(``Capturer.key_interval``, up to 8 s) made it wait that long for a picture."""
 VIDEO_CLOCK = 90_000
 "RTP video clock rate (Hz); frame pts count in 1/VIDEO_CLOCK seconds."
 TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK)
@@ -314,6 +317,7 @@ class Capturer:
         prev: bytearray | None = None
         last_emit = -1e9
         last_key = -1e9
+        keys = 0  # keyframes made since the capture started
         last_change = time.monotonic()
         refine = 0
         active = 1.0 / self.fps_max
@@ -333,7 +337,8 @@ class Capturer:
             grabbed = time.monotonic()
             self._grabs += 1
             with self._lock:
-                key = self._want_key and tick - last_key >= self.key_interval
+                spacing = self.key_interval if keys != 1 else KEYFRAME_MIN_INTERVAL
+                key = self._want_key and tick - last_key >= spacing
                 asked = self._want_frame_at is not None and tick >= self._want_frame_at
                 if key:
                     self._want_key = False
@@ -358,6 +363,7 @@ class Capturer:
                 if key:
                     frame.pict_type = av.video.frame.PictureType.I
                     last_key = tick
+                    keys += 1
                 self._frames += 1
                 self._changed += changed
                 self._sink(
@@ -390,7 +396,8 @@ class Capturer:
                 frame_at = self._want_frame_at
             if pending_key:
                 # wake no earlier than the keyframe rate limit allows
-                wait = max(self._interval, last_key + self.key_interval - tick)
+                spacing = self.key_interval if keys != 1 else KEYFRAME_MIN_INTERVAL
+                wait = max(self._interval, last_key + spacing - tick)
             else:
                 wait = self._interval
             if frame_at is not None:  # a frame asked for sooner than the next tick

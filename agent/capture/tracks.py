@@ -213,6 +213,7 @@ class _Lane:
         # the slow lane's own pacing (the shared lane's is the capturer's)
         self.want_key = False
         self.last_key = -1e9
+        self.keys = 0
         self.last_at = -1e9
         self.dirty = False  # a change was captured that this lane has not encoded
         self.owed = 0  # refinements still owed after the last change
@@ -220,6 +221,12 @@ class _Lane:
     @property
     def limited(self) -> bool:
         return self.bps is not None or self.starting
+
+    @property
+    def key_spacing(self) -> float:
+        """Seconds from its last keyframe to the next (its second may follow the
+        first soon: a viewer that lost the first has nothing on screen, see grab)."""
+        return self.key_interval if self.keys != 1 else KEYFRAME_MIN_INTERVAL
 
 
 class EncodedScreen:
@@ -404,7 +411,7 @@ class EncodedScreen:
             self.capturer.request_keyframe()
         elif lane in self._lanes:
             lane.want_key = True
-            self.capturer.request_frame(at=lane.last_key + lane.key_interval)
+            self.capturer.request_frame(at=lane.last_key + lane.key_spacing)
 
     def _quality(self, lane: _Lane, bps: float | None) -> Quality:
         from agent.session.adapt import screen_quality
@@ -526,9 +533,10 @@ class EncodedScreen:
         now = cap.grabbed_at
         lane.dirty = lane.dirty or cap.changed
         gap = 1.0 / lane.fps if lane.fps else 0.0
-        if lane.want_key and now - lane.last_key >= lane.key_interval:
+        if lane.want_key and now - lane.last_key >= lane.key_spacing:
             lane.want_key = False
             lane.last_key = lane.last_at = now
+            lane.keys += 1
             lane.dirty, lane.owed = False, self.capturer.refine_frames
             return True
         if any(len(t._queue) >= HOLD_QUEUE for t in self._viewers_of(lane)):
@@ -545,7 +553,7 @@ class EncodedScreen:
         else:
             return None
         if lane.want_key:
-            when = max(when, lane.last_key + lane.key_interval)
+            when = max(when, lane.last_key + lane.key_spacing)
         if lane.want_key or lane.dirty or lane.owed > 0:
             self.capturer.request_frame(at=when)
         return None
