@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import queue
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
+from bench.child import Child
 from bench.netns import NetnsPair
 
 
@@ -50,69 +49,23 @@ def _p95(values: list[float]) -> float:
     return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
 
 
-class _Child:
-    """A process whose stdout JSON lines are read on a thread (so its pipe never fills)."""
-
-    def __init__(self, argv: list[str]) -> None:
-        self.proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        self.lines: queue.Queue[dict[str, Any] | None] = queue.Queue()
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            try:
-                self.lines.put(json.loads(line))
-            except ValueError:
-                continue
-        self.lines.put(None)
-
-    def expect(self, key: str, value: str, timeout: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                obj = self.lines.get(timeout=left)
-            except queue.Empty:
-                break
-            if obj is None:
-                raise RuntimeError(f"{self.proc.args!r} exited before {key}={value}")
-            if obj.get(key) == value:
-                return obj
-        raise TimeoutError(f"{self.proc.args!r}: no {key}={value} within {timeout}s")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-
-
 def measure(runs: int = 20) -> LanFigures:
     """Start the LAN of two namespaces, measure ``runs`` joins of each kind, tear it down."""
     py = [sys.executable, "-m"]
-    children: list[_Child] = []
+    children: list[Child] = []
     with NetnsPair() as lan:
         try:
-            server = _Child(
+            server = Child(
                 [*lan.a.exec, *py, "signaling", "--host", str(lan.a.ipv4), "--port", "0"]
             )
             children.append(server)
-            url = f"ws://{lan.a.ipv4}:{server.expect('event', 'listening', 30)['port']}"
-            on_lan = _Child([*lan.a.exec, *py, "agent", "start", "--lan", "--port", "0", "--json"])
+            url = f"ws://{lan.a.ipv4}:{server.expect('listening', timeout=30)[1]['port']}"
+            on_lan = Child([*lan.a.exec, *py, "agent", "start", "--lan", "--port", "0", "--json"])
             children.append(on_lan)
-            via = _Child([*lan.a.exec, *py, "agent", "start", "--signal", url, "--json"])
+            via = Child([*lan.a.exec, *py, "agent", "start", "--signal", url, "--json"])
             children.append(via)
-            code_lan = on_lan.expect("event", "session", 30)["code"]
-            code_via = via.expect("event", "session", 30)["code"]
+            code_lan = on_lan.expect("session", timeout=30)[1]["code"]
+            code_via = via.expect("session", timeout=30)[1]["code"]
             time.sleep(2.5)  # the announcement's probing (about 1.5 s) is over
             worker = subprocess.run(
                 [*lan.b.exec, *py, "bench.lan", code_lan, code_via, url, str(runs)],
