@@ -21,8 +21,10 @@ def test_a_viewer_behind_a_slow_link_does_not_drag_the_fast_one_down(
     monkeypatch.setattr(viewers, "MEASURE_S", 6.0)
     f = viewers.run_one("1mbit")
     alone, fast, slow = f["alone"]["fps"], f["fast"]["fps"], f["slow"]
-    assert alone is not None and alone >= 5, f
-    assert fast is not None and fast >= 0.6 * alone, f  # one encode for both: 0.12
+    # (alone is the baseline: on a loaded machine it can be low, CI once saw 3.2 fps
+    # while the frozen binary was being built beside it)
+    assert alone is not None and fast is not None, f
+    assert fast >= max(5.0, 0.6 * alone), f  # one encode for both: 0.12 of alone
     assert slow["fps"] is not None and slow["fps"] >= 1, f  # the slow viewer keeps moving
     assert slow["kbps"] is not None and slow["kbps"] <= 1100, f  # within its link
 
