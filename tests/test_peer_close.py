@@ -65,4 +65,24 @@ async def test_a_failure_on_a_live_connection_still_surfaces(
         await pc.close()
 
 
+async def test_an_answer_for_a_link_closed_meanwhile_is_a_clear_error() -> None:
+    """CI: the customer made a direct link to an assistant, the assistant left, and its
+    answer arrived after the link was closed: aiortc's InvalidStateError went up as a
+    traceback ("Cannot handle answer in signaling state closed")."""
+    from agent.errors import PeerDeskError
+    from agent.net.peer import PeerLink
+
+    offerer = PeerLink(lambda m: None, lambda why: None)
+    answerer = PeerLink(lambda m: None, lambda why: None)
+    try:
+        answer = await answerer.answer(await offerer.offer())
+        await offerer.close()  # the assistant left
+        with pytest.raises(PeerDeskError) as caught:
+            await offerer.complete(answer)
+        assert caught.value.code == "connect_failed"
+    finally:
+        await offerer.close()
+        await answerer.close()
+
+
 pytestmark = pytest.mark.timeout(30)

@@ -127,6 +127,7 @@ async def main(mode: str, seconds: float) -> None:
     await screen
     for task in (sending, receiving):
         task.cancel()
+    for task in (sending, receiving):
         with contextlib.suppress(asyncio.CancelledError, FastPathError):
             await task
     sender.close()

@@ -72,6 +72,11 @@ DONE_TIMEOUT = 60.0
 "Seconds the sender waits for the receiver's done after the last byte."
 IO_TIMEOUT = 30.0
 "Seconds without progress after which a connection counts as dead."
+# Timeouts are ``asyncio.timeout`` blocks, not ``asyncio.wait_for``: on Python 3.11, a
+# task cancelled just as the awaited send or read completes has its cancellation
+# swallowed by ``wait_for`` (fixed in 3.12, gh-86296), and a cancelled transfer goes on
+# sending, at the yield's pace for minutes (the likely cause of tests/yield_worker.py's
+# hang in CI: its loop idle, the worker awaiting the send it had cancelled).
 MAX_PENDING = 16
 "Unauthenticated connections a listener vets at once; more are closed."
 NOTSENT_LOWAT = 64 * 1024
@@ -340,9 +345,8 @@ class FastPathSender:
         try:
             await self._stream(loop, sock, source, offset, size, progress, yield_to)
             buf = bytearray(4 + _DONE.size + TAG)
-            sealed = await asyncio.wait_for(
-                _read_frame(loop, sock, buf, _DONE.size + TAG), DONE_TIMEOUT
-            )
+            async with asyncio.timeout(DONE_TIMEOUT):
+                sealed = await _read_frame(loop, sock, buf, _DONE.size + TAG)
             magic, end = _DONE.unpack(self._in_box.open(1, sealed))
             if magic != _DONE_MAGIC or end != size:
                 raise FastPathError(f"the receiver confirmed {end} of {size} bytes")
@@ -404,7 +408,8 @@ class FastPathSender:
             )
             try:
                 if yield_to is None:
-                    await asyncio.wait_for(loop.sock_sendall(sock, out[:length]), IO_TIMEOUT)
+                    async with asyncio.timeout(IO_TIMEOUT):
+                        await loop.sock_sendall(sock, out[:length])
                 else:
                     await self._send_yielding(loop, sock, out[:length], yield_to)
             except BaseException:
@@ -445,7 +450,8 @@ class FastPathSender:
             if (wait := pace.wait(now)) > 0:
                 await asyncio.sleep(wait)
             piece = data[pos : pos + pace.slice_bytes()]
-            await asyncio.wait_for(loop.sock_sendall(sock, piece), IO_TIMEOUT)
+            async with asyncio.timeout(IO_TIMEOUT):
+                await loop.sock_sendall(sock, piece)
             pace.on_sent(len(piece), time.monotonic())
             pos += len(piece)
 
@@ -461,9 +467,8 @@ class FastPathSender:
             keep = False
             try:
                 buf = bytearray(4 + _HELLO.size + TAG)
-                sealed = await asyncio.wait_for(
-                    _read_frame(loop, conn, buf, _HELLO.size + TAG), HELLO_TIMEOUT
-                )
+                async with asyncio.timeout(HELLO_TIMEOUT):
+                    sealed = await _read_frame(loop, conn, buf, _HELLO.size + TAG)
                 if len(sealed) != _HELLO.size + TAG:
                     raise FastPathError("not a hello")
                 hello = self._in_box.open(0, sealed)
@@ -492,7 +497,8 @@ class FastPathSender:
         acceptor = self._acceptor = asyncio.ensure_future(accept_loop())
         acceptor.add_done_callback(lambda f: winner.done() or winner.cancel())
         try:
-            conn, hello = await asyncio.wait_for(asyncio.shield(winner), wait)
+            async with asyncio.timeout(wait):
+                conn, hello = await asyncio.shield(winner)
         except BaseException as exc:
             if winner.done() and not winner.cancelled():
                 _close(winner.result()[0])
@@ -578,7 +584,8 @@ async def _connect(
             sock = socket.socket(family, kind, proto)
             sock.setblocking(False)
             try:
-                await asyncio.wait_for(loop.sock_connect(sock, address), wait)
+                async with asyncio.timeout(wait):
+                    await loop.sock_connect(sock, address)
             except BaseException:
                 sock.close()
                 raise
@@ -612,9 +619,8 @@ async def _receive_stream(
             sealed = None
             if arriving < size:  # more frames to come, each at most what is left
                 most = min(FRAME_DATA, size - arriving) + TAG
-                sealed = await asyncio.wait_for(
-                    _read_frame(loop, sock, frames[counter % 2], most), IO_TIMEOUT
-                )
+                async with asyncio.timeout(IO_TIMEOUT):
+                    sealed = await _read_frame(loop, sock, frames[counter % 2], most)
             if pending is not None:
                 pos = await pending
                 pending = None

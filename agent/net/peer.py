@@ -154,6 +154,8 @@ class PeerLink:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
         except (ValueError, KeyError, IndexError) as exc:
             raise RemoteProtocolError(f"the peer's SDP answer is unusable: {exc}") from None
+        except InvalidStateError:  # closed meanwhile (the peer left, the session ended)
+            raise _closed() from None
 
     def rebind(
         self,
