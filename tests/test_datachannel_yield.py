@@ -63,6 +63,7 @@ def test_chat_passes_a_data_channel_file_on_a_slow_link(
         sent_done = csr.expect("file", lambda e: e["state"] in ("done", "failed"), timeout=30)
     assert done["state"] == "done" and done["sha256"] == digest, done
     assert sent_done["transport"] == "datachannel", sent_done
+    assert done["transport"] == "datachannel", done  # the receiving side says so too
     assert sha(downloads / "driver.bin") == digest
     assert statistics.median(took) < 0.1, took  # unpaced: 3.5 s
     assert max(took) < 0.5, took

@@ -181,6 +181,10 @@ class FileLink:
         return tid in self._names or tid in self._asked_gets
 
     def on_data(self, data: str | bytes) -> None:
+        if not isinstance(data, str):  # a chunk: its transfer comes on the data channel
+            tid = fw.transfer_id_of(data)
+            if tid is not None and tid in self._names:  # (no entry for a made-up id)
+                self._transport[tid] = "datachannel"
         self.core.receive(data, time.monotonic())
         self._pump()
 
