@@ -120,6 +120,17 @@ def _pointer(display: str) -> tuple[int, int]:
     return int(fields["x"]), int(fields["y"])
 
 
+def _latencies(samples: list[tuple[int, float]], drawn: dict[int, float]) -> list[float]:
+    """Drawn to shown, for the first time each counter value was read (-1: unreadable)."""
+    latencies, seen = [], set()
+    for value, at in samples:
+        when = drawn.get(value)
+        if value >= 0 and when is not None and value not in seen:
+            seen.add(value)
+            latencies.append(at - when)
+    return latencies
+
+
 def _file_kbps(progress: list[tuple[float, int]], fetched: float, started: float) -> float:
     """The fetch's goodput from its (time, bytes received) progress: over the measured
     window while the file was still coming in it; over the whole transfer when it was
@@ -337,12 +348,7 @@ def run_one(rate: str, picture: str) -> dict[str, Any]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-    latencies, seen = [], set()
-    for value, at in result["samples"]:
-        drawn = drawer.drawn.get(value)
-        if value >= 0 and drawn is not None and value not in seen:
-            seen.add(value)
-            latencies.append(at - drawn)
+    latencies = _latencies(result["samples"], drawer.drawn)
     clicks = result["clicks"]
     return {
         "rate": rate,
@@ -477,7 +483,7 @@ def run_vnc(rate: str, picture: str) -> dict[str, Any]:
             drawer.close()
             errors.close()
             shutil.rmtree(home, ignore_errors=True)
-    latencies = [at - drawer.drawn[v] for v, at in measured if v in drawer.drawn]
+    latencies = _latencies(measured, drawer.drawn)
     return {
         "rate": rate,
         "picture": picture,

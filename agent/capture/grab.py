@@ -62,6 +62,8 @@ KEYFRAME_MIN_INTERVAL = 0.5
 The second keyframe after a start may always follow the first this soon: a viewer
 that lost the first has nothing on screen, and the slow link's spacing
 (``Capturer.key_interval``, up to 8 s) made it wait that long for a picture."""
+
+
 VIDEO_CLOCK = 90_000
 "RTP video clock rate (Hz); frame pts count in 1/VIDEO_CLOCK seconds."
 TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK)
@@ -157,6 +159,13 @@ class CaptureStats:
 
 
 Sink = Callable[[Capture], None]
+
+
+def key_spacing(key_interval: float, keys: int) -> float:
+    """Seconds from the last keyframe to the next, after ``keys`` keyframes since the
+    start: ``key_interval``, except that the second may follow the first at
+    ``KEYFRAME_MIN_INTERVAL`` (see there)."""
+    return KEYFRAME_MIN_INTERVAL if keys == 1 else key_interval
 
 
 def bgra_to_yuv420p(raw: bytes | bytearray, width: int, height: int) -> av.VideoFrame:
@@ -337,8 +346,7 @@ class Capturer:
             grabbed = time.monotonic()
             self._grabs += 1
             with self._lock:
-                spacing = self.key_interval if keys != 1 else KEYFRAME_MIN_INTERVAL
-                key = self._want_key and tick - last_key >= spacing
+                key = self._want_key and tick - last_key >= key_spacing(self.key_interval, keys)
                 asked = self._want_frame_at is not None and tick >= self._want_frame_at
                 if key:
                     self._want_key = False
@@ -396,7 +404,7 @@ class Capturer:
                 frame_at = self._want_frame_at
             if pending_key:
                 # wake no earlier than the keyframe rate limit allows
-                spacing = self.key_interval if keys != 1 else KEYFRAME_MIN_INTERVAL
+                spacing = key_spacing(self.key_interval, keys)
                 wait = max(self._interval, last_key + spacing - tick)
             else:
                 wait = self._interval

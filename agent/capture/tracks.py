@@ -39,6 +39,7 @@ from agent.capture.grab import (
     TIME_BASE,
     Capture,
     Capturer,
+    key_spacing,
 )
 from agent.capture.scroll import Planes, find_scroll, steps
 from agent.session.adapt import Quality, Rekey, ScreenMode
@@ -224,9 +225,8 @@ class _Lane:
 
     @property
     def key_spacing(self) -> float:
-        """Seconds from its last keyframe to the next (its second may follow the
-        first soon: a viewer that lost the first has nothing on screen, see grab)."""
-        return self.key_interval if self.keys != 1 else KEYFRAME_MIN_INTERVAL
+        """Seconds from its last keyframe to the next (``grab.key_spacing``)."""
+        return key_spacing(self.key_interval, self.keys)
 
 
 class EncodedScreen:
@@ -308,8 +308,7 @@ class EncodedScreen:
         if self._closed:
             raise RuntimeError("this EncodedScreen is closed")
         self._loop = asyncio.get_running_loop()
-        t = PacketTrack(self)
-        t._lane = self._lanes[0]
+        t = PacketTrack(self, self._lanes[0])
         self._tracks.add(t)
         return t
 
@@ -386,7 +385,7 @@ class EncodedScreen:
         lane.bps = bps
         enc = lane.encoder
         now = time.monotonic()
-        starting = self.adaptive and bps is None and now - self._started_at < STARTUP_S
+        starting = bps is None and now - self._started_at < STARTUP_S
         wanted = self._quality(lane, STARTUP_BPS if starting else bps)
         enc.retune(wanted)
         current = enc.quality
@@ -478,7 +477,7 @@ class EncodedScreen:
             self._started_at = time.monotonic()
             self._refit()  # the first keyframe at the startup settings
         self.capturer.start()  # no-op while running
-        self._key(track._lane or self._lanes[0])
+        self._key(track._lane)
 
     def _stopped(self, track: PacketTrack, was_receiving: bool) -> None:
         self._tracks.discard(track)
@@ -491,13 +490,12 @@ class EncodedScreen:
             self._refit()  # its lane may end with it
 
     def _key_for(self, track: PacketTrack) -> None:
-        self._key(track._lane or self._lanes[0])
+        self._key(track._lane)
 
     # -- capture thread
 
     def _viewers_of(self, lane: _Lane) -> list[PacketTrack]:
-        shared = self._lanes[0]
-        return [t for t in list(self._tracks) if (t._lane or shared) is lane]
+        return [t for t in list(self._tracks) if t._lane is lane]
 
     def _backed_up(self) -> bool:
         """A viewer of the shared lane has frames waiting beyond the one its sender is
@@ -605,10 +603,8 @@ class EncodedScreen:
         _deliver(self._loop, self.close)
 
     def _fanout(self, lane: _Lane, packets: list[av.Packet[Any]]) -> None:
-        shared = self._lanes[0]
-        for t in list(self._tracks):
-            if (t._lane or shared) is lane:
-                t._offer(packets)
+        for t in self._viewers_of(lane):
+            t._offer(packets)
 
 
 def planes_of(frame: av.VideoFrame) -> Planes:
@@ -640,14 +636,14 @@ class PacketTrack(MediaStreamTrack):
 
     kind = "video"
 
-    def __init__(self, screen: EncodedScreen) -> None:
+    def __init__(self, screen: EncodedScreen, lane: _Lane) -> None:
         super().__init__()
         self._screen = screen
         self._queue: collections.deque[av.Packet[Any]] = collections.deque()
         self._ready = asyncio.Event()
         self._receiving = False
         self._need_key = True
-        self._lane: _Lane | None = None  # which of the screen's encodes it gets
+        self._lane = lane  # which of the screen's encodes it gets (``EncodedScreen.fit``)
         self.delivered = 0
         "Packets returned by ``recv``."
         self.delivered_bytes = 0

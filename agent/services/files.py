@@ -104,6 +104,7 @@ class FileLink:
         self._io_wake = asyncio.Event()
         self._chunks_wake = asyncio.Event()
         self._dc_pace = FileYield()
+        self._dc_yields = not os.environ.get("PEERDESK_NO_YIELD")
         self._tasks = [
             asyncio.ensure_future(self._io_loop()),
             asyncio.ensure_future(self._chunk_loop()),
@@ -352,7 +353,7 @@ class FileLink:
             self._chunks_wake.clear()
             while True:
                 now = time.monotonic()
-                pace.set_live(not os.environ.get("PEERDESK_NO_YIELD"), now)
+                pace.set_live(self._dc_yields, now)
                 if (rtt := self.link.rtt()) is not None:
                     pace.on_rtt(rtt, now)
                 size = min(pace.slice_bytes(), fw.DEFAULT_CHUNK_DATA)
