@@ -641,3 +641,38 @@ async def test_pacer_drops_retransmissions_beyond_a_short_queue() -> None:
     assert kept * 1200 <= 100_000 * RTX_QUEUE_S + 2 * 1200, kept
     assert pacer.dropped > 150
     await until(lambda: len(sent) == kept, "the kept ones to leave", timeout=5)
+
+
+async def test_pacer_holds_media_while_the_links_window_is_full_and_a_report_opens_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The link's in-flight window (``LinkEstimator.may_send``): media waits for it, a
+    retransmission at the head of the queue does not, and ``wake`` (a report came)
+    lets the media go at once, not at the next poll."""
+    import agent.capture.rtc as rtc
+
+    monkeypatch.setattr(rtc, "WINDOW_POLL_S", 1.0)
+    sent: list[bytes] = []
+
+    async def send(data: bytes) -> None:
+        sent.append(data)
+
+    pacer = Pacer(send, rate_bps=40_000_000, burst=100_000)
+    pacer.media_ssrc = 1111
+    room = [0]
+    pacer.window = lambda now: room[0] > 0
+    await pacer(_rtp_bytes(900, 2222))  # a retransmission: not held by the window
+    await until(lambda: _rtp_bytes(900, 2222) in sent, "the retransmission to leave")
+    media = asyncio.ensure_future(pacer(_rtp_bytes(1, 1111)))
+    await asyncio.sleep(0.1)
+    assert not media.done() and _rtp_bytes(1, 1111) not in sent
+    room[0] = 1
+    opened = time.monotonic()
+    pacer.wake()
+    async with asyncio.timeout(5):
+        await media
+    assert time.monotonic() - opened < 0.2  # woken, not polled (the next poll: ~0.9 s)
+    assert sent[-1] == _rtp_bytes(1, 1111)
+    pacer.window = None  # the link closed: nothing holds the sender any more
+    await pacer(_rtp_bytes(2, 1111))
+    assert sent[-1] == _rtp_bytes(2, 1111)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -59,6 +60,8 @@ PACE_RATE = 40_000_000
 "Bits/s at which a frame bigger than ``PACE_BURST`` leaves (a 580 kB keyframe: +0.1 s)."
 PACE_BURST = 100_000
 "Bytes that leave back to back: every P-frame of a 1080p screen at our bitrates."
+WINDOW_POLL_S = 0.02
+"Seconds between looks at a closed window when no report comes to open it."
 RTX_QUEUE_S = 0.3
 """Retransmissions queued beyond this many seconds of the pace are dropped: on a full
 2 Mbit/s link the answers to one NACK storm took the queue for 8 s, the screen
@@ -83,6 +86,11 @@ class Pacer:
     reports, the data channel, its keepalives (seen at 2 Mbit/s: reports 9 s late).
     Waiting callers also no longer each take the same tokens, which let a frame and
     its retransmissions leave at twice the pace.
+
+    ``window`` (the viewer's link: ``LinkEstimator.may_send``) holds the media packet
+    at the head of the queue while too much is in flight; ``wake`` is called when a
+    report may have opened it, and a closed window is looked at again every
+    ``WINDOW_POLL_S`` (packets leave it by age when reports stop).
     """
 
     def __init__(
@@ -109,6 +117,14 @@ class Pacer:
         "Seconds of sleep added so far (for benches and stats)."
         self.observe: Callable[[bytes, float], None] | None = None
         "Called with each packet and ``time.monotonic()`` as it leaves (RTCP too)."
+        self.window: Callable[[float], bool] | None = None
+        """Whether a media packet may leave at ``time.monotonic()`` (None: always): the
+        link's in-flight window; ``wake`` when it may have opened."""
+        self._opened = asyncio.Event()
+
+    def wake(self) -> None:
+        """The window may have opened (a report came)."""
+        self._opened.set()
 
     def _refill(self) -> None:
         now = time.monotonic()
@@ -145,6 +161,8 @@ class Pacer:
     async def _run(self) -> None:
         while self._queue:
             data, done = self._queue[0]
+            if done is not None and self.window is not None:
+                await self._window_open()
             self._refill()
             if self._tokens < len(data):
                 wait = (len(data) - self._tokens) / self.rate
@@ -167,6 +185,14 @@ class Pacer:
                 done.set_result(None)
             if self.observe is not None:
                 self.observe(data, time.monotonic())
+
+    async def _window_open(self) -> None:
+        while self.window is not None and not self.window(time.monotonic()):
+            self._opened.clear()
+            # a report opens it; without any, packets leave the window by age
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(WINDOW_POLL_S):
+                    await self._opened.wait()
 
 
 def _drain_ended(task: asyncio.Task[None]) -> None:

@@ -110,6 +110,7 @@ class ViewedLink:
         self._send = send
         self._on_estimate = on_estimate
         self.pacer = sent_screen_packets(sender, self.estimator.on_sent)
+        self.pacer.window = self.estimator.may_send
         watch_app_feedback(sender, feedback.is_feedback, self._on_fci)
         self._sender = sender
         self._apply()
@@ -129,6 +130,7 @@ class ViewedLink:
     def on_feedback(self, msg: ch.ScreenFeedback) -> None:
         """A viewer's report, from the session channel or from RTCP."""
         self.estimator.on_feedback(from_wire(msg), time.monotonic())
+        self.pacer.wake()
         self._apply()
 
     def _on_fci(self, fci: bytes) -> None:
@@ -172,4 +174,6 @@ class ViewedLink:
         self._task.cancel()
         watch_app_feedback(self._sender, feedback.is_feedback, lambda fci: None)
         self.pacer.observe = None
+        self.pacer.window = None
+        self.pacer.wake()
         self.pacer.rate, self.pacer.burst = PACE_RATE / 8, PACE_BURST
