@@ -676,3 +676,29 @@ async def test_pacer_holds_media_while_the_links_window_is_full_and_a_report_ope
     pacer.window = None  # the link closed: nothing holds the sender any more
     await pacer(_rtp_bytes(2, 1111))
     assert sent[-1] == _rtp_bytes(2, 1111)
+
+
+async def test_a_capture_on_its_way_to_the_viewers_holds_the_next_grab() -> None:
+    """The capture thread encodes and hands the packets to the loop, which queues them
+    for each viewer later: until then the queues look empty, and a grab that looked
+    only at them went ahead (a scroll's 13 steps then met the next frame, the viewer
+    overflowed and dropped to a keyframe). The hold counts what is on its way."""
+    import av
+
+    from agent.capture.grab import Capture
+    from agent.capture.tracks import EncodedScreen
+
+    screen = EncodedScreen(display=":0")  # nothing here starts its capture
+    track = screen.track()
+    track._receiving = True  # as if its sender had asked for frames
+    screen._receiving = 1
+    frame = av.VideoFrame(320, 240, "yuv420p")
+    frame.pts = 0
+    cap = Capture(frame, changed=True, keyframe=True, grabbed_at=0.0, grab_s=0.0, convert_s=0.0)
+    screen._on_capture(cap)  # as the capture thread does; the loop has not run since
+    assert not track._queue
+    assert screen._backed_up()  # on its way: the next grab waits
+    await asyncio.sleep(0)  # the loop queues it for the viewer
+    assert len(track._queue) == 1
+    assert not screen._backed_up()  # one frame waiting is the one its sender is on
+    screen.close()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -69,12 +68,17 @@ def _released() -> av.Packet[Any]:
     return packet
 
 
-def _deliver(loop: asyncio.AbstractEventLoop | None, fn: Any, *args: Any) -> None:
-    """Call ``fn(*args)`` on ``loop`` from the capture thread; no-op once the loop is gone."""
+def _deliver(loop: asyncio.AbstractEventLoop | None, fn: Any, *args: Any) -> bool:
+    """Call ``fn(*args)`` on ``loop`` from the capture thread; no-op once the loop is gone.
+
+    Returns whether the call was scheduled."""
     if loop is None:
-        return
-    with contextlib.suppress(RuntimeError):  # loop closed while the thread finished a frame
+        return False
+    try:
         loop.call_soon_threadsafe(fn, *args)
+    except RuntimeError:  # loop closed while the thread finished a frame
+        return False
+    return True
 
 
 class ScreenTrack(MediaStreamTrack):
@@ -218,6 +222,15 @@ class _Lane:
         self.last_at = -1e9
         self.dirty = False  # a change was captured that this lane has not encoded
         self.owed = 0  # refinements still owed after the last change
+        # captures encoded (capture thread) and handed to the viewers (loop thread): the
+        # difference is on its way to the viewers' queues, each counter has one writer
+        self.offered = 0
+        self.fanned = 0
+
+    @property
+    def in_transit(self) -> bool:
+        """A capture's packets are encoded but not yet in its viewers' queues."""
+        return self.offered != self.fanned
 
     @property
     def limited(self) -> bool:
@@ -501,7 +514,15 @@ class EncodedScreen:
         """A viewer of the shared lane has frames waiting beyond the one its sender is
         on (a slow link's pacer is still on a keyframe): the next grab waits rather than
         pile up. (A slow lane's viewer makes only its own lane wait.)"""
-        return any(len(t._queue) >= HOLD_QUEUE for t in self._viewers_of(self._lanes[0]))
+        return self._waiting(self._lanes[0])
+
+    def _waiting(self, lane: _Lane) -> bool:
+        """The viewers of ``lane`` are still sending earlier frames, counting a capture
+        on its way to their queues: the queues fill on the loop, after this thread
+        has gone on (a 4 Mbit/s scroll grabbed again 0.13 s after a capture of 13
+        scroll steps, found the queues empty, and its frame found them full: the viewer
+        dropped them for a keyframe, 490 kB, and the scroll fell to 5-8 fps)."""
+        return lane.in_transit or any(len(t._queue) >= HOLD_QUEUE for t in self._viewers_of(lane))
 
     def _on_capture(self, cap: Capture) -> None:
         if self._receiving == 0:
@@ -523,7 +544,9 @@ class EncodedScreen:
                 planes = planes_of(frame)
             packets = self._encode(lane, frame, key, planes if lane.limited else None)
             if packets:
-                _deliver(self._loop, self._fanout, lane, packets)
+                lane.offered += 1  # before the loop can run the fanout
+                if not _deliver(self._loop, self._fanout, lane, packets):
+                    lane.offered -= 1
 
     def _slow_due(self, lane: _Lane, cap: Capture) -> bool | None:
         """Whether the slow lane encodes this capture: None (not now), or as a keyframe
@@ -537,7 +560,7 @@ class EncodedScreen:
             lane.keys += 1
             lane.dirty, lane.owed = False, self.capturer.refine_frames
             return True
-        if any(len(t._queue) >= HOLD_QUEUE for t in self._viewers_of(lane)):
+        if self._waiting(lane):
             when = now + HOLD_POLL_S * 10  # its viewers are still sending: it waits
         elif now - lane.last_at < gap:
             when = lane.last_at + gap
@@ -603,6 +626,7 @@ class EncodedScreen:
         _deliver(self._loop, self.close)
 
     def _fanout(self, lane: _Lane, packets: list[av.Packet[Any]]) -> None:
+        lane.fanned += 1
         for t in self._viewers_of(lane):
             t._offer(packets)
 
