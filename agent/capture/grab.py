@@ -62,8 +62,6 @@ KEYFRAME_MIN_INTERVAL = 0.5
 The second keyframe after a start may always follow the first this soon: a viewer
 that lost the first has nothing on screen, and the slow link's spacing
 (``Capturer.key_interval``, up to 8 s) made it wait that long for a picture."""
-
-
 VIDEO_CLOCK = 90_000
 "RTP video clock rate (Hz); frame pts count in 1/VIDEO_CLOCK seconds."
 TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK)

@@ -357,7 +357,6 @@ class LinkEstimator:
             if rtt >= 0:
                 self._rtt = rtt if self._rtt is None else 0.8 * self._rtt + 0.2 * rtt
         self._trim(now)
-        self._window = int(max(WINDOW_MIN, WINDOW_S * self._received_bps() / 8))
         if delays:
             self._queue_ms = self._observe_delay(delays, now) * 1000
         self._control(now)
@@ -379,6 +378,7 @@ class LinkEstimator:
     def _control(self, now: float) -> None:
         loss = self._loss()
         received = self._received_bps()
+        self._window = int(max(WINDOW_MIN, WINDOW_S * received / 8))
         overused = self._queue_ms > OVERUSE_MS or loss > LOSS_HIGH
         if overused:
             self._trend = Trend.OVERUSED
