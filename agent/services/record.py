@@ -226,8 +226,8 @@ class SessionRecord:
             name, role, primary = self._people[event.peer]  # the seat, from a new agent
             self._people[event.peer] = (event.name, role, primary)
             self._participant(event.peer, event.name, role, primary, "joined")
-        elif isinstance(event, status.Left) and event.peer in self._people:
-            name, role, primary = self._people[event.peer]
+        elif isinstance(event, status.Left) and (seat := self._seat(event.peer)) is not None:
+            name, role, primary = seat
             action = "left" if event.reason == "left" else "lost"
             if self.leads or action == "lost":
                 self._participant(event.peer, name, role, primary, action)
@@ -252,6 +252,15 @@ class SessionRecord:
                     "state": event.state,
                 },
             )
+
+    def _seat(self, peer: str) -> tuple[str, str, bool] | None:
+        """Who ``peer`` was: as this agent saw it join, else as the log names it (a
+        join announced before this copy of the log opened, such as the primary's when
+        its first channel message beats the end of our join)."""
+        if peer in self._people:
+            return self._people[peer]
+        person = self.core.state.people.get(peer)
+        return None if person is None else (person.name, person.role, person.primary)
 
     def _participant(self, peer: str, name: str, role: str, primary: bool, action: str) -> None:
         self.write(
