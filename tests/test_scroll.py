@@ -19,7 +19,7 @@ import pytest
 from agent.capture import scroll
 from agent.capture.encoder import Encoder
 from agent.capture.scroll import MAX_SHIFT, STEP_PX, Scroll, find_scroll, step_offsets, steps
-from agent.capture.tracks import frame_of
+from agent.capture.tracks import STEP_PTS, frame_of
 from agent.session.adapt import Quality
 from bench.screen import text_page
 
@@ -184,3 +184,49 @@ async def test_a_scroll_on_a_limited_link_arrives_as_steps_and_ends_on_the_real_
             assert fb.sent_rtcp >= 3 and chan == [], (fb.sent_rtcp, chan)
             assert link.estimator.reported
             assert link.estimator.state().rtt_ms is not None
+
+
+def test_a_long_scroll_on_a_slow_link_never_recodes_the_whole_page() -> None:
+    """A page scrolling at 60 px/s through a 1 Mbit/s link, as the capture sends it: one
+    capture every 1-2 s, each led up to by steps 1 ms apart, and a still moment now and
+    then. libvpx at cpu-used 16 missed the move of some steps (the same 6 px it follows
+    for 4 kB elsewhere) and coded the whole page again: 155 kB, over a second of the
+    link, five times in 30 s; a fixed speed of 12 does not. And the step after a long
+    wait, told of the wait, refined the whole page: 40-310 kB."""
+    width, height = 1920, 1080
+    rgb = np.asarray(text_page(width, 4 * height).convert("RGB"))
+    tall = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+    tall_yuv = tall.reformat(format="yuv420p").to_ndarray()
+    y_plane = tall_yuv[: 4 * height]
+    u_plane = tall_yuv[4 * height : 5 * height].reshape(2 * height, width // 2)
+    v_plane = tall_yuv[5 * height :].reshape(2 * height, width // 2)
+
+    def at(offset: int) -> scroll.Planes:
+        o = offset // 2
+        return (
+            np.ascontiguousarray(y_plane[offset : offset + height]),
+            np.ascontiguousarray(u_plane[o : o + height // 2]),
+            np.ascontiguousarray(v_plane[o : o + height // 2]),
+        )
+
+    enc = Encoder()
+    enc.retune(Quality(900_000, 63, 300))
+    pts, offset = 0, 0
+    enc.encode(frame_of(at(0), pts), keyframe=True)
+    step_sizes: list[int] = []
+    for group in range(20):
+        gap = 1.0 + (group % 3) * 0.5
+        n = int(gap * 60 / STEP_PX)
+        for i in range(n):
+            offset += STEP_PX
+            pts += int(gap * 90_000) - (n - 1) * STEP_PTS if i == 0 else STEP_PTS
+            # as EncodedScreen._scroll_steps: the encoder hears of the gap between steps
+            size = sum(p.size for p in enc.encode(frame_of(at(offset), pts), elapsed=STEP_PTS))
+            if group > 0:  # the first steps after the keyframe also refine it
+                step_sizes.append(size)
+        if group % 5 == 4:  # a still moment: the capture sends the page again
+            for _ in range(8):
+                pts += 18_000
+                enc.encode(frame_of(at(offset), pts))
+    assert max(step_sizes) < 40_000, sorted(step_sizes)[-8:]
+    assert sum(step_sizes) / len(step_sizes) < 8_000

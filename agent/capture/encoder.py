@@ -33,9 +33,13 @@ target when it must) and no denoiser. Scrolling text costs well under the target
   one from 811 to about 600 kB): fine on a LAN, over a second on a 3 Mb/s uplink.
   They are rate-limited (``grab.KEYFRAME_MIN_INTERVAL``) and paced (``rtc.Pacer``).
 
-Speed: libvpx ``cpu-used`` 16 (its fastest realtime setting) encodes a 1080p text
-P-frame in 3-8 ms on one core of the 2-core bench VM (12: 7 ms, 6: 13 ms, same
-PSNR within 0.2 dB); a keyframe takes 40-100 ms. x264 ``ultrafast`` +
+Speed: libvpx ``cpu-used`` -12 (a fixed speed; negative values fix it, positive ones
+let libvpx choose) encodes a 1080p text P-frame in 3-8 ms on one core of the 2-core
+bench VM, as fast as 16 (6: 13 ms, same PSNR within 0.2 dB); a keyframe takes
+40-100 ms. At 16 (fixed or chosen) libvpx now and then missed a 6 px scroll it
+follows for 4 kB everywhere else and coded the whole page again (155 kB at ceiling
+63, five times in 30 s of scrolling steps, ``tests/test_scroll.py``); at -12 and
+below it never did, and a 1 Mbit/s scroll went from 0.6-7.9 fps to 4.5-9.1. x264 ``ultrafast`` +
 ``zerolatency`` is faster (P 3.5-5 ms, keyframe 10-14 ms) but 3-5 dB worse at the
 same bitrate (6 Mb/s: keyframe 29.9 dB, scrolling 35.2 dB), so VP8 is the default
 and H.264 an option.
@@ -64,8 +68,8 @@ BITRATE_MIN = 1_500_000
 "Lowest target bitrate (bits/s) on a link that is not limited (on a slow one, see adapt)."
 BITRATE_MAX = 10_000_000
 "Highest target bitrate (bits/s): beyond it text gains under 2 dB."
-VP8_SPEED = 16
-"libvpx cpu-used in realtime mode: its fastest setting, same PSNR as 12 within 0.2 dB."
+VP8_SPEED = -12
+"libvpx cpu-used in realtime mode: speed 12, fixed (see the module docstring)."
 VP8_QMAX = 36
 "Quantizer ceiling: keeps keyframes and big changes legible at the cost of overshooting."
 VP8_MAX_INTRA_PCT = 1600
@@ -120,7 +124,7 @@ class EncoderSettings:
     bitrate: int | None = None
     "Target bits/s; None: ``default_bitrate`` for the frame size."
     speed: int = VP8_SPEED
-    "VP8 cpu-used (0-16, higher is faster)."
+    "VP8 cpu-used (-16..16, higher magnitude is faster; negative fixes the speed)."
     qmax: int = VP8_QMAX
     "VP8 quantizer ceiling (4-63)."
     threads: int | None = None
@@ -226,8 +230,17 @@ class Encoder:
         ctx.open()
         return ctx
 
-    def encode(self, frame: av.VideoFrame, keyframe: bool = False) -> list[av.Packet[Any]]:
-        """Encode one frame; ``keyframe`` (or ``frame.pict_type == I``) forces a keyframe."""
+    def encode(
+        self, frame: av.VideoFrame, keyframe: bool = False, *, elapsed: int | None = None
+    ) -> list[av.Packet[Any]]:
+        """Encode one frame; ``keyframe`` (or ``frame.pict_type == I``) forces a keyframe.
+
+        ``elapsed`` is the time (1/90000 s) the encoder is told passed since the last
+        frame; None: the gap between their timestamps, up to ``CLOCK_STEP_MAX``. The
+        steps of a scroll pass the gap between two steps, however long the capture
+        waited: libvpx spends a long gap's bits on the frame after it, and a step that
+        refines the whole page (40-310 kB at ceiling 63 after 1-2 s) costs what ten
+        steps do."""
         started = time.perf_counter()
         with self._lock:
             ctx = self._ctx
@@ -241,7 +254,7 @@ class Encoder:
             if keyframe:
                 frame.pict_type = av.video.frame.PictureType.I
             pts = frame.pts
-            frame.pts = self._tick(pts)
+            frame.pts = self._tick(pts, elapsed)
             try:
                 packets = list(ctx.encode(frame))
             finally:
@@ -261,9 +274,11 @@ class Encoder:
         self.last_encode_s = time.perf_counter() - started
         return packets
 
-    def _tick(self, pts: int | None) -> int:
+    def _tick(self, pts: int | None, elapsed: int | None = None) -> int:
         """The encoder's timestamp for a frame at ``pts`` (see ``CLOCK_STEP_MAX``)."""
-        if pts is None or self._last_pts is None:
+        if elapsed is not None:
+            step = min(max(elapsed, 1), CLOCK_STEP_MAX)
+        elif pts is None or self._last_pts is None:
             step = CLOCK_STEP_MAX
         else:
             step = min(max(pts - self._last_pts, 1), CLOCK_STEP_MAX)

@@ -619,7 +619,8 @@ class EncodedScreen:
         self.scroll_steps += len(between)
         packets: list[av.Packet[Any]] = []
         for i, mid in enumerate(between):
-            packets += lane.encoder.encode(frame_of(mid, pts - (len(between) - i) * STEP_PTS))
+            at = pts - (len(between) - i) * STEP_PTS
+            packets += lane.encoder.encode(frame_of(mid, at), elapsed=STEP_PTS)
         return packets
 
     def _on_error(self, exc: BaseException) -> None:
