@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import shutil
@@ -51,11 +52,16 @@ from bench.screen import BAR_Y, BLOCK, Drawer, read_barcode, text_page
 
 W, H = 1920, 1080
 RATES = ["none", "8mbit", "4mbit", "2mbit", "1mbit"]
-PICTURES = ["still", "scroll", "file"]
+PICTURES = ["still", "scroll", "file", "key"]
 WARMUP_S = float(os.environ.get("PEERDESK_LINKS_WARMUP_S", "5"))
 MEASURE_S = float(os.environ.get("PEERDESK_LINKS_MEASURE_S", "10"))
 "(The environment shortens both for the smoke test, and reaches the worker with it.)"
 STILL_S = 2.0
+KEY_AFTER_S, KEY_WAIT_S = 3.0, 6.0
+"""The ``key`` picture (the still page with its counter) asks for a keyframe
+``KEY_AFTER_S`` after its first frame, as a viewer does that lost a picture, and
+reports the longest time in the next ``KEY_WAIT_S`` without a new counter on screen
+(what a keyframe costs the picture); then its warm-up and measurement begin."""
 SCROLL_PX, SCROLL_HZ = 3, 20.0
 CLICKS = 10
 FILE_MB = 50
@@ -129,6 +135,18 @@ def _latencies(samples: list[tuple[int, float]], drawn: dict[int, float]) -> lis
             seen.add(value)
             latencies.append(at - when)
     return latencies
+
+
+def _longest_gap(samples: list[tuple[int, float]], start: float, end: float) -> float:
+    """The longest time (s) within [start, end] without a frame showing a new counter."""
+    seen: set[int] = set()
+    times = [start]
+    for value, at in samples:
+        if value >= 0 and value not in seen and start <= at <= end:
+            seen.add(value)
+            times.append(at)
+    times.append(end)
+    return max(b - a for a, b in itertools.pairwise(times))
 
 
 def _file_kbps(progress: list[tuple[float, int]], fetched: float, started: float) -> float:
@@ -227,6 +245,13 @@ async def _worker(display: str, picture: str) -> None:
                     await asyncio.sleep(0.05)
             services.fetch("big.bin", Path(home) / "got")
             fetched = time.monotonic()
+        key_gap_s = None
+        if picture == "key":  # a picture lost: the viewer asks for a keyframe
+            await asyncio.sleep(KEY_AFTER_S)
+            mark, asked = len(samples), time.monotonic()
+            services.keyframe()
+            await asyncio.sleep(KEY_WAIT_S)
+            key_gap_s = _longest_gap(samples[mark:], asked, asked + KEY_WAIT_S)
         await asyncio.sleep(WARMUP_S)
         samples.clear()
         started = time.monotonic()
@@ -264,7 +289,7 @@ async def _worker(display: str, picture: str) -> None:
         say({
             "samples": measured, "elapsed": elapsed, "links": links,
             "clicks": took, "clicks_missed": CLICKS - len(took), "psnr": psnr,
-            "file_kbps": file_kbps, "file_how": file_how,
+            "file_kbps": file_kbps, "file_how": file_how, "key_gap_s": key_gap_s,
         })  # fmt: skip
     except BaseException:
         customer_log.seek(0)
@@ -313,7 +338,8 @@ def run_one(rate: str, picture: str) -> dict[str, Any]:
         ShapedNamespace(None if rate == "none" else rate) as ns,
         Xvfb(W, H) as screen,
     ):
-        drawer = Scroller(screen.display) if picture != "still" else Drawer(screen.display)
+        still = picture in ("still", "key")
+        drawer = Drawer(screen.display) if still else Scroller(screen.display)
         drawer.paint_background()
         drawer.start()
         errors = tempfile.TemporaryFile("w+")  # noqa: SIM115 (read on failure, then closed)
@@ -364,6 +390,7 @@ def run_one(rate: str, picture: str) -> dict[str, Any]:
         "clicks_missed": result["clicks_missed"],
         "file_kbps": result["file_kbps"],
         "file_how": result["file_how"],
+        "key_gap_s": result["key_gap_s"],
         "links": result["links"],
     }
 
@@ -497,11 +524,12 @@ def run_vnc(rate: str, picture: str) -> dict[str, Any]:
 
 
 def measure_vnc(rates: list[str], pictures: list[str]) -> list[dict[str, Any]]:
-    """The anchor for each (bottleneck, picture) that it can show (not ``file``)."""
+    """The anchor for each (bottleneck, picture) that it can show (not ``file`` or
+    ``key``: VNC has no keyframes to lose)."""
     runs = []
     for rate in rates:
         for picture in pictures:
-            if picture == "file":
+            if picture in ("file", "key"):
                 continue
             try:
                 runs.append(run_vnc(rate, picture))
@@ -576,8 +604,15 @@ def report(runs: list[dict[str, Any]]) -> list[str]:
             f"{_ms(f['click_p50']):>10}"
             + (f" ({f['clicks_missed']} missed)" if f["clicks_missed"] else "")
             + ("" if f["file_kbps"] is None else f"; file {f['file_kbps']:.0f} kbit/s")
+            + _key(f)
         )
     return out
+
+
+def _key(f: dict[str, Any]) -> str:
+    if f.get("picture") != "key":
+        return ""
+    return f"; keyframe asked: longest freeze {f['key_gap_s']:.2f} s"
 
 
 def rows(runs: list[dict[str, Any]]) -> list[str]:
@@ -593,6 +628,7 @@ def rows(runs: list[dict[str, Any]]) -> list[str]:
         psnr = "" if f["psnr"] is None else f", text {f['psnr']:.1f} dB (none {b['psnr']:.1f})"
         if f["file_kbps"] is not None:
             psnr += f"; the file meanwhile {f['file_kbps']:.0f} kbit/s"
+        psnr += _key(f)
         out.append(
             f"| screen over {f['rate']}, {f['picture']}: fps / latency p50, p95 "
             f"| {f['fps']:.1f} fps / {_ms(f['p50'])}, {_ms(f['p95'])}; first frame "

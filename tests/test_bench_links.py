@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.links import _file_kbps, run_one, run_vnc
+from bench.links import _file_kbps, _longest_gap, report, run_one, run_vnc
 
 
 def test_a_page_scrolling_through_2_mbit_s_keeps_moving_and_clicks_land(
@@ -35,6 +35,19 @@ def test_file_goodput_counts_the_window_or_the_whole_transfer() -> None:
     assert _file_kbps([(1.0, 0), (2.0, 1000), (5.0, 2000), (6.0, 126_000)], 0.5, 5.0) == 1000
     # done before the window: 125 kB over the 2 s from the fetch to the last byte
     assert _file_kbps([(1.0, 0), (2.0, 125_000)], 0.0, 5.0) == 500
+
+
+def test_the_freeze_after_a_keyframe_request_counts_new_counters_only() -> None:
+    # the counter 7 shown again (a refinement) is no new picture: the freeze runs from
+    # its first showing at 1.2 s to 8 at 3.0 s
+    shown = [(6, 0.9), (7, 1.2), (7, 2.0), (-1, 2.5), (8, 3.0), (9, 3.1)]
+    assert _longest_gap(shown, 1.0, 4.0) == pytest.approx(1.8)
+    # nothing new at all: the whole wait
+    assert _longest_gap([(5, 0.5)], 1.0, 4.0) == pytest.approx(3.0)
+    still = {"rate": "1mbit", "picture": "key", "first_frame_s": 1.7, "fps": 5.0}
+    still |= {"p50": 0.07, "p95": 0.9, "kbps": 700.0, "dropped": 0, "psnr": 42.4}
+    still |= {"click_p50": 0.01, "clicks_missed": 0, "file_kbps": None, "key_gap_s": 2.2}
+    assert report([still])[-1].endswith("; keyframe asked: longest freeze 2.20 s")
 
 
 def test_the_x11vnc_anchor_shows_a_still_page_through_2_mbit_s(
