@@ -44,10 +44,10 @@ def test_the_freeze_after_a_keyframe_request_counts_new_counters_only() -> None:
     assert _longest_gap(shown, 1.0, 4.0) == pytest.approx(1.8)
     # nothing new at all: the whole wait
     assert _longest_gap([(5, 0.5)], 1.0, 4.0) == pytest.approx(3.0)
-    still = {"rate": "1mbit", "picture": "key", "first_frame_s": 1.7, "fps": 5.0}
-    still |= {"p50": 0.07, "p95": 0.9, "kbps": 700.0, "dropped": 0, "psnr": 42.4}
-    still |= {"click_p50": 0.01, "clicks_missed": 0, "file_kbps": None, "key_gap_s": 2.2}
-    assert report([still])[-1].endswith("; keyframe asked: longest freeze 2.20 s")
+    row = {"rate": "1mbit", "picture": "key", "first_frame_s": 1.7, "fps": 5.0}
+    row |= {"p50": 0.07, "p95": 0.9, "kbps": 700.0, "dropped": 0, "psnr": 42.4}
+    row |= {"click_p50": 0.01, "clicks_missed": 0, "file_kbps": None, "key_gap_s": 2.2}
+    assert report([row])[-1].endswith("; keyframe asked: longest freeze 2.20 s")
 
 
 def test_the_x11vnc_anchor_shows_a_still_page_through_2_mbit_s(

@@ -35,17 +35,17 @@ def _page_yuv(width: int = W, height: int = 3 * H) -> np.ndarray:
 TALL = _page_yuv()  # a tall page: Y rows, then U and V (each h/4 rows of w)
 
 
-def planes_at(offset: int, tall: np.ndarray = TALL) -> scroll.Planes:
-    """The window of the tall page starting at row ``offset`` (even), as planes."""
-    height = tall.shape[0] * 2 // 3
+def planes_at(offset: int, tall: np.ndarray = TALL, window: int = H) -> scroll.Planes:
+    """The ``window`` rows of the tall page starting at row ``offset`` (even), as planes."""
+    height, width = tall.shape[0] * 2 // 3, tall.shape[1]
     y = tall[:height]
-    u = tall[height : height + height // 4].reshape(height // 2, W // 2)
-    v = tall[height + height // 4 :].reshape(height // 2, W // 2)
+    u = tall[height : height + height // 4].reshape(height // 2, width // 2)
+    v = tall[height + height // 4 :].reshape(height // 2, width // 2)
     o = offset // 2
     return (
-        np.ascontiguousarray(y[offset : offset + H]),
-        np.ascontiguousarray(u[o : o + H // 2]),
-        np.ascontiguousarray(v[o : o + H // 2]),
+        np.ascontiguousarray(y[offset : offset + window]),
+        np.ascontiguousarray(u[o : o + window // 2]),
+        np.ascontiguousarray(v[o : o + window // 2]),
     )
 
 
@@ -193,21 +193,10 @@ def test_a_long_scroll_on_a_slow_link_never_recodes_the_whole_page() -> None:
     for 4 kB elsewhere) and coded the whole page again: 155 kB, over a second of the
     link, five times in 30 s; a fixed speed of 12 does not. And the step after a long
     wait, told of the wait, refined the whole page: 40-310 kB."""
-    width, height = 1920, 1080
-    rgb = np.asarray(text_page(width, 4 * height).convert("RGB"))
-    tall = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-    tall_yuv = tall.reformat(format="yuv420p").to_ndarray()
-    y_plane = tall_yuv[: 4 * height]
-    u_plane = tall_yuv[4 * height : 5 * height].reshape(2 * height, width // 2)
-    v_plane = tall_yuv[5 * height :].reshape(2 * height, width // 2)
+    tall = _page_yuv(1920, 4 * 1080)
 
     def at(offset: int) -> scroll.Planes:
-        o = offset // 2
-        return (
-            np.ascontiguousarray(y_plane[offset : offset + height]),
-            np.ascontiguousarray(u_plane[o : o + height // 2]),
-            np.ascontiguousarray(v_plane[o : o + height // 2]),
-        )
+        return planes_at(offset, tall, 1080)
 
     enc = Encoder()
     enc.retune(Quality(900_000, 63, 300))

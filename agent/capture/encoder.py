@@ -276,12 +276,9 @@ class Encoder:
 
     def _tick(self, pts: int | None, elapsed: int | None = None) -> int:
         """The encoder's timestamp for a frame at ``pts`` (see ``CLOCK_STEP_MAX``)."""
-        if elapsed is not None:
-            step = min(max(elapsed, 1), CLOCK_STEP_MAX)
-        elif pts is None or self._last_pts is None:
-            step = CLOCK_STEP_MAX
-        else:
-            step = min(max(pts - self._last_pts, 1), CLOCK_STEP_MAX)
+        if elapsed is None and pts is not None and self._last_pts is not None:
+            elapsed = pts - self._last_pts
+        step = CLOCK_STEP_MAX if elapsed is None else min(max(elapsed, 1), CLOCK_STEP_MAX)
         self._last_pts = pts
         self._clock += step
         return self._clock
