@@ -14,18 +14,22 @@ import pytest
 from agent.session.adapt import (
     BURST_MIN,
     FPS_FLOOR,
+    KEY_BYTES_1080P,
     KEY_INTERVAL_MAX,
     KEY_INTERVAL_MIN,
     PACE_MAX,
     POLICIES,
     PROBE_BPS,
     QMAX_WORST,
+    REKEY_FIT_S,
     REKEY_HOLD_S,
+    STEER_MAX,
     Pacing,
     Quality,
     Rekey,
     ScreenMode,
     frame_rate,
+    key_bytes_at,
     key_size_ratio,
     keyframe_interval,
     screen_quality,
@@ -149,23 +153,40 @@ def test_smooth_mode_takes_coarser_smaller_keyframes_and_keeps_more_frames() -> 
 
 
 def test_only_a_lasting_better_picture_is_worth_a_keyframe_of_its_own() -> None:
-    now = Quality(1_000_000, 63)
+    now = Quality(1_000_000, 63, 300)  # made for a limited link
     rekey = Rekey()
-    # the estimate wanders, the link falls: the frame rate gives way, no keyframe
-    for t, wanted in enumerate([Quality(1_300_000, 63), Quality(1_000_000, 60)] * 3):
+    # the estimate wanders, the link falls, the link doubles: the bitrate is steered
+    for t, wanted in enumerate([Quality(1_300_000, 63, 300), Quality(300_000, 63, 300)] * 3):
         assert not rekey.update(now, wanted, float(t))
-    assert not any(rekey.update(now, Quality(300_000, 63), 10.0 + t) for t in range(5))
-    # twice the bitrate, but only for a second: no keyframe
-    assert not rekey.update(now, Quality(2_000_000, 63), 20.0)
-    assert not rekey.update(now, Quality(2_000_000, 63), 21.0)
-    assert not rekey.update(now, Quality(1_000_000, 63), 21.5)
-    # the link came back and stays: a keyframe REKEY_HOLD_S later, once
-    ups = [rekey.update(now, Quality(4_000_000, 63), 30.0 + t / 10) for t in range(25)]
+    assert not any(rekey.update(now, Quality(4_000_000, 63, 300), 10.0 + t) for t in range(5))
+    # no longer limited, but only for a second: no keyframe
+    assert not rekey.update(now, Quality(6_000_000, 36), 20.0)
+    assert not rekey.update(now, Quality(6_000_000, 36), 21.0)
+    assert not rekey.update(now, Quality(1_000_000, 63, 300), 21.5)
+    # the link came back and stays: the full picture REKEY_HOLD_S later, once
+    ups = [rekey.update(now, Quality(6_000_000, 36), 30.0 + t / 10) for t in range(25)]
     assert ups.index(True) == round(REKEY_HOLD_S * 10) and ups.count(True) == 1
-    # a ceiling finer by FINER_STEP counts as better too
-    assert not rekey.update(now, Quality(1_000_000, 56), 40.0)
-    assert rekey.update(now, Quality(1_000_000, 52), 40.0) is False
-    assert rekey.update(now, Quality(1_000_000, 52), 40.0 + REKEY_HOLD_S)
+    # a bitrate beyond what steering reaches
+    far = Quality(int(STEER_MAX * 1_000_000), 63, 300)
+    assert not rekey.update(now, now, 39.0)
+    assert not rekey.update(now, far, 40.0) and rekey.update(now, far, 40.0 + REKEY_HOLD_S)
+    # a ceiling finer by FINER_STEP, if its keyframe takes little of the link
+    finer = Quality(1_000_000, 52, 300)
+    assert not rekey.update(now, Quality(1_000_000, 56, 300), 50.0, key_s=0.1)
+    assert not rekey.update(now, finer, 50.0, key_s=REKEY_FIT_S * 2)
+    assert not rekey.update(now, finer, 50.0 + REKEY_HOLD_S, key_s=REKEY_FIT_S * 2)
+    assert not rekey.update(now, finer, 60.0, key_s=REKEY_FIT_S)
+    assert rekey.update(now, finer, 60.0 + REKEY_HOLD_S, key_s=REKEY_FIT_S)
+    # never downward: an unlimited encoder on a link found limited is steered
+    full = Quality(6_000_000, 36)
+    assert not any(rekey.update(full, Quality(900_000, 63, 300), 70.0 + t) for t in range(5))
+
+
+def test_a_keyframe_is_predicted_from_the_last_one_at_its_ceiling() -> None:
+    assert key_bytes_at(36) == KEY_BYTES_1080P
+    assert key_bytes_at(63, 200_000, 36) == pytest.approx(200_000 * 0.36)
+    assert key_bytes_at(36, 180_000, 63) == pytest.approx(500_000)
+    assert key_bytes_at(36, pixels=1920 * 1080 // 4) == KEY_BYTES_1080P / 4
 
 
 def test_keyframes_are_spaced_so_that_each_fits_the_link() -> None:

@@ -40,12 +40,13 @@ from agent.capture import (  # noqa: E402
     unshare,
 )
 from agent.capture.encoder import Codec  # noqa: E402
-from agent.capture.grab import REFINE_FRAMES  # noqa: E402
+from agent.capture.grab import REFINE_FRAMES, REFINE_MAX  # noqa: E402
 from agent.capture.jitter import PromptJitterBuffer  # noqa: E402
 from agent.capture.rtc import PACE_BURST, PACE_RATE, Pacer, pace  # noqa: E402
-from agent.capture.tracks import HOLD_QUEUE  # noqa: E402
+from agent.capture.tracks import HOLD_QUEUE, REFINED_BYTES  # noqa: E402
 from agent.capture.xvfb import Canvas, Xvfb  # noqa: E402
 from agent.net.peer import rtc_configuration  # noqa: E402
+from bench.screen import text_page  # noqa: E402
 
 pytestmark = pytest.mark.skipif(shutil.which("Xvfb") is None, reason="Xvfb is not installed")
 
@@ -264,6 +265,45 @@ async def test_csr_sees_the_pattern(
 # -- change detection and heartbeat (no network needed)
 
 
+async def test_a_still_page_on_a_slow_link_is_sent_again_while_it_gains_detail(
+    canvas: Canvas, display: str
+) -> None:
+    # at a constant 1 Mbit/s libvpx refines a page of text a strip at a time: the
+    # REFINE_FRAMES re-sends that suit a fast link would leave it at about 21 dB
+    canvas.put_image(0, 0, text_page(W, H))
+    canvas.sync()
+    async with encoded(display, heartbeat=60.0) as screen:
+        track = screen.track()
+        screen.limit(1_000_000)  # (fits the viewers there are)
+        got: list[Any] = []
+
+        async def view() -> None:
+            while True:
+                got.append(await track.recv())
+
+        viewer = asyncio.ensure_future(view())
+        try:
+            await until(lambda: bool(got), "the first frame")
+            assert got[0].is_keyframe
+            deadline = time.monotonic() + 40.0
+            while True:  # until nothing more comes for a second
+                count = len(got)
+                await asyncio.sleep(1.0)
+                if len(got) == count:
+                    break
+                assert time.monotonic() < deadline, f"still refining after {len(got)} frames"
+        finally:
+            viewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await viewer
+    sizes = [p.size for p in got[1:]]
+    assert REFINE_FRAMES < len(sizes) <= REFINE_MAX, (got[0].size, sizes)
+    assert sizes[REFINE_FRAMES - 1] > REFINED_BYTES, "there was detail left to send"
+    assert sizes[-1] <= REFINED_BYTES or len(sizes) == REFINE_MAX, sizes
+    # and the lumps libvpx made when it saved up bits are gone: each frame fits 0.5 s
+    assert max(sizes) * 8 <= 0.5 * 1_000_000, sizes
+
+
 async def test_unchanged_screen_is_not_reencoded(canvas: Canvas, display: str) -> None:
     # after a change the still screen is sent REFINE_FRAMES times more (the encoder
     # spends them on detail), then left alone
@@ -395,8 +435,6 @@ async def test_a_viewer_on_a_slow_link_gets_its_own_encode_and_the_fast_one_keep
     """One viewer unlimited, one on 300 kbit/s: the slow one gets an encode of its own
     (small keyframes, few frames), the fast one every frame at full quality; both end
     on the real page, and when the slow link recovers they share one encode again."""
-    from bench.screen import text_page
-
     page = text_page(W, 2 * H)
     canvas.put_image(0, 0, page.crop((0, 0, W, H)))  # (keyframe sizes are predicted from it)
     canvas.sync()

@@ -191,8 +191,9 @@ def test_a_long_scroll_on_a_slow_link_never_recodes_the_whole_page() -> None:
     capture every 1-2 s, each led up to by steps 1 ms apart, and a still moment now and
     then. libvpx at cpu-used 16 missed the move of some steps (the same 6 px it follows
     for 4 kB elsewhere) and coded the whole page again: 155 kB, over a second of the
-    link, five times in 30 s; a fixed speed of 12 does not. And the step after a long
-    wait, told of the wait, refined the whole page: 40-310 kB."""
+    link, five times in 30 s; a fixed speed of 12 does not (at a constant bitrate, as on
+    a limited link, once in 30 s, and not with libvpx's screen-content mode 2). And the
+    step after a long wait, told of the wait, refined the whole page: 40-310 kB."""
     tall = _page_yuv(1920, 4 * 1080)
 
     def at(offset: int) -> scroll.Planes:
@@ -217,5 +218,6 @@ def test_a_long_scroll_on_a_slow_link_never_recodes_the_whole_page() -> None:
             for _ in range(8):
                 pts += 18_000
                 enc.encode(frame_of(at(offset), pts))
-    assert max(step_sizes) < 40_000, sorted(step_sizes)[-8:]
+    # the whole page at ceiling 63 is 155 kB; the biggest step now, in CBR, 64 kB (VBR: 30)
+    assert max(step_sizes) < 80_000, sorted(step_sizes)[-8:]
     assert sum(step_sizes) / len(step_sizes) < 8_000

@@ -33,6 +33,16 @@ target when it must) and no denoiser. Scrolling text costs well under the target
   one from 811 to about 600 kB): fine on a LAN, over a second on a 3 Mb/s uplink.
   They are rate-limited (``grab.KEYFRAME_MIN_INTERVAL``) and paced (``rtc.Pacer``).
 
+On a limited link (``Quality.limited``) the encoder runs at a constant bitrate (CBR,
+``VP8_QMIN_LIMITED``), and each frame may take at most 0.1 s of it
+(``LIMITED_STEP_MAX``). Between keyframes its bitrate follows the link: libvpx sets
+each frame's share of the bitrate from the time its timestamps say has passed, so the
+encoder's own clock runs faster or slower than the real one by the wanted bitrate over
+the one it was opened at (``retune``), and a bitrate the link allows takes effect at
+the next frame rather than at a keyframe, which costs a slow link 1.4 s of freeze.
+Measured on the still page at 10 fps, opened at 1 Mbit/s and steered to 2: 751 kbit/s
+sent and 35.7 dB after 4 s; opened at 2 Mbit/s: 749 kbit/s and 36.6 dB.
+
 Speed: libvpx ``cpu-used`` -12 (a fixed speed; negative values fix it, positive ones
 let libvpx choose) encodes a 1080p text P-frame in 3-8 ms on one core of the 2-core
 bench VM, as fast as 16 (6: 13 ms, same PSNR within 0.2 dB); a keyframe takes
@@ -58,7 +68,7 @@ import av
 from av.video.codeccontext import VideoCodecContext
 
 from agent.capture.grab import TIME_BASE
-from agent.session.adapt import Quality
+from agent.session.adapt import STEER_MAX, Quality
 
 Codec = Literal["vp8", "h264"]
 
@@ -74,6 +84,20 @@ VP8_QMAX = 36
 "Quantizer ceiling: keeps keyframes and big changes legible at the cost of overshooting."
 VP8_MAX_INTRA_PCT = 1600
 "Keyframe size cap, in percent of a frame's share of the bitrate (measured: 811 → 580 kB)."
+VP8_QMIN_LIMITED = 8
+"""Finest quantizer on a limited link, where the encoder runs at a constant bitrate.
+
+A still 1080p page of text at 0.9 Mbit/s, a counter changing, a frame every 0.2 s
+(offline, as ``tests/test_encoder_fit.py``): in VBR libvpx saved up the bits of the
+small frames and spent them in lumps, one frame refining the whole page at once
+(188-211 kB, 1.7 s of the link, while every counter after it waited); in CBR the
+frames stayed within 22 kB until the page neared the finest quantizer (2), where
+lumps of 53-129 kB bought the last dB. Over real 1-4 Mbit/s links (``bench.links``,
+still page, one run each; unlimited: 42.6 dB) a floor of 16 left the page at
+40.1-40.3 dB, 12 at 40.7-41.2, 8 at 42.3-42.5 from 2 Mbit/s up (39.7 at 1), with the
+same latency p95 (123-199 ms). Lumps of 100-180 kB still come now and then (1-4 in
+20 s, at any floor from 8 to 16, with a buffer of 0.25 s as of 1 s); where from,
+libvpx does not say."""
 GOP = 3000
 "Frames between unrequested keyframes (as aiortc): viewers ask with PLI or request_keyframe."
 CLOCK_STEP_MAX = 22_500
@@ -87,6 +111,10 @@ timestamps. (At 1/10 s a still page re-sent every 0.2 s on a 1 Mbit/s link refin
 by 0.3 dB instead of 5. Short gaps count as they are: the steps of a scroll, 1 ms
 apart, get a small share each, and 60 px of steps cost 72 kB at ceiling 36; told
 1/30 s each, the encoder spent 140 kB on them.)"""
+LIMITED_STEP_MAX = 9_000
+"""Most time (1/90000 s) the encoder is told passed between two frames on a limited link
+(1/10 s): a frame's share is then at most 0.1 s of the link, and the frame rate, not the
+frames, grows to fill it."""
 
 
 def encoder_threads(width: int, height: int, cpus: int | None = None) -> int:
@@ -171,10 +199,13 @@ class Encoder:
         return self.settings.bitrate or default_bitrate(width, height)
 
     def retune(self, quality: Quality | None) -> None:
-        """Encode at ``quality`` from the next keyframe on (None: the settings again).
+        """Encode at ``quality``: its bitrate at once, the rest from the next keyframe
+        on (None: the settings again). Thread-safe.
 
-        libvpx takes no new bitrate once open, but a keyframe needs no history, so
-        the encoder is opened again there. Thread-safe.
+        libvpx takes no new settings once open, but a keyframe needs no history, so
+        the encoder is opened again there. The bitrate is steered before that through
+        the encoder's clock (see the module docstring), within ``adapt.STEER_MAX`` times the
+        bitrate it was opened at either way.
         """
         with self._lock:
             self._wanted = quality
@@ -190,7 +221,7 @@ class Encoder:
         bitrate, qmax = q.bitrate, q.qmax
         if s.codec == "vp8":
             ctx = av.CodecContext.create("libvpx", "w")
-            ctx.qmin = 2
+            ctx.qmin = VP8_QMIN_LIMITED if q.limited else 2
             ctx.qmax = qmax
             ctx.options = {
                 "deadline": "realtime",
@@ -200,10 +231,12 @@ class Encoder:
                 "static-thresh": "1",
                 "partitions": "0",
                 "noise-sensitivity": "0",
-                # VBR (no minrate): a 1 s buffer around the target, see module docstring
+                # a 1 s buffer around the target: VBR (no minrate), or CBR on a limited
+                # link (minrate = maxrate = bitrate; see VP8_QMIN_LIMITED)
                 "maxrate": str(bitrate),
                 "bufsize": str(bitrate),
                 "max-intra-rate": str(q.intra_pct or VP8_MAX_INTRA_PCT),
+                **({"minrate": str(bitrate), "screen-content-mode": "2"} if q.limited else {}),
             }
         elif s.codec == "h264":
             ctx = av.CodecContext.create("libx264", "w")
@@ -275,13 +308,22 @@ class Encoder:
         return packets
 
     def _tick(self, pts: int | None, elapsed: int | None = None) -> int:
-        """The encoder's timestamp for a frame at ``pts`` (see ``CLOCK_STEP_MAX``)."""
+        """The encoder's timestamp for a frame at ``pts`` (``CLOCK_STEP_MAX``, steering)."""
         if elapsed is None and pts is not None and self._last_pts is not None:
             elapsed = pts - self._last_pts
-        step = CLOCK_STEP_MAX if elapsed is None else min(max(elapsed, 1), CLOCK_STEP_MAX)
+        limited = self.quality is not None and self.quality.limited
+        most = LIMITED_STEP_MAX if limited else CLOCK_STEP_MAX
+        step = most if elapsed is None else min(max(elapsed, 1), most)
         self._last_pts = pts
-        self._clock += step
+        self._clock += max(1, round(step * self._steering()))
         return self._clock
+
+    def _steering(self) -> float:
+        """How much faster than real time the encoder's clock runs (see the module docstring)."""
+        if self.quality is None or self._wanted is None:
+            return 1.0
+        ratio = self._wanted.bitrate / self.quality.bitrate
+        return min(max(ratio, 1 / STEER_MAX), STEER_MAX)
 
     def close(self) -> None:
         """Drop the codec context (the next ``encode`` opens a new one)."""

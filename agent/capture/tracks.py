@@ -35,6 +35,7 @@ from agent.capture.grab import (
     HOLD_POLL_S,
     KEYFRAME_MIN_INTERVAL,
     REFINE_FRAMES,
+    REFINE_MAX,
     TIME_BASE,
     Capture,
     Capturer,
@@ -51,6 +52,12 @@ HOLD_QUEUE = 2
 "Frames waiting for one viewer at which capture holds (``Capturer.hold``)."
 _INTRA = av.video.frame.PictureType.I
 _ANY = av.video.frame.PictureType.NONE
+REFINED_BYTES = 3000
+"""An unchanged screen re-sent for more than this is still gaining detail, and is sent
+again (``Capturer.refine_more``, ``REFINE_LULL``); a refined 1080p page costs 1-2 kB."""
+REFINE_LULL = 20
+"""Refinements without detail that end a still screen's refinement: at a constant
+bitrate libvpx pauses for 12-14 frames of 0-2 kB after its first pass over the page."""
 STEP_PTS = 90
 "The steps of a scroll are this far apart (1/90000 s; 1 ms), just before the real frame."
 
@@ -222,10 +229,25 @@ class _Lane:
         self.last_at = -1e9
         self.dirty = False  # a change was captured that this lane has not encoded
         self.owed = 0  # refinements still owed after the last change
+        self.refined = 0  # and made since it (at most grab.REFINE_MAX)
+        self._gained = False  # a refinement since the last change carried detail
+        self._quiet = 0  # refinements since the last one that did
         # captures encoded (capture thread) and handed to the viewers (loop thread): the
         # difference is on its way to the viewers' queues, each counter has one writer
         self.offered = 0
         self.fanned = 0
+
+    def gaining(self, size: int, *, still: bool) -> bool:
+        """Whether a still screen is still gaining detail, after a frame of ``size`` bytes
+        (``still``: the screen had not changed): it did in one of the last
+        ``REFINE_LULL`` frames of more than ``REFINED_BYTES``."""
+        if not still:
+            self._gained, self._quiet = False, 0
+        elif size > REFINED_BYTES:
+            self._gained, self._quiet = True, 0
+        else:
+            self._quiet += 1
+        return still and self._gained and self._quiet < REFINE_LULL
 
     @property
     def in_transit(self) -> bool:
@@ -392,6 +414,7 @@ class EncodedScreen:
             STARTUP_BPS,
             STARTUP_S,
             frame_rate,
+            key_bytes_at,
             keyframe_interval,
         )
 
@@ -404,7 +427,12 @@ class EncodedScreen:
         current = enc.quality
         started = lane.starting and not starting and bps is None
         lane.starting = starting
-        if current is not None and (started or lane.rekey.update(current, wanted, now)):
+        key_s = 0.0
+        if bps:
+            width, height = self._size
+            key = key_bytes_at(wanted.qmax, enc.key_bits // 8, enc.key_qmax, width * height)
+            key_s = key * 8 / bps
+        if current is not None and (started or lane.rekey.update(current, wanted, now, key_s)):
             self._key(lane)  # the link is not slow: the full picture now
         if bps is None:
             lane.fps, lane.key_interval = None, KEYFRAME_MIN_INTERVAL
@@ -543,6 +571,11 @@ class EncodedScreen:
             if lane.limited and planes is None:
                 planes = planes_of(frame)
             packets = self._encode(lane, frame, key, planes if lane.limited else None)
+            if packets and lane.gaining(packets[-1].size, still=not (key or cap.changed)):
+                if i == 0:
+                    self.capturer.refine_more()
+                elif lane.refined < REFINE_MAX:
+                    lane.owed = max(lane.owed, 1)
             if packets:
                 lane.offered += 1  # before the loop can run the fanout
                 if not _deliver(self._loop, self._fanout, lane, packets):
@@ -558,7 +591,7 @@ class EncodedScreen:
             lane.want_key = False
             lane.last_key = lane.last_at = now
             lane.keys += 1
-            lane.dirty, lane.owed = False, self.capturer.refine_frames
+            lane.dirty, lane.owed, lane.refined = False, self.capturer.refine_frames, 0
             return True
         if self._waiting(lane):
             when = now + HOLD_POLL_S * 10  # its viewers are still sending: it waits
@@ -566,9 +599,10 @@ class EncodedScreen:
             when = lane.last_at + gap
         elif lane.dirty or lane.owed > 0 or now - lane.last_at >= self.capturer.heartbeat:
             if lane.dirty:
-                lane.dirty, lane.owed = False, self.capturer.refine_frames
+                lane.dirty, lane.owed, lane.refined = False, self.capturer.refine_frames, 0
             elif lane.owed > 0:
                 lane.owed -= 1
+                lane.refined += 1
             lane.last_at = now
             return False
         else:

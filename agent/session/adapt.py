@@ -22,11 +22,13 @@ what the sender does, and nothing here reads a clock or touches a socket:
 - ``screen_quality`` chooses the encoder's bitrate and quantiser ceiling for the next
   keyframe (a keyframe needs no history, so that is when the encoder can be opened
   again with new settings): the keyframe must fit ``KEY_FIT_S`` of the link, and
-  what follows it is encoded at the link's rate. The quantiser goes second, after
-  the frame rate: a 1080p page of 11 px text makes a 496 kB keyframe at the
-  ceiling of 36 (32.5 dB, reads cleanly), 352 kB at 48 (27 dB, readable), 180 kB at
-  63 (19.6 dB, a first look); the frames that follow a still screen refine it (the
-  capturer sends the still screen again, see ``grab.REFINE_FRAMES``).
+  what follows it is encoded at the link's rate, which the encoder follows between
+  keyframes (``Encoder.retune``; ``Rekey`` says when a keyframe is still worth it).
+  The quantiser goes second, after the frame rate: a 1080p page of 11 px text makes
+  a 496 kB keyframe at the ceiling of 36 (32.5 dB, reads cleanly), 352 kB at 48
+  (27 dB, readable), 180 kB at 63 (19.6 dB, a first look); the frames that follow a
+  still screen refine it (the capturer sends the still screen again while it gains
+  detail, see ``grab.REFINE_FRAMES``).
 - ``split_lanes`` groups the viewers by link: one encode serves every viewer, except
   that a viewer on a link much slower than the fastest gets an encode of its own at
   its rate (the *slow lane*), so that it does not drag the others down to it. At
@@ -109,6 +111,11 @@ FINER_STEP = 8
 "A ceiling this much finer than the current one is worth a keyframe of its own."
 REKEY_HOLD_S = 2.0
 "Seconds a better picture must stay possible before it gets a keyframe of its own."
+REKEY_FIT_S = 0.6
+"A finer ceiling gets a keyframe of its own only if it takes at most this many seconds of the link."
+STEER_MAX = 16.0
+"""The encoder's bitrate follows the link between keyframes up to this many times (and
+down to 1/this) the bitrate it was opened at (``Encoder.retune``)."""
 STARTUP_BPS = 1_000_000
 """What a new viewer's link is taken to carry until ``STARTUP_S`` have shown more: the
 first keyframe is then small enough for a slow link (text: 180 kB, 1.4 s of 1 Mbit/s,
@@ -145,6 +152,11 @@ class Quality:
     intra_pct: int | None = None
     "libvpx max-intra-rate (keyframe cap, percent of a frame's share); None: the encoder's."
 
+    @property
+    def limited(self) -> bool:
+        """Made for a link found limited (``screen_quality``): constant bitrate, capped keyframe."""
+        return self.intra_pct is not None
+
 
 def key_size_ratio(qmax: int) -> float:
     """A keyframe's size at ``qmax`` relative to one at 36 (``KEY_SIZE``, interpolated)."""
@@ -154,6 +166,18 @@ def key_size_ratio(qmax: int) -> float:
         return KEY_SIZE[i]
     q0, q1 = QMAX_STEPS[i - 1], QMAX_STEPS[i]
     return KEY_SIZE[i - 1] + (KEY_SIZE[i] - KEY_SIZE[i - 1]) * (q - q0) / (q1 - q0)
+
+
+def key_bytes_at(
+    qmax: int, key_bytes: int = 0, key_qmax: int = 0, pixels: int = 1920 * 1080
+) -> float:
+    """A keyframe's predicted size at ``qmax``, from the last one made (``key_bytes`` at
+    ``key_qmax``; 0: none yet, a page of text of ``pixels`` is assumed)."""
+    if key_bytes > 0 and key_qmax > 0:
+        at_36 = key_bytes / key_size_ratio(key_qmax)
+    else:
+        at_36 = KEY_BYTES_1080P * pixels / (1920 * 1080)
+    return at_36 * key_size_ratio(qmax)
 
 
 def screen_quality(
@@ -176,14 +200,10 @@ def screen_quality(
     policy = POLICIES[mode]
     if target_bps is None:
         return Quality(full_bitrate, policy.qmax_best)
-    if key_bytes > 0 and key_qmax > 0:
-        at_36 = key_bytes / key_size_ratio(key_qmax)
-    else:
-        at_36 = KEY_BYTES_1080P * pixels / (1920 * 1080)
     budget = policy.key_fit_s * target_bps / 8
     qmax = QMAX_WORST
     for q in QMAX_STEPS:
-        if q >= policy.qmax_best and at_36 * key_size_ratio(q) <= budget:
+        if q >= policy.qmax_best and key_bytes_at(q, key_bytes, key_qmax, pixels) <= budget:
             qmax = q
             break
     bitrate = int(min(max(target_bps, BITRATE_FLOOR), full_bitrate))
@@ -193,20 +213,34 @@ def screen_quality(
 class Rekey:
     """When a better picture is worth a keyframe of its own (one per screen).
 
-    Only upward: when the link can carry a bitrate twice the encoder's, or a ceiling
-    finer by ``FINER_STEP``, for ``REKEY_HOLD_S`` on end (the estimate wanders by 2x
-    within seconds on a busy 1 Mbit/s link; re-keying on every swing took the link's
-    reports from 9 in 20 s to 1). Downward the frame rate gives way at once, and the
-    next keyframe that comes anyway (a new viewer, a lost picture) takes the coarser
-    settings.
+    Between keyframes the encoder's bitrate follows the link (``Encoder.retune``
+    steers it up to ``STEER_MAX`` times the bitrate it was opened at), so a keyframe,
+    and the freeze it costs a slow link (180 kB: 1.4 s of 1 Mbit/s), is asked for only
+    for what steering cannot give:
+
+    - the full picture, once the link is no longer found limited;
+    - a bitrate beyond ``STEER_MAX`` times the encoder's;
+    - a ceiling finer by ``FINER_STEP`` whose keyframe takes at most ``REKEY_FIT_S`` of
+      the link (``key_s``): on a 2 Mbit/s link a keyframe at 48 took 1.4 s, and every
+      counter drawn meanwhile waited behind it (latency p95 288 ms).
+
+    Each must hold for ``REKEY_HOLD_S`` on end (the estimate wanders by 2x within
+    seconds on a busy 1 Mbit/s link; re-keying on every swing took the link's reports
+    from 9 in 20 s to 1). Never downward: the next keyframe that comes anyway (a new
+    viewer, a lost picture) takes the coarser settings.
     """
 
     def __init__(self) -> None:
         self._since: float | None = None
 
-    def update(self, current: Quality, wanted: Quality, now: float) -> bool:
-        """Whether to ask for a keyframe now (``now`` in seconds, any origin)."""
-        better = wanted.bitrate >= 2 * current.bitrate or wanted.qmax <= current.qmax - FINER_STEP
+    def update(self, current: Quality, wanted: Quality, now: float, key_s: float = 0.0) -> bool:
+        """Whether to ask for a keyframe now (``now`` in seconds, any origin; ``key_s``:
+        the seconds of the link a keyframe at ``wanted`` would take)."""
+        better = (
+            (current.limited and not wanted.limited)
+            or wanted.bitrate >= STEER_MAX * current.bitrate
+            or (wanted.qmax <= current.qmax - FINER_STEP and key_s <= REKEY_FIT_S)
+        )
         if not better:
             self._since = None
             return False
