@@ -35,13 +35,18 @@ target when it must) and no denoiser. Scrolling text costs well under the target
 
 On a limited link (``Quality.limited``) the encoder runs at a constant bitrate (CBR,
 ``VP8_QMIN_LIMITED``), and each frame may take at most 0.1 s of it
-(``LIMITED_STEP_MAX``). Between keyframes its bitrate follows the link: libvpx sets
-each frame's share of the bitrate from the time its timestamps say has passed, so the
-encoder's own clock runs faster or slower than the real one by the wanted bitrate over
-the one it was opened at (``retune``), and a bitrate the link allows takes effect at
-the next frame rather than at a keyframe, which costs a slow link 1.4 s of freeze.
-Measured on the still page at 10 fps, opened at 1 Mbit/s and steered to 2: 751 kbit/s
-sent and 35.7 dB after 4 s; opened at 2 Mbit/s: 749 kbit/s and 36.6 dB.
+(``LIMITED_STEP_MAX``). libvpx's screen-content mode 2 goes with it: in CBR a long
+scroll through 0.9 Mbit/s had one step coded as the whole page again (156 kB) in 30 s
+(``tests/test_scroll.py``), with it none; a still page's frames are then 27-38 kB
+(0.2-0.3 s of 1 Mbit/s) on the first pass over it, and 53 kB at most (22 without).
+Between keyframes its bitrate follows the link: libvpx sets each frame's share of the
+bitrate from the time its timestamps say has passed, so the encoder's own clock runs
+faster or slower than the real one by the wanted bitrate over the one it was opened at
+(``retune``), and a bitrate the link allows takes effect at the next frame rather than
+at a keyframe, which costs a slow link 1.4 s of freeze. Measured on the still page at
+10 fps, opened at 1 Mbit/s (``examples/screen_steer.py``): 0.3-0.6 Mbit/s sent, 31.5 dB
+after 4 s; steered to 2 then, 1.3-2.2 Mbit/s from the next second, 44 dB 4 s later,
+and no keyframe.
 
 Speed: libvpx ``cpu-used`` -12 (a fixed speed; negative values fix it, positive ones
 let libvpx choose) encodes a 1080p text P-frame in 3-8 ms on one core of the 2-core
