@@ -12,8 +12,8 @@ import av
 import numpy as np
 
 from agent.capture.encoder import Encoder
-from agent.capture.grab import REFINE_FRAMES, REFINE_MAX, TIME_BASE, bgra_to_yuv420p
-from agent.capture.tracks import REFINE_LULL, REFINED_BYTES
+from agent.capture.grab import REFINE_FRAMES, TIME_BASE, bgra_to_yuv420p
+from agent.capture.tracks import REFINE_LULL, REFINE_MAX, REFINED_BYTES
 from agent.session.adapt import POLICIES, Quality, ScreenMode, screen_quality
 from bench.screen import text_page
 

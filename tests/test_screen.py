@@ -40,10 +40,10 @@ from agent.capture import (  # noqa: E402
     unshare,
 )
 from agent.capture.encoder import Codec  # noqa: E402
-from agent.capture.grab import REFINE_FRAMES, REFINE_MAX  # noqa: E402
+from agent.capture.grab import REFINE_FRAMES  # noqa: E402
 from agent.capture.jitter import PromptJitterBuffer  # noqa: E402
 from agent.capture.rtc import PACE_BURST, PACE_RATE, Pacer, pace  # noqa: E402
-from agent.capture.tracks import HOLD_QUEUE, REFINED_BYTES  # noqa: E402
+from agent.capture.tracks import HOLD_QUEUE, REFINE_MAX, REFINED_BYTES  # noqa: E402
 from agent.capture.xvfb import Canvas, Xvfb  # noqa: E402
 from agent.net.peer import rtc_configuration  # noqa: E402
 from bench.screen import text_page  # noqa: E402

@@ -58,10 +58,6 @@ REFINE_FRAMES = 8
 encoder's rate control spends each on the picture's detail (a 2 Mbit/s link takes a
 1080p page of text from 28 to 35 dB in 3 s), then the screen is left alone, unless
 the sink asks for more (``Capturer.refine_more``)."""
-REFINE_MAX = 100
-"""Most times a screen that stopped changing is sent again when the sink keeps asking:
-at a constant 1 Mbit/s libvpx refreshes a 1080p page a strip at a time, and takes it
-from 19.5 to 42.7 dB in about 100 frames."""
 KEYFRAME_MIN_INTERVAL = 0.5
 """Seconds between two forced keyframes: repeated requests (PLI storms) are coalesced.
 The second keyframe after a start may always follow the first this soon: a viewer
@@ -296,8 +292,8 @@ class Capturer:
         self._wake.set()
 
     def refine_more(self) -> None:
-        """The screen just sent, unchanged, still gained detail: send it once more (up to
-        ``REFINE_MAX`` times after a change). Call from the sink."""
+        """The screen just sent, unchanged, still gained detail: send it once more (the
+        sink bounds how often it asks). Call from the sink."""
         self._refine_more = True
 
     def stats(self) -> CaptureStats:
@@ -338,7 +334,6 @@ class Capturer:
         keys = 0  # keyframes made since the capture started
         last_change = time.monotonic()
         refine = 0
-        refined = 0  # times the screen was sent again since it last changed
         active = 1.0 / self.fps_max
         held_since: float | None = None
         while not stop.is_set():
@@ -365,10 +360,9 @@ class Capturer:
             forced = False
             if changed:
                 last_change = tick
-                refine, refined = self.refine_frames, 0
+                refine = self.refine_frames
             elif refine > 0 and not key:
                 refine -= 1
-                refined += 1
                 forced = True
             beat = tick - last_emit >= self.heartbeat
             if changed or key or forced or asked or beat:
@@ -399,8 +393,7 @@ class Capturer:
                 last_emit = tick
                 if self._refine_more:
                     self._refine_more = False
-                    if refine == 0 and refined < REFINE_MAX:
-                        refine = 1
+                    refine = max(refine, 1)
                 if not key:  # keyframes (and the encoder's start) are rare outliers
                     work = time.monotonic() - tick
                     self._work = work if self._work == 0 else 0.8 * self._work + 0.2 * work
